@@ -1,0 +1,18 @@
+"""Calling plain objects and Ray actors the same way.
+
+The scheduler and evaluation hold lists of generators / reward workers that are Ray actor
+handles in a job and plain objects in a unit test; ``call_all`` fans a method out over them
+(in parallel for actors) and returns the results in order.
+"""
+from __future__ import annotations
+
+
+def is_actor(obj) -> bool:
+    return type(obj).__name__ == "ActorHandle"
+
+
+def call_all(objs: list, method: str, args: list[tuple]) -> list:
+    if objs and is_actor(objs[0]):
+        import ray
+        return ray.get([getattr(o, method).remote(*a) for o, a in zip(objs, args)])
+    return [getattr(o, method)(*a) for o, a in zip(objs, args)]

@@ -1,0 +1,73 @@
+"""Advantages and losses of ReLIFT, pure torch (no Ray, no DeepSpeed).
+
+Shapes: B sequences of T response positions; ``mask`` is 1 on response tokens, 0 on padding.
+
+- ``group_advantages``: A_ij = r_ij - mean_j r_ij (ReLIFT, Dr.GRPO style) or divided by the
+  group's std as well (clipped-GRPO baseline).
+- ``policy_loss``: the released ReLIFT loss  sum_tokens(-A * ratio) / L_max - c * mean entropy
+  (no clipping, no KL), or the clipped-GRPO loss with a per-sequence token mean.
+- ``sft_loss``: token-mean cross-entropy on the demonstration - alpha * mean entropy.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def group_advantages(rewards: torch.Tensor, normalize_std: bool = False,
+                     eps: float = 1e-6) -> torch.Tensor:
+    """rewards [G, N] (G questions, N rollouts each) -> advantages [G, N]."""
+    centered = rewards - rewards.mean(dim=1, keepdim=True)
+    if normalize_std:
+        # unbiased std, as GRPO implementations use; eps keeps all-equal groups at 0
+        centered = centered / (rewards.std(dim=1, keepdim=True) + eps)
+    return centered
+
+
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits [B, T, V] predicting targets [B, T] -> (log p(target) [B, T], entropy [B, T])."""
+    logits = logits.float()
+    logp_all = F.log_softmax(logits, dim=-1)
+    logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logp, entropy
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def policy_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor,
+                mask: torch.Tensor, entropy: torch.Tensor, *, kind: str = "relift",
+                l_max: int = 8192, clip_eps: float = 0.2,
+                entropy_coef: float = 0.001) -> tuple[torch.Tensor, dict]:
+    """RL loss of one (mini)batch. advantages [B] (one per sequence), the rest [B, T]."""
+    mask = mask.float()
+    ratio = torch.exp(logp - logp_old)
+    adv = advantages.unsqueeze(-1)
+    if kind == "relift":
+        pg = -(adv * ratio * mask).sum() / l_max
+        clip_frac = torch.zeros(())
+    elif kind == "grpo":
+        unclipped = -adv * ratio
+        clipped = -adv * ratio.clamp(1 - clip_eps, 1 + clip_eps)
+        per_token = torch.maximum(unclipped, clipped)
+        per_seq = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+        pg = per_seq.mean()
+        clip_frac = masked_mean((clipped > unclipped).float(), mask)
+    else:
+        raise ValueError(f"unknown RL loss kind {kind!r} (relift | grpo)")
+    ent = masked_mean(entropy, mask)
+    loss = pg - entropy_coef * ent
+    return loss, {"pg_loss": pg.detach().item(), "entropy": ent.detach().item(),
+                  "ratio_mean": masked_mean(ratio, mask).detach().item(),
+                  "clip_frac": float(clip_frac)}
+
+
+def sft_loss(logp: torch.Tensor, mask: torch.Tensor, entropy: torch.Tensor,
+             alpha: float = 0.001) -> tuple[torch.Tensor, dict]:
+    """Token-mean NLL over demonstration tokens minus alpha * token-mean entropy."""
+    mask = mask.float()
+    nll = masked_mean(-logp, mask)
+    ent = masked_mean(entropy, mask)
+    return nll - alpha * ent, {"sft_nll": nll.detach().item(), "sft_entropy": ent.detach().item()}

@@ -1,0 +1,292 @@
+"""The one config tree of a relift_ray run.
+
+Every field is documented once, here, where it is declared. A run's config comes from a YAML
+file (``jobs/configs/*.yaml``) plus dotted command-line overrides (``algo.batch_size=32``); a
+YAML file may name a ``preset`` (``paper`` or ``toy``) whose values it then overrides.
+``validate`` raises ``ConfigError`` naming the field at fault and why; nothing is rewritten
+silently. Imports no Ray.
+
+    cfg = load_config("jobs/configs/toy_relift.yaml", ["train.steps=10"])
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; the message names the dotted field."""
+
+
+@dataclass
+class ModelConfig:
+    path: str = "toy"  # "toy" (the embedded default, built locally) or an HF dir / hub id
+    dtype: str = "float32"  # float32 | bfloat16 (bf16 needs a GPU to be fast)
+    eos_token: str = ""  # override the tokenizer's EOS token ("" = tokenizer's own)
+
+
+@dataclass
+class DataConfig:
+    train: str = "toy"  # "toy" or a data file (see relift_ray.data)
+    format: str = "auto"  # auto | jsonl | gsm8k | math | parquet
+    test: str = "toy"  # held-out evaluation split ("toy" = the toy task's test split)
+    max_prompt_tokens: int = 1024  # longer prompts are dropped and counted
+    answer_extraction: str = "boxed"  # whole | after_think | boxed (what the verifier sees)
+
+
+@dataclass
+class AlgoConfig:
+    mode: str = "relift"  # relift | rl (no buffer, no SFT) | sft (offline SFT on all demos)
+    batch_size: int = 128  # B: questions per RL step
+    n_samples: int = 8  # N: rollouts per question
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 8192  # also L_max, the divisor of the RL loss
+    rl_loss: str = "relift"  # relift (r - mean, no clip, sum/L_max) | grpo (clipped, std-normalised)
+    clip_eps: float = 0.2  # grpo only: ratio clip range
+    entropy_coef: float = 0.001  # RL entropy bonus coefficient
+    minibatches: int = 2  # optimizer steps per RL batch
+    lr: float = 1e-6  # RL optimizer (AdamW) learning rate
+    weight_decay: float = 0.01  # both optimizers
+    grad_clip: float = 0.7  # RL gradient-norm clip
+    buffer_size: int = 128  # M: demonstrations that trigger one SFT step
+    sft_lr: float = 1e-6  # SFT optimizer (a second AdamW over the same weights)
+    sft_entropy_coef: float = 0.001  # alpha: 1e-3 in the released scripts, 1e-4 in the paper
+    sft_grad_clip: float = 1.0
+    sft_batch_size: int = 128  # mode=sft: demonstrations per offline SFT step
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100  # learner steps (RL steps; SFT steps in mode=sft)
+    seed: int = 1
+    checkpoint_every: int = 10  # steps between checkpoints (the last step always checkpoints)
+    zero_stage: int = 2  # DeepSpeed ZeRO stage
+    max_failures: int = 2  # Ray Train restarts of the learner group after a worker dies
+    fail_at_step: int = -1  # testing: learner rank 1 dies once at this step (-1 = never)
+
+
+@dataclass
+class ClusterConfig:
+    address: str = "auto"  # Ray address; "auto" joins a running cluster or starts a local one
+    num_cpus: int = 8  # logical CPUs of a locally started cluster (more than cores on purpose)
+    num_learners: int = 2
+    num_generators: int = 1
+    num_reward_workers: int = 2
+    use_gpu: bool = False
+    learner_cpus: float = 0.5  # logical CPUs each actor asks for (fractional on small machines)
+    generator_cpus: float = 0.5
+    reward_cpus: float = 0.25
+    scheduler_cpus: float = 0.25
+    reward_timeout_s: float = 5.0  # hard limit per answer, enforced from outside math-verify
+
+
+@dataclass
+class TrackingConfig:
+    tracking_uri: str = ""  # "" = SQLite store <output_dir>/mlflow.db (artifacts beside it)
+    experiment: str = "relift_ray"
+    eval_every: int = 0  # steps between test-split evaluations during training (0 = only before/after)
+    eval_samples: int = 0  # >0: also avg@k at temperature 0.6 with this k
+
+
+@dataclass
+class RunConfig:
+    name: str = "relift"  # run name: also the Ray Train run name, so re-running resumes it
+    output_dir: str = "runs"  # checkpoints, tables and the default MLflow store live here
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    @property
+    def storage_path(self) -> str:
+        return str(Path(self.output_dir).resolve() / "ray_train")
+
+    @property
+    def mlflow_uri(self) -> str:
+        return self.tracking.tracking_uri or f"sqlite:///{Path(self.output_dir).resolve() / 'mlflow.db'}"
+
+    @property
+    def artifact_root(self) -> str:
+        return (Path(self.output_dir).resolve() / "mlartifacts").as_uri()
+
+    @property
+    def uses_buffer(self) -> bool:
+        return self.algo.mode == "relift"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def flat(self) -> dict[str, Any]:
+        return dict(_flatten(self.to_dict()))
+
+
+# The embedded default: the whole system on the toy task, sized for 2 CPU cores.
+PRESETS: dict[str, dict] = {
+    "paper": {},  # the dataclass defaults are the released algorithm's
+    "toy": {
+        "algo": {"batch_size": 16, "n_samples": 8, "max_new_tokens": 24, "lr": 2e-4,
+                 "sft_lr": 5e-4, "buffer_size": 16, "sft_batch_size": 16, "grad_clip": 1.0},
+        "train": {"steps": 30, "checkpoint_every": 10},
+        "data": {"max_prompt_tokens": 64},
+    },
+}
+
+_CHOICES = {
+    "model.dtype": {"float32", "bfloat16"},
+    "data.format": {"auto", "jsonl", "gsm8k", "math", "parquet"},
+    "data.answer_extraction": {"whole", "after_think", "boxed"},
+    "algo.mode": {"relift", "rl", "sft"},
+    "algo.rl_loss": {"relift", "grpo"},
+    "train.zero_stage": {0, 1, 2, 3},
+}
+_POSITIVE = ["algo.batch_size", "algo.n_samples", "algo.max_new_tokens", "algo.minibatches",
+             "algo.buffer_size", "algo.sft_batch_size", "train.steps", "train.checkpoint_every",
+             "cluster.num_learners", "cluster.num_generators",
+             "cluster.num_reward_workers", "cluster.reward_timeout_s", "data.max_prompt_tokens",
+             "algo.lr", "algo.sft_lr", "algo.grad_clip", "algo.sft_grad_clip",
+             "algo.top_p", "cluster.num_cpus"]
+_NON_NEGATIVE = ["algo.temperature", "algo.entropy_coef", "algo.sft_entropy_coef",
+                 "algo.weight_decay", "algo.clip_eps", "train.max_failures",
+                 "cluster.learner_cpus", "cluster.generator_cpus", "cluster.reward_cpus",
+                 "cluster.scheduler_cpus", "tracking.eval_every", "tracking.eval_samples"]
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    flat = cfg.flat()
+    for key, allowed in _CHOICES.items():
+        if flat[key] not in allowed:
+            raise ConfigError(f"{key}={flat[key]!r}: must be one of {sorted(allowed, key=str)}")
+    for key in _POSITIVE:
+        if not flat[key] > 0:
+            raise ConfigError(f"{key}={flat[key]!r}: must be > 0")
+    for key in _NON_NEGATIVE:
+        if flat[key] < 0:
+            raise ConfigError(f"{key}={flat[key]!r}: must be >= 0")
+    a = cfg.algo
+    if a.top_p > 1:
+        raise ConfigError(f"algo.top_p={a.top_p}: must be in (0, 1]")
+    if a.mode != "sft" and a.batch_size * a.n_samples < cfg.cluster.num_learners * a.minibatches:
+        raise ConfigError(
+            f"algo.batch_size*algo.n_samples={a.batch_size * a.n_samples}: too few rollouts to give "
+            f"each of cluster.num_learners={cfg.cluster.num_learners} workers "
+            f"algo.minibatches={a.minibatches} non-empty minibatches")
+    if a.mode == "relift" and a.buffer_size < cfg.cluster.num_learners:
+        raise ConfigError(f"algo.buffer_size={a.buffer_size}: must be >= cluster.num_learners "
+                          f"({cfg.cluster.num_learners}) so every learner gets a demonstration")
+    if a.rl_loss == "grpo" and a.clip_eps <= 0:
+        raise ConfigError(f"algo.clip_eps={a.clip_eps}: the grpo loss needs a clip range > 0")
+    if not cfg.name or "/" in cfg.name:
+        raise ConfigError(f"name={cfg.name!r}: must be a non-empty name without '/'")
+    return cfg
+
+
+# ---------------------------------------------------------------- loading and overrides
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """YAML file (optional ``preset:`` key) + ``a.b=value`` overrides -> validated RunConfig."""
+    tree: dict = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            tree = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+    preset = tree.pop("preset", None)
+    merged: dict = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ConfigError(f"{source}: preset={preset!r}: must be one of {sorted(PRESETS)}")
+        _merge(merged, PRESETS[preset])
+    _merge(merged, tree)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected dotted.key=value")
+        key, value = item.split("=", 1)
+        _set_dotted(merged, key.strip(), yaml.safe_load(value))
+    return validate(_build(RunConfig, merged, prefix=""))
+
+
+def _merge(into: dict, other: dict) -> None:
+    for k, v in other.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            _merge(into[k], v)
+        else:
+            into[k] = dict(v) if isinstance(v, dict) else v
+
+
+def _set_dotted(tree: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {key}: {p} is not a section")
+    node[parts[-1]] = value
+
+
+def _build(cls, tree: dict, prefix: str):
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {tree!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(tree) - names)
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown field (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for name, value in tree.items():
+        hint = hints[name]
+        key = prefix + name
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, key + ".")
+        else:
+            kwargs[name] = _coerce(key, hint, value)
+    return cls(**kwargs)
+
+
+def _coerce(key: str, hint, value):
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}={value!r}: expected true or false")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}={value!r}: expected an integer")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)  # YAML reads "1e-6" as a string
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}={value!r}: expected a number")
+    if hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}={value!r}: expected a string")
+    return value
+
+
+def _flatten(tree: dict, prefix: str = ""):
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            yield from _flatten(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v

@@ -1,0 +1,175 @@
+"""The driver: builds the topology of one run and starts it.
+
+    reward-0..k      RewardWorker actors (math-verify in child processes, hard time limits)
+    generator-0..g   HFGenerator actors (the policy's sampling copies, versioned weights)
+    scheduler        Scheduler actor (records, hard buffer, RL/SFT batches)
+    learner group    Ray Train TorchTrainer running learner.train_loop_per_worker
+
+It evaluates the base policy on the test split, trains, evaluates again, and logs everything to
+MLflow. Re-running with the same ``name`` and ``output_dir`` resumes from the last checkpoint.
+Called by ``jobs/train.py``; ``run(cfg)`` returns a summary dict.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from relift_ray.config import RunConfig
+
+EVAL_MAX_NEW_TOKENS_TOY = 32
+
+
+def init_ray(cfg: RunConfig) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if cfg.cluster.address == "local" or (cfg.cluster.address == "auto"
+                                          and not _cluster_running()):
+        # A local cluster of our own: no token auth (RAY_AUTH_MODE), and more logical CPUs than
+        # cores so fractional actors and two learner workers all fit on a 2-core machine.
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray.init(num_cpus=cfg.cluster.num_cpus, include_dashboard=False,
+                 runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}})
+    else:
+        ray.init(address=cfg.cluster.address)
+
+
+def _cluster_running() -> bool:
+    if os.environ.get("RAY_ADDRESS"):
+        return True
+    try:
+        from ray._private.services import find_gcs_addresses  # read-only probe
+        return bool(find_gcs_addresses())
+    except Exception:
+        return False
+
+
+def resolve_model(cfg: RunConfig, log=print) -> str:
+    if cfg.model.path == "toy":
+        from relift_ray.toy.base import build_base_model
+        return build_base_model(Path(cfg.output_dir) / "cache", log=log)
+    return cfg.model.path
+
+
+def load_data(cfg: RunConfig, tokenizer, log=print):
+    from relift_ray.data import load_questions
+
+    train = load_questions(cfg.data.train, cfg.data.format, "train")
+    test = load_questions(cfg.data.test, cfg.data.format, "test")
+    kept = [q for q in train
+            if len(tokenizer(q.prompt, add_special_tokens=False)["input_ids"])
+            <= cfg.data.max_prompt_tokens]
+    if len(kept) < len(train):
+        log(f"[data] dropped {len(train) - len(kept)} of {len(train)} training questions whose "
+            f"prompt exceeds data.max_prompt_tokens={cfg.data.max_prompt_tokens}")
+    return kept, test, len(train) - len(kept)
+
+
+def run(cfg: RunConfig) -> dict:
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
+    from ray.train import RunConfig as TrainRunConfig
+    from ray.train.torch import TorchTrainer
+    from transformers import AutoTokenizer
+
+    from relift_ray.evaluation import evaluate
+    from relift_ray.generators.hf import HFGenerator
+    from relift_ray.learner import train_loop_per_worker
+    from relift_ray.rewards import RewardWorker
+    from relift_ray.scheduler import Scheduler
+    from relift_ray.tracking import Tracker, write_csv
+
+    t_start = time.time()
+    cfg.output_dir = str(Path(cfg.output_dir).expanduser().resolve())
+    init_ray(cfg)
+    c = cfg.cluster
+    model_path = resolve_model(cfg)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    train_qs, test_qs, dropped = load_data(cfg, tokenizer)
+    print(f"[driver] run {cfg.name!r}: mode {cfg.algo.mode}, {len(train_qs)} training questions, "
+          f"{len(test_qs)} test questions, model {model_path}", flush=True)
+
+    tracker = Tracker(cfg.mlflow_uri, cfg.tracking.experiment, cfg.name,
+                      tags={"mode": cfg.algo.mode}, artifact_root=cfg.artifact_root)
+    tracker.log_config(cfg)
+    tracker.log_metrics({"data_dropped_long_prompts": dropped, "train_questions": len(train_qs)})
+    status = "FAILED"
+    try:
+        # Actors: plain classes made remote here, each with a readable name in the dashboard.
+        rewarders = [ray.remote(RewardWorker).options(name=f"reward-{i}", num_cpus=c.reward_cpus)
+                     .remote(cfg.data.answer_extraction, c.reward_timeout_s)
+                     for i in range(c.num_reward_workers)]
+        device = "cuda" if c.use_gpu else "cpu"
+        generators = [ray.remote(HFGenerator).options(
+            name=f"generator-{i}", num_cpus=c.generator_cpus, num_gpus=1 if c.use_gpu else 0)
+            .remote(model_path, device=device, dtype=cfg.model.dtype)
+            for i in range(c.num_generators)]
+        scheduler = ray.remote(Scheduler).options(
+            name="scheduler", num_cpus=c.scheduler_cpus, max_concurrency=c.num_learners + 4
+        ).remote(cfg, train_qs, tokenizer, generators, rewarders)
+
+        eval_tokens = EVAL_MAX_NEW_TOKENS_TOY if cfg.model.path == "toy" else cfg.algo.max_new_tokens
+        before = evaluate(generators, rewarders, test_qs, max_new_tokens=eval_tokens)
+        tracker.log_metrics({f"test_before/{k}": v for k, v in before.items()}, step=0)
+        print(f"[driver] test accuracy before training: {_fmt(before)}", flush=True)
+
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={"cfg": cfg.to_dict(), "model_path": model_path,
+                               "scheduler": scheduler, "generators": generators,
+                               "mlflow_uri": cfg.mlflow_uri, "mlflow_run_id": tracker.run_id},
+            scaling_config=ScalingConfig(num_workers=c.num_learners, use_gpu=c.use_gpu,
+                                         resources_per_worker={"CPU": c.learner_cpus}),
+            run_config=TrainRunConfig(
+                name=cfg.name, storage_path=cfg.storage_path,
+                failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=2)))
+        result = trainer.fit()
+
+        after = evaluate(generators, rewarders, test_qs, max_new_tokens=eval_tokens)
+        tracker.log_metrics({f"test_after/{k}": v for k, v in after.items()},
+                            step=cfg.train.steps)
+        rows = ray.get(scheduler.question_rows.remote())
+        table_path = Path(cfg.output_dir) / cfg.name / "questions.csv"
+        write_csv(rows, table_path)
+        tracker.log_table(rows, "questions.csv")
+        final = ray.get(scheduler.state_dict.remote())
+        reward_stats = ray.get([r.get_stats.remote() for r in rewarders])
+        ckpt_path = result.checkpoint.path if result.checkpoint else ""
+        tracker.set_tags({"final_checkpoint": ckpt_path,
+                          "final_policy": str(Path(ckpt_path) / "policy") if ckpt_path else ""})
+        summary = {"run_id": tracker.run_id, "before": before, "after": after,
+                   "sft_steps": final["counters"]["sft_steps"],
+                   "demos_used_unique": len(final["demos_used"]),
+                   "demos_used_total": final["counters"]["demos_used_total"],
+                   "demos_available": sum(q.demo is not None for q in train_qs),
+                   "reward_timeouts": sum(s["timeouts"] for s in reward_stats),
+                   "checkpoint": ckpt_path, "question_table": str(table_path),
+                   "wall_seconds": time.time() - t_start}
+        tracker.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+        status = "FINISHED"
+        print_summary(cfg, summary)
+        return summary
+    finally:
+        tracker.end(status)
+
+
+def _fmt(acc: dict) -> str:
+    return ", ".join(f"{k} {v:.3f}" for k, v in acc.items())
+
+
+def print_summary(cfg: RunConfig, s: dict) -> None:
+    levels = [k for k in s["before"] if k != "overall"] + ["overall"]
+    print("\n" + "=" * 60)
+    print(f"run {cfg.name} ({cfg.algo.mode}) finished in {s['wall_seconds']:.0f}s")
+    print(f"{'test accuracy':<16}{'before':>10}{'after':>10}")
+    for k in levels:
+        print(f"{k:<16}{s['before'][k]:>10.3f}{s['after'][k]:>10.3f}")
+    print(f"SFT steps: {s['sft_steps']}; demonstrations used: {s['demos_used_unique']} unique, "
+          f"{s['demos_used_total']} total, of {s['demos_available']} available")
+    print(f"checkpoint: {s['checkpoint']}")
+    print(f"question table: {s['question_table']}")
+    print(f"MLflow run {s['run_id']} in {cfg.mlflow_uri}")
+    print("=" * 60, flush=True)

@@ -1,0 +1,78 @@
+"""The transformers generator backend (CPU or GPU): ``model.generate`` with sampling.
+
+Weights arrive as a state dict from the object store (the learner puts it once; every
+generator loads the same object).
+"""
+from __future__ import annotations
+
+import torch
+
+from relift_ray.records import Completion, Question, SamplingParams
+
+
+class HFGenerator:
+    def __init__(self, model_path: str, device: str = "cpu", dtype: str = "float32",
+                 max_batch: int = 256, threads: int = 0):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.device = device
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.tokenizer.padding_side = "left"  # generation continues from the prompt's end
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(
+            model_path, dtype=getattr(torch, dtype)).to(device).eval()
+        self.max_batch = max_batch
+        self.weight_version = 0
+        self.tokens_generated = 0
+
+    def get_version(self) -> int:
+        return self.weight_version
+
+    def load_weights(self, version: int, state_dict: dict) -> int:
+        self.model.load_state_dict(state_dict, strict=True)
+        self.weight_version = version
+        return version
+
+    @torch.no_grad()
+    def generate(self, questions: list[Question], params: SamplingParams) -> list[list[Completion]]:
+        tok = self.tokenizer
+        out: list[list[Completion]] = []
+        torch.manual_seed(params.seed)
+        per_call = max(1, self.max_batch // params.n)
+        for start in range(0, len(questions), per_call):
+            chunk = questions[start:start + per_call]
+            enc = tok([q.prompt for q in chunk], return_tensors="pt", padding=True,
+                      add_special_tokens=False).to(self.device)
+            sample = params.temperature > 0
+            gen = self.model.generate(
+                **enc, do_sample=sample, num_return_sequences=params.n,
+                max_new_tokens=params.max_new_tokens, pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+                **({"temperature": params.temperature, "top_p": params.top_p, "top_k": 0}
+                   if sample else {}))
+            width = enc["input_ids"].shape[1]
+            for i, q in enumerate(chunk):
+                prompt = enc["input_ids"][i][enc["attention_mask"][i].bool()].tolist()
+                group = []
+                for j in range(params.n):
+                    resp = _trim(gen[i * params.n + j, width:].tolist(), tok.eos_token_id,
+                                 tok.pad_token_id)
+                    self.tokens_generated += len(resp)
+                    group.append(Completion(
+                        question_id=q.id, prompt_ids=tuple(prompt), response_ids=tuple(resp),
+                        text=tok.decode(resp, skip_special_tokens=True),
+                        weight_version=self.weight_version))
+                out.append(group)
+        return out
+
+
+def _trim(ids: list[int], eos: int, pad: int) -> list[int]:
+    """Cut at the first EOS (kept, it is a sampled token); drop right padding otherwise."""
+    if eos in ids:
+        return ids[:ids.index(eos) + 1]
+    while ids and ids[-1] == pad and pad != eos:
+        ids.pop()
+    return ids

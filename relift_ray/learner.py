@@ -1,0 +1,281 @@
+"""The learner: the per-worker loop of a Ray Train ``TorchTrainer``, under DeepSpeed ZeRO.
+
+Each worker, every step: pull its shard of the step's batch from the scheduler, run the RL
+update (logp_old recomputed here, then ``algo.minibatches`` optimizer steps), run the SFT update
+when the batch carries one (its own AdamW state, lr and clip over the same weights), then rank 0
+publishes the new weights to the generators (one ``ray.put``), and every ``checkpoint_every``
+steps all ranks report a checkpoint: HF weights + scheduler state (rank 0) and each rank's
+optimizer partition. On (re)start the loop resumes from ``ray.train.get_checkpoint()`` and puts
+the scheduler back to the state saved with it, so both sides agree after a crash.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from relift_ray.algo import policy_loss, sft_loss, token_logprobs
+from relift_ray.config import RunConfig, _build
+from relift_ray.records import Sample
+
+
+class TwoPhaseAdamW(torch.optim.AdamW):
+    """AdamW with two independent states and hyper-parameters ("rl" and "sft") over the same
+    parameters: the released algorithm's two optimizers, as one object DeepSpeed can wrap."""
+
+    def __init__(self, params, phases: dict[str, dict]):
+        first = phases["rl"]
+        super().__init__(params, lr=first["lr"], weight_decay=first["weight_decay"], foreach=False)
+        self.phases = phases
+        self.phase = "rl"
+        self.phase_state = {"rl": self.state, "sft": defaultdict(dict)}
+
+    def set_phase(self, phase: str) -> None:
+        self.phase_state[self.phase] = self.state
+        self.state = self.phase_state[phase]
+        for g in self.param_groups:
+            g["lr"] = self.phases[phase]["lr"]
+            g["weight_decay"] = self.phases[phase]["weight_decay"]
+        self.phase = phase
+
+    def both_state_dicts(self) -> dict:
+        current, out = self.phase, {}
+        for ph in ("rl", "sft"):
+            self.set_phase(ph)
+            out[ph] = torch.optim.AdamW.state_dict(self)
+        self.set_phase(current)
+        return out
+
+    def load_both_state_dicts(self, sd: dict) -> None:
+        current = self.phase
+        for ph in ("rl", "sft"):
+            self.set_phase(ph)
+            torch.optim.AdamW.load_state_dict(self, sd[ph])
+        self.set_phase(current)
+
+
+def to_tensors(samples: list[Sample], pad_id: int, device) -> dict:
+    """Right-padded prompt+response; ``mask`` marks the positions that predict response tokens."""
+    seqs = [list(s.prompt_ids) + list(s.response_ids) for s in samples]
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(seqs), width), dtype=torch.long)
+    mask = torch.zeros((len(seqs), width - 1))
+    for i, (s, seq) in enumerate(zip(samples, seqs)):
+        ids[i, :len(seq)] = torch.tensor(seq)
+        attn[i, :len(seq)] = 1
+        mask[i, len(s.prompt_ids) - 1:len(seq) - 1] = 1
+    adv = torch.tensor([s.advantage for s in samples])
+    return {k: v.to(device) for k, v in
+            {"ids": ids, "attn": attn, "mask": mask, "adv": adv}.items()}
+
+
+def forward_logprobs(model, t: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = model(input_ids=t["ids"], attention_mask=t["attn"]).logits[:, :-1]
+    return token_logprobs(logits, t["ids"][:, 1:])
+
+
+def _set_clip(engine, value: float) -> None:
+    # DeepSpeed reads the clip value from its config (stage 0) or the ZeRO optimizer (1-3);
+    # the two phases clip differently, so set both before each step.
+    engine._config.gradient_clipping = value
+    if hasattr(engine.optimizer, "clip_grad"):
+        engine.optimizer.clip_grad = value
+
+
+class Learner:
+    """One learner worker's model, optimizer and updates; usable without Ray Train in tests."""
+
+    def __init__(self, cfg: RunConfig, model_path: str, world: int = 1):
+        import deepspeed
+        from transformers import AutoModelForCausalLM
+
+        self.cfg, self.a = cfg, cfg.algo
+        self.device = torch.device("cuda", torch.cuda.current_device()) if cfg.cluster.use_gpu \
+            else torch.device("cpu")
+        model = AutoModelForCausalLM.from_pretrained(model_path,
+                                                     dtype=getattr(torch, cfg.model.dtype))
+        self.pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+        self.opt = TwoPhaseAdamW(model.parameters(), {
+            "rl": {"lr": self.a.lr, "weight_decay": self.a.weight_decay},
+            "sft": {"lr": self.a.sft_lr, "weight_decay": self.a.weight_decay}})
+        ds_config = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
+                     "train_batch_size": world, "gradient_clipping": self.a.grad_clip,
+                     "zero_optimization": {"stage": cfg.train.zero_stage},
+                     "bf16": {"enabled": cfg.model.dtype == "bfloat16"},
+                     "steps_per_print": 10 ** 9, "wall_clock_breakdown": False,
+                     # TwoPhaseAdamW is torch's AdamW with a second state; ZeRO wraps it as such
+                     "zero_allow_untested_optimizer": True}
+        # distribution changes the code here: DeepSpeed reuses the process group Ray Train made
+        self.engine, self.ds_opt, _, _ = deepspeed.initialize(
+            model=model, optimizer=self.opt, config=ds_config, dist_init_required=False)
+
+    def _step(self, phase: str, clip: float) -> float:
+        self.opt.set_phase(phase)
+        _set_clip(self.engine, clip)
+        self.engine.step()
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+
+    def rl_update(self, samples: list[Sample]) -> dict:
+        t = to_tensors(samples, self.pad_id, self.device)
+        with torch.no_grad():  # logp_old: the policy that sampled (exactly on-policy)
+            logp_old, _ = forward_logprobs(self.engine, t)
+        out = defaultdict(float)
+        k = self.a.minibatches
+        order = torch.arange(len(samples))
+        for chunk in order.chunk(k):
+            mb = {key: v[chunk] for key, v in t.items()}
+            logp, ent = forward_logprobs(self.engine, mb)
+            loss, m = policy_loss(logp, logp_old[chunk], mb["adv"], mb["mask"], ent,
+                                  kind=self.a.rl_loss, l_max=self.a.max_new_tokens,
+                                  clip_eps=self.a.clip_eps, entropy_coef=self.a.entropy_coef)
+            self.engine.backward(loss)
+            m["grad_norm"] = self._step("rl", self.a.grad_clip)
+            m["loss"] = loss.item()
+            for key, v in m.items():
+                out[f"rl/{key}"] += v / k
+        return dict(out)
+
+    def sft_update(self, samples: list[Sample]) -> dict:
+        t = to_tensors(samples, self.pad_id, self.device)
+        logp, ent = forward_logprobs(self.engine, t)
+        loss, m = sft_loss(logp, t["mask"], ent, alpha=self.a.sft_entropy_coef)
+        self.engine.backward(loss)
+        m["sft_grad_norm"] = self._step("sft", self.a.sft_grad_clip)
+        m["sft_loss"] = loss.item()
+        return {f"sft/{k}": v for k, v in m.items()}
+
+    def full_state_dict(self) -> dict:
+        """CPU copy of the full weights (all ranks must call under ZeRO-3)."""
+        import deepspeed
+        params = list(self.engine.module.parameters())
+        with deepspeed.zero.GatheredParameters(params, enabled=self.cfg.train.zero_stage == 3):
+            return {k: v.detach().to("cpu", copy=True)
+                    for k, v in self.engine.module.state_dict().items()}
+
+
+# ------------------------------------------------------------------ the Ray Train loop
+
+def train_loop_per_worker(config: dict) -> None:
+    import ray
+    import ray.train
+
+    cfg = _build(RunConfig, config["cfg"], prefix="")
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    scheduler, generators = config["scheduler"], config["generators"]
+    torch.manual_seed(cfg.train.seed + rank)
+
+    # Resume: weights are loaded before DeepSpeed builds its fp32 partitions from them.
+    model_path, start, ckpt_dir = config["model_path"], 0, None
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        ckpt_dir = tempfile.mkdtemp(prefix="relift-ckpt-")
+        ckpt.to_directory(ckpt_dir)
+        start = json.loads((Path(ckpt_dir) / "meta.json").read_text())["step"]
+        model_path = str(Path(ckpt_dir) / "policy")
+    learner = Learner(cfg, model_path, world)
+    if ckpt_dir:
+        learner.opt.load_both_state_dicts(
+            torch.load(Path(ckpt_dir) / f"optim_rank{rank}.pt", weights_only=False))
+        if rank == 0:
+            state = pickle.loads((Path(ckpt_dir) / "scheduler_state.pkl").read_bytes())
+            ray.get(scheduler.load_state_dict.remote(state))
+            print(f"[learner] resumed from step {start}", flush=True)
+    sync_s = publish(learner, generators, start, rank) if ckpt_dir else 0.0
+    tracker = None
+    if rank == 0 and config.get("mlflow_run_id"):
+        from relift_ray.tracking import StepLogger
+        tracker = StepLogger(config["mlflow_uri"], config["mlflow_run_id"])
+
+    for step in range(start + 1, cfg.train.steps + 1):
+        t0 = time.perf_counter()
+        # 1. pull this rank's shard (the scheduler generates and scores on the first call)
+        batch = ray.get(scheduler.next_batch.remote(step, rank, world))
+        t1 = time.perf_counter()
+        _maybe_fail(cfg, rank, step)
+        # 2. RL update, 3. SFT update when the hard buffer filled
+        metrics = dict(batch.metrics)
+        if batch.rl:
+            metrics.update(learner.rl_update(list(batch.rl)))
+        if batch.sft:
+            metrics.update(learner.sft_update(list(batch.sft)))
+        metrics["train_seconds"] = time.perf_counter() - t1
+        # 4. publish weights version `step` (on-policy: the next batch samples with them)
+        metrics["weight_sync_seconds"] = publish(learner, generators, step, rank)
+        metrics["step_seconds"] = time.perf_counter() - t0
+        metrics["sft_this_step"] = int(bool(batch.sft))
+        # 5. checkpoint (all ranks: each owns its optimizer partition) and report
+        checkpoint = None
+        if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
+            checkpoint = save_checkpoint(learner, scheduler, step, rank, config)
+        if rank == 0:
+            _progress(step, cfg.train.steps, metrics)
+            if tracker:
+                tracker.log(step, metrics)
+        ray.train.report({k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+                         checkpoint=checkpoint)
+        if checkpoint is not None:
+            shutil.rmtree(checkpoint.path, ignore_errors=True)
+    del sync_s
+
+
+def publish(learner: Learner, generators: list, version: int, rank: int) -> float:
+    """Rank 0 puts the weights in the object store once; every generator loads that object."""
+    import ray
+
+    t0 = time.perf_counter()
+    sd = learner.full_state_dict() if (rank == 0 or learner.cfg.train.zero_stage == 3) else None
+    if rank == 0:
+        ref = ray.put(sd)
+        got = ray.get([g.load_weights.remote(version, ref) for g in generators])
+        if set(got) != {version}:
+            raise RuntimeError(f"generators loaded versions {got}, expected {version}")
+    return time.perf_counter() - t0
+
+
+def save_checkpoint(learner: Learner, scheduler, step: int, rank: int, config: dict):
+    import ray
+    from ray.train import Checkpoint
+
+    d = Path(tempfile.mkdtemp(prefix=f"relift-save-{rank}-"))
+    torch.save(learner.opt.both_state_dicts(), d / f"optim_rank{rank}.pt")
+    sd = learner.full_state_dict() if (rank == 0 or learner.cfg.train.zero_stage == 3) else None
+    if rank == 0:
+        learner.engine.module.save_pretrained(d / "policy", state_dict=sd)
+        src = Path(config["model_path"])
+        for f in src.iterdir():  # tokenizer files travel with the policy
+            if "token" in f.name or f.name in ("special_tokens_map.json", "chat_template.jinja"):
+                shutil.copy(f, d / "policy" / f.name)
+        state = ray.get(scheduler.state_dict.remote())
+        (d / "scheduler_state.pkl").write_bytes(pickle.dumps(state))
+        (d / "meta.json").write_text(json.dumps({"step": step}))
+    return Checkpoint.from_directory(str(d))
+
+
+def _maybe_fail(cfg: RunConfig, rank: int, step: int) -> None:
+    """Testing hook: rank 1 dies once at train.fail_at_step (a marker file makes it once)."""
+    if step != cfg.train.fail_at_step or rank != 1:
+        return
+    marker = Path(cfg.output_dir).resolve() / f"{cfg.name}.failed_at_{step}"
+    if not marker.exists():
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text("injected failure")
+        print(f"[learner] rank {rank}: injected failure at step {step}", flush=True)
+        os._exit(1)
+
+
+def _progress(step: int, total: int, m: dict) -> None:
+    b = "/".join(str(m.get(f"bucket_{k}", "-")) for k in ("easy", "medium", "hard", "hardest"))
+    print(f"[step {step}/{total}] reward {m.get('reward_mean', float('nan')):.3f} | "
+          f"buckets E/M/H/X {b} | buffer {m.get('buffer_size', 0)} | "
+          f"sft steps {m.get('sft_steps', 0)} | demos {m.get('demos_used_unique', 0)} | "
+          f"{m['step_seconds']:.1f}s", flush=True)

@@ -1,0 +1,71 @@
+"""Typed records that cross actor boundaries (scheduler, generators, reward pool, learners).
+
+Frozen dataclasses, pickled by Ray as they are. Imports no Ray.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Question:
+    id: str
+    prompt: str  # the text the model sees (chat template already applied)
+    answer: str  # ground truth, as the verifier reads it
+    demo: str | None = None  # a worked demonstration (the response an SFT step teaches)
+    source: str = ""
+    level: int = 0
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Completion:
+    question_id: str
+    text: str
+    prompt_ids: tuple[int, ...]
+    response_ids: tuple[int, ...]  # ends with EOS when the model stopped by itself
+    weight_version: int  # the policy version that sampled it
+
+
+@dataclass(frozen=True)
+class ScoredGroup:
+    """The N completions of one question with their rewards."""
+    question: Question
+    completions: tuple[Completion, ...]
+    rewards: tuple[float, ...]
+
+    @property
+    def pass_rate(self) -> float:
+        return sum(r > 0 for r in self.rewards) / len(self.rewards)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One training sequence: prompt ids + response ids (loss on the response only)."""
+    prompt_ids: tuple[int, ...]
+    response_ids: tuple[int, ...]
+    advantage: float = 0.0  # RL only
+    question_id: str = ""
+
+
+@dataclass(frozen=True)
+class TrainBatch:
+    """What a learner step consumes: an RL batch and, when the buffer triggered, an SFT batch."""
+    step: int
+    rl: tuple[Sample, ...] = ()
+    sft: tuple[Sample, ...] = ()
+    weight_version: int = 0  # the version the RL samples came from
+    metrics: dict = field(default_factory=dict)  # scheduler-side figures for this step
+
+    def shard(self, rank: int, world: int) -> "TrainBatch":
+        # Distribution changes the code here: each learner takes every world-th sample.
+        return TrainBatch(step=self.step, rl=self.rl[rank::world], sft=self.sft[rank::world],
+                          weight_version=self.weight_version, metrics=self.metrics)

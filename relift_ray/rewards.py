@@ -1,0 +1,157 @@
+"""Rewards: answer extraction, math-verify scoring, and the reward worker.
+
+``math_reward(response, truth, extraction)`` is the paper's reward: 1 if math-verify finds the
+extracted answer equal to the ground truth, else 0 (no answer found = 0).
+
+``RewardWorker`` runs the scoring function in a child *process* (math-verify's own timeout
+uses signals and works only on a main thread) and enforces a hard per-answer time limit from
+the outside: an answer that takes longer costs one timeout (reward 0), the child is killed
+and restarted, and scoring goes on. A job makes each worker a Ray actor (``reward-0``, ...).
+"""
+from __future__ import annotations
+
+import importlib
+import multiprocessing as mp
+import time
+from dataclasses import dataclass
+
+EXTRACTIONS = ("whole", "after_think", "boxed")
+
+OK, NO_ANSWER, TIMEOUT, ERROR = "ok", "no_answer", "timeout", "error"
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last \\boxed{...} (braces balanced), or None."""
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    i = start + len("\\boxed{")
+    depth = 1
+    for j in range(i, len(text)):
+        if text[j] == "{":
+            depth += 1
+        elif text[j] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[i:j]
+    return None
+
+
+def extract_answer(response: str, extraction: str = "boxed") -> str | None:
+    """The part of a response the verifier sees, or None when there is no answer."""
+    if extraction == "whole":
+        return response
+    if extraction == "after_think":
+        head, sep, tail = response.partition("</think>")
+        return tail if sep else None
+    if extraction == "boxed":
+        inner = last_boxed(response)
+        return None if inner is None else f"\\boxed{{{inner}}}"
+    raise ValueError(f"answer extraction {extraction!r}: must be one of {EXTRACTIONS}")
+
+
+def math_reward(response: str, truth: str, extraction: str = "boxed") -> tuple[float, str]:
+    """(reward in {0, 1}, status) for one response; runs math-verify without its own timeout."""
+    from math_verify import parse, verify
+
+    part = extract_answer(response, extraction)
+    if part is None:
+        return 0.0, NO_ANSWER
+    pred = parse(part, parsing_timeout=None)
+    if not pred:
+        return 0.0, NO_ANSWER
+    gold = parse(f"\\boxed{{{truth}}}", parsing_timeout=None)
+    if not gold:
+        gold = parse(f"${truth}$", parsing_timeout=None)
+    return (1.0 if verify(gold, pred, timeout_seconds=None) else 0.0), OK
+
+
+def _child(conn, fn_path: str, extraction: str) -> None:
+    module, name = fn_path.split(":")
+    fn = getattr(importlib.import_module(module), name)
+    while True:
+        msg = conn.recv()
+        if msg is None:
+            return
+        response, truth = msg
+        try:
+            conn.send(fn(response, truth, extraction))
+        except Exception as e:  # a verifier bug must not kill the worker
+            conn.send((0.0, f"{ERROR}: {type(e).__name__}: {e}"[:200]))
+
+
+@dataclass
+class RewardStats:
+    scored: int = 0
+    timeouts: int = 0
+    no_answer: int = 0
+    errors: int = 0
+    restarts: int = 0
+    seconds: float = 0.0
+
+
+class RewardWorker:
+    def __init__(self, extraction: str = "boxed", timeout_s: float = 5.0,
+                 fn: str = "relift_ray.rewards:math_reward"):
+        if extraction not in EXTRACTIONS:
+            raise ValueError(f"answer extraction {extraction!r}: must be one of {EXTRACTIONS}")
+        self.extraction, self.timeout_s, self.fn = extraction, timeout_s, fn
+        self.stats = RewardStats()
+        self._ctx = mp.get_context("spawn")
+        self._proc = None
+        self._conn = None
+        self._start()
+
+    def _start(self) -> None:
+        self._conn, child_conn = self._ctx.Pipe()
+        self._proc = self._ctx.Process(target=_child, args=(child_conn, self.fn, self.extraction),
+                                       daemon=True, name="relift-reward")
+        self._proc.start()
+        child_conn.close()
+        # first answer pays the import; warm up outside the per-answer limit
+        self._conn.send(("\\boxed{1}", "1"))
+        if not self._conn.poll(120):
+            raise RuntimeError("reward worker process did not start within 120 s")
+        self._conn.recv()
+
+    def _restart(self) -> None:
+        self._proc.kill()
+        self._proc.join(5)
+        self.stats.restarts += 1
+        self._start()
+
+    def score(self, pairs: list[tuple[str, str]]) -> list[tuple[float, str]]:
+        """[(response, truth)] -> [(reward, status)], one answer at a time under the limit."""
+        out = []
+        t0 = time.perf_counter()
+        for response, truth in pairs:
+            self._conn.send((response, truth))
+            if self._conn.poll(self.timeout_s):
+                reward, status = self._conn.recv()
+            else:
+                reward, status = 0.0, TIMEOUT
+                self._restart()
+            self.stats.scored += 1
+            self.stats.timeouts += status == TIMEOUT
+            self.stats.no_answer += status == NO_ANSWER
+            self.stats.errors += status.startswith(ERROR)
+            out.append((reward, status))
+        self.stats.seconds += time.perf_counter() - t0
+        return out
+
+    def get_stats(self) -> dict:
+        return dict(vars(self.stats))
+
+    def close(self) -> None:
+        if self._proc is not None and self._proc.is_alive():
+            self._conn.send(None)
+            self._proc.join(5)
+            if self._proc.is_alive():
+                self._proc.kill()
+        self._proc = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass

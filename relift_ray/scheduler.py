@@ -1,0 +1,314 @@
+"""The scheduler: per-question records, the hard buffer, and the RL/SFT decision.
+
+It is the one owner of training state that is not weights. Each step it samples B questions,
+has the generators produce N completions each, has the reward pool score them, updates every
+question's record, feeds questions whose N rewards are all 0 into the hard buffer (newest
+first), and hands the learners an RL batch plus, when the buffer holds M demonstrations, an SFT
+batch of the M newest (the rest stay). ``state_dict`` / ``load_state_dict`` capture all of it.
+
+``QuestionTable``, ``HardBuffer`` and ``Sampler`` are plain data structures. ``Scheduler`` is
+a plain class too: a job makes it the ``scheduler`` actor (threaded, so every learner can wait
+on the same step); tests drive it in-process with in-process generators and reward workers.
+"""
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from relift_ray.actors import call_all
+from relift_ray.algo import group_advantages
+from relift_ray.config import RunConfig
+from relift_ray.records import Question, Sample, SamplingParams, ScoredGroup, TrainBatch
+
+BUCKETS = ("easy", "medium", "hard", "hardest")
+
+
+def bucket_of(pass_rate: float) -> str:
+    """Easy >= 6/8, Medium 3-5/8, Hard 1-2/8, Hardest 0/8, scaled to any N."""
+    if pass_rate == 0:
+        return "hardest"
+    if pass_rate < 3 / 8:
+        return "hard"
+    if pass_rate < 6 / 8:
+        return "medium"
+    return "easy"
+
+
+@dataclass
+class QuestionRecord:
+    attempts: int = 0  # rollouts sampled
+    correct: int = 0
+    history: list = field(default_factory=list)  # [(step, pass rate)] each time it was sampled
+    first_solved_step: int | None = None
+    times_buffered: int = 0
+    sft_steps: list = field(default_factory=list)  # learner steps whose SFT batch held it
+    solved_after_sft: bool | None = None  # None until fine-tuned; then any success afterwards
+
+
+class QuestionTable:
+    def __init__(self):
+        self.records: dict[str, QuestionRecord] = {}
+
+    def get(self, qid: str) -> QuestionRecord:
+        return self.records.setdefault(qid, QuestionRecord())
+
+    def observe(self, step: int, group: ScoredGroup) -> None:
+        rec = self.get(group.question.id)
+        n_ok = sum(r > 0 for r in group.rewards)
+        rec.attempts += len(group.rewards)
+        rec.correct += n_ok
+        rec.history.append((step, group.pass_rate))
+        if n_ok and rec.first_solved_step is None:
+            rec.first_solved_step = step
+        if rec.sft_steps:
+            rec.solved_after_sft = bool(rec.solved_after_sft) or n_ok > 0
+
+    def mark_sft(self, step: int, qids) -> None:
+        for qid in qids:
+            rec = self.get(qid)
+            rec.sft_steps.append(step)
+            if rec.solved_after_sft is None:
+                rec.solved_after_sft = False
+
+    def rows(self, questions: dict[str, Question]) -> list[dict]:
+        out = []
+        for qid, rec in sorted(self.records.items()):
+            q = questions.get(qid)
+            last = rec.history[-1][1] if rec.history else None
+            out.append({"id": qid, "level": q.level if q else "", "source": q.source if q else "",
+                        "attempts": rec.attempts, "correct": rec.correct, "last_pass_rate": last,
+                        "pass_rate_history": " ".join(f"{s}:{p:.3g}" for s, p in rec.history),
+                        "first_solved_step": rec.first_solved_step,
+                        "times_buffered": rec.times_buffered,
+                        "sft_steps": " ".join(map(str, rec.sft_steps)),
+                        "solved_after_sft": rec.solved_after_sft})
+        return out
+
+
+class HardBuffer:
+    """Question ids with demonstrations, newest first. A question already waiting moves to the
+    front instead of appearing twice, so one SFT batch never holds a demonstration twice."""
+
+    def __init__(self):
+        self.ids: list[str] = []
+
+    def __len__(self):
+        return len(self.ids)
+
+    def push(self, qids: list[str]) -> None:
+        new = list(dict.fromkeys(qids))
+        self.ids = new + [q for q in self.ids if q not in set(new)]
+
+    def take_newest(self, m: int) -> list[str]:
+        taken, self.ids = self.ids[:m], self.ids[m:]
+        return taken
+
+
+class Sampler:
+    """Shuffled passes over the training questions; its position and RNG are checkpointed."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.rng = n, random.Random(seed)
+        self.epoch, self.pos = 0, 0
+        self.order = self._shuffle()
+
+    def _shuffle(self) -> list[int]:
+        order = list(range(self.n))
+        self.rng.shuffle(order)
+        return order
+
+    def take(self, k: int) -> list[int]:
+        out = []
+        while len(out) < k:
+            if self.pos == self.n:
+                self.epoch, self.pos, self.order = self.epoch + 1, 0, self._shuffle()
+            take = min(k - len(out), self.n - self.pos)
+            out += self.order[self.pos:self.pos + take]
+            self.pos += take
+        return out
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos, "order": list(self.order),
+                "rng": self.rng.getstate()}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.epoch, self.pos, self.order = s["epoch"], s["pos"], list(s["order"])
+        self.rng.setstate(_as_rng_state(s["rng"]))
+
+
+def _as_rng_state(s):
+    # a state that went through pickling/YAML may have lists where random wants tuples
+    return (s[0], tuple(s[1]), s[2])
+
+
+class Scheduler:
+    def __init__(self, cfg: RunConfig, questions: list[Question], tokenizer, generators: list,
+                 rewarders: list):
+        self.cfg, self.a = cfg, cfg.algo
+        self.tok = tokenizer
+        self.generators, self.rewarders = generators, rewarders
+        if cfg.algo.mode == "sft":
+            questions = [q for q in questions if q.demo]
+        if not questions:
+            raise ValueError("no training questions" + (" with a demonstration (algo.mode=sft)"
+                                                        if cfg.algo.mode == "sft" else ""))
+        self.questions = questions
+        self.by_id = {q.id: q for q in questions}
+        self.demos_available = sum(q.demo is not None for q in questions)
+        self.table = QuestionTable()
+        self.buffer = HardBuffer()
+        self.sampler = Sampler(len(questions), cfg.train.seed)
+        self.counters = {"step": 0, "sft_steps": 0, "demos_used_total": 0,
+                         "hardest_without_demo": 0}
+        self.demos_used: set[str] = set()
+        self._lock = threading.Lock()
+        self._batch: TrainBatch | None = None
+
+    # ------------------------------------------------------------ the producer, one step
+    def next_batch(self, step: int, rank: int = 0, world: int = 1) -> TrainBatch:
+        """The shard of step ``step``'s batch for learner ``rank``; the first caller makes it."""
+        with self._lock:
+            if self._batch is None or self._batch.step != step:
+                if step != self.counters["step"] + 1:
+                    raise RuntimeError(f"learner asked for step {step}, scheduler is at step "
+                                       f"{self.counters['step']} (state out of sync with the "
+                                       f"learner's checkpoint)")
+                self._batch = self.produce(step)
+            return self._batch.shard(rank, world)
+
+    def produce(self, step: int) -> TrainBatch:
+        t0 = time.perf_counter()
+        if self.a.mode == "sft":
+            batch = self._offline_sft_batch(step)
+        else:
+            # 1. sample B questions   2. N rollouts each   3. rewards
+            qs = [self.questions[i] for i in self.sampler.take(self.a.batch_size)]
+            groups, gen_metrics = self._rollouts(step, qs)
+            # 4. records, hard buffer, advantages   5. SFT batch when the buffer holds M
+            for g in groups:
+                self.table.observe(step, g)
+            hardest = [g.question for g in groups if not any(g.rewards)]
+            sft = self._buffer_and_sft(step, hardest) if self.cfg.uses_buffer else ()
+            batch = TrainBatch(step=step, rl=self._rl_samples(groups), sft=sft,
+                               weight_version=step - 1,
+                               metrics={**gen_metrics, **_group_metrics(groups)})
+        self.counters["step"] = step
+        batch.metrics.update(self._state_metrics())
+        batch.metrics["scheduler_seconds"] = time.perf_counter() - t0
+        return batch
+
+    def _rollouts(self, step: int, qs: list[Question]) -> tuple[list[ScoredGroup], dict]:
+        t0 = time.perf_counter()
+        k = len(self.generators)
+        chunks = [qs[i::k] for i in range(k)]
+        params = [SamplingParams(n=self.a.n_samples, temperature=self.a.temperature,
+                                 top_p=self.a.top_p, max_new_tokens=self.a.max_new_tokens,
+                                 seed=self.cfg.train.seed * 1_000_003 + step * 101 + i)
+                  for i in range(k)]
+        outs = call_all(self.generators, "generate", [(c, p) for c, p in zip(chunks, params)])
+        by_q = {}
+        for chunk, out in zip(chunks, outs):
+            by_q.update({q.id: comps for q, comps in zip(chunk, out)})
+        comps = [by_q[q.id] for q in qs]
+        versions = {c.weight_version for group in comps for c in group}
+        if versions != {step - 1}:  # exactly on-policy: step s samples with version s-1
+            raise RuntimeError(f"step {step}: generators sampled with weight versions "
+                               f"{sorted(versions)}, expected {step - 1}")
+        gen_s = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        pairs = [(c.text, q.answer) for q, group in zip(qs, comps) for c in group]
+        rewards = self._score(pairs)
+        n = self.a.n_samples
+        groups = [ScoredGroup(q, tuple(g), tuple(r for r, _ in rewards[i * n:(i + 1) * n]))
+                  for i, (q, g) in enumerate(zip(qs, comps))]
+        tokens = sum(len(c.response_ids) for g in comps for c in g)
+        statuses = [s for _, s in rewards]
+        return groups, {"gen_seconds": gen_s, "gen_tokens_per_s": tokens / max(gen_s, 1e-9),
+                        "response_length": tokens / max(len(pairs), 1),
+                        "reward_seconds": time.perf_counter() - t1,
+                        "reward_timeouts": sum(s == "timeout" for s in statuses),
+                        "reward_no_answer": sum(s == "no_answer" for s in statuses)}
+
+    def _score(self, pairs: list[tuple[str, str]]) -> list[tuple[float, str]]:
+        k = len(self.rewarders)
+        size = -(-len(pairs) // k)
+        chunks = [pairs[i * size:(i + 1) * size] for i in range(k)]
+        outs = call_all(self.rewarders, "score", [(c,) for c in chunks])
+        return [r for out in outs for r in out]
+
+    def _rl_samples(self, groups: list[ScoredGroup]) -> tuple[Sample, ...]:
+        rewards = torch.tensor([g.rewards for g in groups], dtype=torch.float32)
+        adv = group_advantages(rewards, normalize_std=self.a.rl_loss == "grpo")
+        return tuple(Sample(c.prompt_ids, c.response_ids, float(adv[i, j]), g.question.id)
+                     for i, g in enumerate(groups) for j, c in enumerate(g.completions))
+
+    def _buffer_and_sft(self, step: int, hardest: list[Question]) -> tuple[Sample, ...]:
+        with_demo = [q.id for q in hardest if q.demo]
+        self.counters["hardest_without_demo"] += len(hardest) - len(with_demo)
+        for qid in with_demo:
+            self.table.get(qid).times_buffered += 1
+        self.buffer.push(with_demo)
+        if len(self.buffer) < self.a.buffer_size:
+            return ()
+        return self._sft_samples(step, self.buffer.take_newest(self.a.buffer_size))
+
+    def _offline_sft_batch(self, step: int) -> TrainBatch:
+        qids = list(dict.fromkeys(self.questions[i].id
+                                  for i in self.sampler.take(self.a.sft_batch_size)))
+        return TrainBatch(step=step, sft=self._sft_samples(step, qids), weight_version=step - 1,
+                          metrics={})
+
+    def _sft_samples(self, step: int, qids: list[str]) -> tuple[Sample, ...]:
+        self.counters["sft_steps"] += 1
+        self.counters["demos_used_total"] += len(qids)
+        self.demos_used.update(qids)
+        self.table.mark_sft(step, qids)
+        eos = [self.tok.eos_token_id]
+        out = []
+        for qid in qids:
+            q = self.by_id[qid]
+            p = self.tok(q.prompt, add_special_tokens=False)["input_ids"]
+            r = self.tok(q.demo, add_special_tokens=False)["input_ids"] + eos
+            out.append(Sample(tuple(p), tuple(r), 0.0, qid))
+        return tuple(out)
+
+    # ------------------------------------------------------------ metrics and state
+    def _state_metrics(self) -> dict:
+        c = self.counters
+        return {"buffer_size": len(self.buffer), "sft_steps": c["sft_steps"],
+                "demos_used_unique": len(self.demos_used), "demos_used_total": c["demos_used_total"],
+                "demos_used_share": len(self.demos_used) / max(self.demos_available, 1),
+                "hardest_without_demo": c["hardest_without_demo"]}
+
+    def question_rows(self) -> list[dict]:
+        with self._lock:
+            return self.table.rows(self.by_id)
+
+    def state_dict(self) -> dict:
+        with self._lock:
+            return {"records": {k: asdict(v) for k, v in self.table.records.items()},
+                    "buffer": list(self.buffer.ids), "sampler": self.sampler.state_dict(),
+                    "counters": dict(self.counters), "demos_used": sorted(self.demos_used)}
+
+    def load_state_dict(self, s: dict) -> None:
+        with self._lock:
+            self.table.records = {k: QuestionRecord(**{**v, "history": [tuple(h) for h in v["history"]]})
+                                  for k, v in s["records"].items()}
+            self.buffer.ids = list(s["buffer"])
+            self.sampler.load_state_dict(s["sampler"])
+            self.counters = dict(s["counters"])
+            self.demos_used = set(s["demos_used"])
+            self._batch = None
+
+
+def _group_metrics(groups: list[ScoredGroup]) -> dict:
+    counts = {b: 0 for b in BUCKETS}
+    for g in groups:
+        counts[bucket_of(g.pass_rate)] += 1
+    rewards = [r for g in groups for r in g.rewards]
+    return {"reward_mean": sum(rewards) / max(len(rewards), 1),
+            **{f"bucket_{b}": n for b, n in counts.items()}}

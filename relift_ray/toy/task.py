@@ -1,0 +1,75 @@
+"""The embedded default task: arithmetic with worked, step-by-step demonstrations.
+
+Four difficulty levels. The base model is pretrained on levels 1-2 only; level 3 is within
+partial reach (longer operands, same operation), level 4 needs an operation the base model never
+saw (subtraction), so its pass rate starts at 0: RL alone has no signal there, the
+demonstrations in the hard buffer are what teach it.
+
+    level 1  47+5       ->  47+5=52 \\boxed{52}
+    level 2  7+5+3      ->  7+5=12,12+3=15 \\boxed{15}
+    level 3  47+5+8     ->  47+5=52,52+8=60 \\boxed{60}
+    level 4  17-8       ->  17-8=9 \\boxed{9}
+
+Every problem of a level is either in the train split or the test split, fixed by a hash of its
+text, so the test questions are never trained on.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+
+from relift_ray.records import Question
+
+LEVELS = (1, 2, 3, 4)
+BASE_LEVELS = (1, 2)  # what the base model is pretrained on
+TEST_FRACTION = 0.2
+
+
+def _problems(level: int):
+    """Yield (expression, demonstration, answer) for every problem of a level."""
+    digits = range(10)
+    if level == 1:
+        for a, b in itertools.product(range(60), digits):
+            s = a + b
+            yield f"{a}+{b}", f"{a}+{b}={s}", s
+    elif level == 2:
+        for a, b, c in itertools.product(digits, digits, digits):
+            s1 = a + b
+            yield f"{a}+{b}+{c}", f"{a}+{b}={s1},{s1}+{c}={s1 + c}", s1 + c
+    elif level == 3:
+        for a, b, c in itertools.product(range(10, 60), digits, range(0, 10, 2)):
+            s1 = a + b
+            yield f"{a}+{b}+{c}", f"{a}+{b}={s1},{s1}+{c}={s1 + c}", s1 + c
+    elif level == 4:
+        for a, b in itertools.product(range(0, 20), digits):
+            if a >= b:
+                yield f"{a}-{b}", f"{a}-{b}={a - b}", a - b
+    else:
+        raise ValueError(f"toy task has levels {LEVELS}, not {level}")
+
+
+def prompt_of(expr: str) -> str:
+    return f"Q:{expr}\n"
+
+
+def response_of(steps: str, answer: int) -> str:
+    return f"{steps} \\boxed{{{answer}}}"
+
+
+def _in_test(expr: str) -> bool:
+    h = int(hashlib.sha256(expr.encode()).hexdigest()[:8], 16)
+    return (h % 1000) / 1000 < TEST_FRACTION
+
+
+def make_questions(split: str = "train", levels=LEVELS) -> list[Question]:
+    """All questions of the given levels in one split ("train" or "test"), in a fixed order."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be train or test, not {split!r}")
+    out = []
+    for level in levels:
+        for expr, steps, ans in _problems(level):
+            if _in_test(expr) == (split == "test"):
+                out.append(Question(id=f"toy-L{level}-{expr}", prompt=prompt_of(expr),
+                                    answer=str(ans), demo=response_of(steps, ans),
+                                    source="toy", level=level))
+    return out

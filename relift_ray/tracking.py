@@ -1,0 +1,91 @@
+"""Tracking: MLflow (local file store by default) and Ray metrics for the dashboard.
+
+``Tracker`` lives in the driver: it opens the run, logs the flattened config as params and the
+resolved YAML, and at the end the evaluation, the per-question table and the final checkpoint.
+``StepLogger`` lives in learner rank 0 (Ray Train V2 rejects MLflow callbacks): per-step
+metrics to the same run, and the same key figures as ``ray.util.metrics`` gauges.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import tempfile
+from pathlib import Path
+
+# the figures exported to the Ray dashboard while a job runs
+RAY_GAUGES = ("reward_mean", "buffer_size", "sft_steps", "demos_used_unique", "demos_used_total",
+              "step_seconds", "gen_tokens_per_s", "weight_sync_seconds", "bucket_easy",
+              "bucket_medium", "bucket_hard", "bucket_hardest")
+
+
+def _clean(metrics: dict) -> dict:
+    return {k.replace("/", "_"): float(v) for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+
+
+class Tracker:
+    def __init__(self, uri: str, experiment: str, run_name: str, tags: dict | None = None,
+                 artifact_root: str | None = None):
+        import mlflow
+        self.mlflow = mlflow
+        mlflow.set_tracking_uri(uri)  # never the implicit ./mlflow.db of the current folder
+        if mlflow.get_experiment_by_name(experiment) is None:
+            mlflow.create_experiment(experiment, artifact_location=artifact_root)
+        mlflow.set_experiment(experiment)
+        self.run = mlflow.start_run(run_name=run_name, tags=tags or {})
+        self.run_id = self.run.info.run_id
+        self.uri = uri
+
+    def log_config(self, cfg) -> None:
+        self.mlflow.log_params({k: ("" if v is None else v) for k, v in cfg.flat().items()})
+        self.mlflow.log_text(cfg.to_yaml(), "config.yaml")
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        self.mlflow.log_metrics(_clean(metrics), step=step)
+
+    def log_table(self, rows: list[dict], name: str) -> str:
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / name
+            write_csv(rows, path)
+            self.mlflow.log_artifact(str(path))
+        return name
+
+    def set_tags(self, tags: dict) -> None:
+        self.mlflow.set_tags(tags)
+
+    def end(self, status: str = "FINISHED") -> None:
+        self.mlflow.end_run(status=status)
+
+
+class StepLogger:
+    def __init__(self, uri: str, run_id: str):
+        from mlflow.tracking import MlflowClient
+        self.client, self.run_id = MlflowClient(uri), run_id
+        self.gauges = {}
+        try:
+            from ray.util.metrics import Gauge
+            self.gauges = {k: Gauge(f"relift_{k}", description=f"relift_ray {k}")
+                           for k in RAY_GAUGES}
+        except Exception:  # not inside Ray: MLflow only
+            pass
+
+    def log(self, step: int, metrics: dict) -> None:
+        from mlflow.entities import Metric
+        import time
+        now = int(time.time() * 1000)
+        clean = _clean(metrics)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step)
+                                                    for k, v in clean.items()])
+        for k, g in self.gauges.items():
+            if k in clean:
+                g.set(clean[k])
+
+
+def write_csv(rows: list[dict], path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keys = list(rows[0]) if rows else ["id"]
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
