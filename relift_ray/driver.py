@@ -49,7 +49,8 @@ def _cluster_running() -> bool:
 def resolve_model(cfg: RunConfig, log=print) -> str:
     if cfg.model.path == "toy":
         from relift_ray.toy.base import build_base_model
-        return build_base_model(Path(cfg.output_dir) / "cache", log=log)
+        cache = os.environ.get("RELIFT_CACHE") or Path.home() / ".cache" / "relift_ray"
+        return build_base_model(cache, log=log)
     return cfg.model.path
 
 
@@ -95,7 +96,7 @@ def run(cfg: RunConfig) -> dict:
                       tags={"mode": cfg.algo.mode}, artifact_root=cfg.artifact_root)
     tracker.log_config(cfg)
     tracker.log_metrics({"data_dropped_long_prompts": dropped, "train_questions": len(train_qs)})
-    status = "FAILED"
+    status, actors = "FAILED", []
     try:
         # Actors: plain classes made remote here, each with a readable name in the dashboard.
         rewarders = [ray.remote(RewardWorker).options(name=f"reward-{i}", num_cpus=c.reward_cpus)
@@ -109,6 +110,7 @@ def run(cfg: RunConfig) -> dict:
         scheduler = ray.remote(Scheduler).options(
             name="scheduler", num_cpus=c.scheduler_cpus, max_concurrency=c.num_learners + 4
         ).remote(cfg, train_qs, tokenizer, generators, rewarders)
+        actors = [*rewarders, *generators, scheduler]
 
         eval_tokens = EVAL_MAX_NEW_TOKENS_TOY if cfg.model.path == "toy" else cfg.algo.max_new_tokens
         before = evaluate(generators, rewarders, test_qs, max_new_tokens=eval_tokens)
@@ -154,6 +156,8 @@ def run(cfg: RunConfig) -> dict:
         return summary
     finally:
         tracker.end(status)
+        for a in actors:  # names are free again for the next run in this Ray session
+            ray.kill(a)
 
 
 def _fmt(acc: dict) -> str:

@@ -153,11 +153,16 @@ class Learner:
         m["sft_loss"] = loss.item()
         return {f"sft/{k}": v for k, v in m.items()}
 
+    def gathered(self):
+        """Context in which every parameter is whole (a no-op below ZeRO-3, where each rank
+        holds the full weights); under ZeRO-3 all ranks must enter it together."""
+        import deepspeed
+        return deepspeed.zero.GatheredParameters(list(self.engine.module.parameters()),
+                                                 enabled=self.cfg.train.zero_stage == 3)
+
     def full_state_dict(self) -> dict:
         """CPU copy of the full weights (all ranks must call under ZeRO-3)."""
-        import deepspeed
-        params = list(self.engine.module.parameters())
-        with deepspeed.zero.GatheredParameters(params, enabled=self.cfg.train.zero_stage == 3):
+        with self.gathered():
             return {k: v.detach().to("cpu", copy=True)
                     for k, v in self.engine.module.state_dict().items()}
 
@@ -183,14 +188,20 @@ def train_loop_per_worker(config: dict) -> None:
         start = json.loads((Path(ckpt_dir) / "meta.json").read_text())["step"]
         model_path = str(Path(ckpt_dir) / "policy")
     learner = Learner(cfg, model_path, world)
+    # The scheduler and the generators go back to exactly this checkpoint (or to the start):
+    # after a crash Ray Train may restart from an older checkpoint than the newest.
     if ckpt_dir:
         learner.opt.load_both_state_dicts(
             torch.load(Path(ckpt_dir) / f"optim_rank{rank}.pt", weights_only=False))
-        if rank == 0:
+    if rank == 0:
+        if ckpt_dir:
             state = pickle.loads((Path(ckpt_dir) / "scheduler_state.pkl").read_bytes())
             ray.get(scheduler.load_state_dict.remote(state))
-            print(f"[learner] resumed from step {start}", flush=True)
-    sync_s = publish(learner, generators, start, rank) if ckpt_dir else 0.0
+            print(f"[learner] resumed from the checkpoint of step {start}", flush=True)
+        else:
+            ray.get(scheduler.reset.remote())
+    publish(learner, generators, start, rank)
+    torch.distributed.barrier()  # no rank asks for a batch before the scheduler is restored
     tracker = None
     if rank == 0 and config.get("mlflow_run_id"):
         from relift_ray.tracking import StepLogger
@@ -225,7 +236,6 @@ def train_loop_per_worker(config: dict) -> None:
                          checkpoint=checkpoint)
         if checkpoint is not None:
             shutil.rmtree(checkpoint.path, ignore_errors=True)
-    del sync_s
 
 
 def publish(learner: Learner, generators: list, version: int, rank: int) -> float:
@@ -248,9 +258,10 @@ def save_checkpoint(learner: Learner, scheduler, step: int, rank: int, config: d
 
     d = Path(tempfile.mkdtemp(prefix=f"relift-save-{rank}-"))
     torch.save(learner.opt.both_state_dicts(), d / f"optim_rank{rank}.pt")
-    sd = learner.full_state_dict() if (rank == 0 or learner.cfg.train.zero_stage == 3) else None
+    with learner.gathered():
+        if rank == 0:  # an HF-format copy of the policy: loadable by from_pretrained
+            learner.engine.module.save_pretrained(d / "policy")
     if rank == 0:
-        learner.engine.module.save_pretrained(d / "policy", state_dict=sd)
         src = Path(config["model_path"])
         for f in src.iterdir():  # tokenizer files travel with the policy
             if "token" in f.name or f.name in ("special_tokens_map.json", "chat_template.jinja"):

@@ -167,6 +167,11 @@ class Scheduler:
         self.demos_used: set[str] = set()
         self._lock = threading.Lock()
         self._batch: TrainBatch | None = None
+        self._initial = self.state_dict()
+
+    def reset(self) -> None:
+        """Back to the state before step 1 (a learner group that restarts with no checkpoint)."""
+        self.load_state_dict(self._initial)
 
     # ------------------------------------------------------------ the producer, one step
     def next_batch(self, step: int, rank: int = 0, world: int = 1) -> TrainBatch:
@@ -227,7 +232,7 @@ class Scheduler:
                   for i, (q, g) in enumerate(zip(qs, comps))]
         tokens = sum(len(c.response_ids) for g in comps for c in g)
         statuses = [s for _, s in rewards]
-        return groups, {"gen_seconds": gen_s, "gen_tokens_per_s": tokens / max(gen_s, 1e-9),
+        return groups, {"weight_version": step - 1, "gen_seconds": gen_s, "gen_tokens_per_s": tokens / max(gen_s, 1e-9),
                         "response_length": tokens / max(len(pairs), 1),
                         "reward_seconds": time.perf_counter() - t1,
                         "reward_timeouts": sum(s == "timeout" for s in statuses),

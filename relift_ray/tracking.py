@@ -19,7 +19,7 @@ RAY_GAUGES = ("reward_mean", "buffer_size", "sft_steps", "demos_used_unique", "d
 
 
 def _clean(metrics: dict) -> dict:
-    return {k.replace("/", "_"): float(v) for k, v in metrics.items()
+    return {k: float(v) for k, v in metrics.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
 
 

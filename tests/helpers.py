@@ -1,0 +1,42 @@
+"""In-process stand-ins used by the tests: scripted generators and reward workers, a slow
+scoring function for the reward-timeout test."""
+import time
+
+from relift_ray.records import Completion
+
+
+class ScriptedGenerator:
+    """Answers "ok" or "no" per rollout, as a script {question id: [1, 0, ...]} says."""
+
+    def __init__(self, script: dict, default: int = 0):
+        self.script, self.default = script, default
+        self.weight_version = 0
+        self.calls = []
+
+    def get_version(self):
+        return self.weight_version
+
+    def load_weights(self, version, state_dict):
+        self.weight_version = version
+        return version
+
+    def generate(self, questions, params):
+        self.calls.append(([q.id for q in questions], params))
+        out = []
+        for q in questions:
+            rewards = self.script.get(q.id, [self.default] * params.n)
+            out.append([Completion(q.id, "ok" if rewards[j] else "no", (1, 2), (3, 1),
+                                   self.weight_version) for j in range(params.n)])
+        return out
+
+
+class ScriptedRewarder:
+    def score(self, pairs):
+        return [(1.0 if text == "ok" else 0.0, "ok") for text, _ in pairs]
+
+
+def slow_reward(response, truth, extraction):
+    """Hangs on answers containing HANG (a pathological answer), else exact match."""
+    if "HANG" in response:
+        time.sleep(60)
+    return (1.0 if response.strip() == truth else 0.0), "ok"

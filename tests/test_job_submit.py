@@ -1,0 +1,85 @@
+"""jobs/train.py under `ray job submit` against a `ray start --head` cluster this test starts
+(and stops, by process id: only what it started)."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head(tmp_path, relift_cache):
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    dash = free_port()
+    head = subprocess.Popen(
+        [RAY, "start", "--head", "--block", "--num-cpus=8", f"--port={free_port()}",
+         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+         f"--temp-dir={tmp_path / 'ray'}"],
+        env=env, stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT,
+        start_new_session=True)  # its own process group: we stop exactly what we started
+    address = f"http://127.0.0.1:{dash}"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            r = subprocess.run([RAY, "job", "list", "--address", address], env=env,
+                               capture_output=True, text=True)
+            if r.returncode == 0:
+                break
+            assert head.poll() is None, (tmp_path / "head.log").read_text()
+            time.sleep(2)
+        else:
+            pytest.fail("ray head did not come up:\n" + (tmp_path / "head.log").read_text())
+        yield address, env
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+
+
+def test_default_job_succeeds_under_ray_job_submit(ray_head, tmp_path):
+    address, env = ray_head
+    out = tmp_path / "runs"
+    runtime_env = {"env_vars": {"RELIFT_CACHE": os.environ["RELIFT_CACHE"],
+                                "RAY_AUTH_MODE": "disabled"}}
+    submit = subprocess.run(
+        [RAY, "job", "submit", "--address", address, "--no-wait",
+         "--submission-id", "relift-test-job", "--runtime-env-json", json.dumps(runtime_env),
+         "--", sys.executable, str(ROOT / "jobs" / "train.py"), f"output_dir={out}",
+         "train.steps=3", "algo.batch_size=8", "algo.buffer_size=4", "name=submitted"],
+        env=env, capture_output=True, text=True, cwd=ROOT)
+    assert submit.returncode == 0, submit.stderr + submit.stdout
+    deadline, status = time.time() + 600, ""
+    while time.time() < deadline:
+        status = subprocess.run([RAY, "job", "status", "--address", address, "relift-test-job"],
+                                env=env, capture_output=True, text=True).stdout
+        if any(s in status for s in ("SUCCEEDED", "FAILED", "STOPPED")):
+            break
+        time.sleep(3)
+    logs = subprocess.run([RAY, "job", "logs", "--address", address, "relift-test-job"],
+                          env=env, capture_output=True, text=True).stdout
+    assert "SUCCEEDED" in status, status + logs[-5000:]
+    assert "test accuracy" in logs and "SFT steps" in logs
+
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    (exp,) = [e for e in client.search_experiments() if e.name == "relift_ray"]
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FINISHED" and run.info.run_name == "submitted"
+    assert len(client.get_metric_history(run.info.run_id, "reward_mean")) == 3

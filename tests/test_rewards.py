@@ -1,0 +1,54 @@
+"""Answer extraction, math-verify scoring, and the reward worker's hard time limit."""
+import pytest
+
+from relift_ray.rewards import RewardWorker, extract_answer, last_boxed, math_reward
+
+
+def test_extraction_modes():
+    r = "<think>maybe \\boxed{3}</think> so \\boxed{\\frac{1}{2}} done"
+    assert extract_answer(r, "whole") == r
+    assert extract_answer(r, "after_think") == " so \\boxed{\\frac{1}{2}} done"
+    assert extract_answer(r, "boxed") == "\\boxed{\\frac{1}{2}}"
+    assert extract_answer("no think tag", "after_think") is None
+    assert extract_answer("no box", "boxed") is None
+    assert last_boxed("\\boxed{a{b}c} \\boxed{x") is None  # unbalanced last box
+    with pytest.raises(ValueError, match="answer extraction 'last'"):
+        extract_answer(r, "last")
+
+
+@pytest.mark.parametrize("response, truth, reward", [
+    ("so \\boxed{12}", "12", 1.0),
+    ("so \\boxed{12.0}", "12", 1.0),
+    ("so \\boxed{\\frac{1}{2}}", "0.5", 1.0),
+    ("so \\boxed{13}", "12", 0.0),
+    ("the answer is 12", "12", 0.0),  # boxed extraction: no box, no answer
+])
+def test_math_reward_is_binary(response, truth, reward):
+    assert math_reward(response, truth, "boxed")[0] == reward
+
+
+def test_no_answer_is_reported():
+    assert math_reward("nothing here", "1", "boxed") == (0.0, "no_answer")
+    assert math_reward("</think> \\boxed{1}", "1", "after_think") == (1.0, "ok")
+
+
+def test_worker_scores_in_a_child_process():
+    w = RewardWorker("boxed", timeout_s=10)
+    try:
+        out = w.score([("\\boxed{4}", "4"), ("\\boxed{5}", "4"), ("none", "4")])
+        assert [r for r, _ in out] == [1.0, 0.0, 0.0]
+        assert w.get_stats()["no_answer"] == 1 and w.get_stats()["scored"] == 3
+        assert w._proc.pid != __import__("os").getpid()
+    finally:
+        w.close()
+
+
+def test_hard_time_limit_costs_one_timeout_and_scoring_goes_on():
+    w = RewardWorker("whole", timeout_s=1.0, fn="helpers:slow_reward")
+    try:
+        out = w.score([("7", "7"), ("HANG", "7"), ("7", "7"), ("8", "7")])
+        assert out == [(1.0, "ok"), (0.0, "timeout"), (1.0, "ok"), (0.0, "ok")]
+        s = w.get_stats()
+        assert s["timeouts"] == 1 and s["restarts"] == 1 and s["seconds"] < 30
+    finally:
+        w.close()

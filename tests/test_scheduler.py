@@ -1,0 +1,176 @@
+"""The scheduler's decisions on scripted rewards, and its state surviving a restart."""
+import pickle
+
+import pytest
+
+from helpers import ScriptedGenerator, ScriptedRewarder
+from relift_ray.config import load_config
+from relift_ray.records import Question
+from relift_ray.scheduler import HardBuffer, Sampler, Scheduler, bucket_of
+from relift_ray.toy.tokenizer import build_tokenizer
+
+TOK = build_tokenizer()
+
+
+def questions(k=8, without_demo=()):
+    return [Question(id=f"q{i}", prompt=f"Q:{i}+1\n", answer=str(i + 1),
+                     demo=None if i in without_demo else f"{i}+1={i + 1} \\boxed{{{i + 1}}}",
+                     level=1) for i in range(k)]
+
+
+def make(script, qs=None, **over):
+    o = {"algo.batch_size": 4, "algo.n_samples": 4, "algo.buffer_size": 3,
+         "cluster.num_learners": 1, "algo.minibatches": 1, **over}
+    cfg = load_config(overrides=[f"{k}={v}" for k, v in o.items()])
+    gen = ScriptedGenerator(script)
+    return Scheduler(cfg, qs or questions(), TOK, [gen], [ScriptedRewarder()]), gen
+
+
+def step(s, gen, k):
+    b = s.next_batch(k)
+    gen.weight_version = k  # the learner would publish version k after this step
+    return b
+
+
+def test_buckets_scaled_to_n():
+    assert [bucket_of(p / 8) for p in range(9)] == \
+        ["hardest", "hard", "hard", "medium", "medium", "medium", "easy", "easy", "easy"]
+
+
+def test_hardest_enter_buffer_newest_first_and_trigger_at_m():
+    # the first 4 sampled questions: three all-wrong (hardest), one solved once (hard)
+    s, gen = make({})
+    order = [s.questions[i].id for i in s.sampler.order]
+    for qid in order[:4]:
+        gen.script[qid] = [0, 0, 0, 0]  # hardest
+    gen.script[order[1]] = [1, 0, 0, 0]  # one of them is only hard
+    b1 = step(s, gen, 1)
+    hardest1 = [order[0], order[2], order[3]]
+    assert b1.metrics["bucket_hardest"] == 3 and b1.metrics["bucket_hard"] == 1
+    # buffer reached M=3 in this step: the SFT batch holds exactly those 3, newest first
+    assert [x.question_id for x in b1.sft] == hardest1
+    assert len(s.buffer) == 0 and s.counters["sft_steps"] == 1
+    # the SFT sample is prompt -> demonstration + EOS
+    q = s.by_id[hardest1[0]]
+    assert list(b1.sft[0].response_ids) == TOK(q.demo, add_special_tokens=False)["input_ids"] + \
+        [TOK.eos_token_id]
+    assert b1.rl and all(x.advantage == 0 for x in b1.rl if x.question_id in hardest1)
+
+
+def test_leftovers_kept_and_newest_taken():
+    s, gen = make({}, **{"algo.buffer_size": 5})
+    gen.default = 0  # everything is hardest
+    b1 = step(s, gen, 1)
+    assert not b1.sft and len(s.buffer) == 4
+    first = list(s.buffer.ids)
+    b2 = step(s, gen, 2)
+    newest = [s.questions[i].id for i in s.sampler.order[4:8]]
+    # 8 waiting: the 5 newest go (the 4 of step 2, then the newest of step 1), 3 stay
+    assert [x.question_id for x in b2.sft] == newest + first[:1]
+    assert s.buffer.ids == first[1:]
+
+
+def test_no_demonstration_twice_in_one_sft_batch():
+    buf = HardBuffer()
+    buf.push(["a", "b"])
+    buf.push(["c", "a"])  # "a" hardest again before it was used: moves to the front
+    assert buf.ids == ["c", "a", "b"]
+    assert buf.take_newest(3) == ["c", "a", "b"]
+
+
+def test_questions_without_demonstration_are_counted_not_buffered():
+    qs = questions(4, without_demo=(0, 1))
+    s, gen = make({}, qs=qs, **{"algo.buffer_size": 4})
+    step(s, gen, 1)
+    assert s.counters["hardest_without_demo"] == 2
+    assert sorted(s.buffer.ids) == ["q2", "q3"]
+
+
+def test_rl_advantages_are_reward_minus_group_mean():
+    s, gen = make({})
+    for q in s.questions:
+        gen.script[q.id] = [1, 1, 1, 0]
+    b = step(s, gen, 1)
+    assert [x.advantage for x in b.rl[:4]] == [0.25, 0.25, 0.25, -0.75]
+    assert b.metrics["reward_mean"] == 0.75 and b.metrics["bucket_easy"] == 4
+
+
+def test_rl_mode_has_no_buffer():
+    s, gen = make({}, **{"algo.mode": "rl"})
+    b = step(s, gen, 1)
+    assert not b.sft and len(s.buffer) == 0
+
+
+def test_sft_mode_uses_all_demonstrations_without_generating():
+    s, gen = make({}, **{"algo.mode": "sft", "algo.sft_batch_size": 4})
+    b1, b2 = step(s, gen, 1), step(s, gen, 2)
+    ids = [x.question_id for x in b1.sft + b2.sft]
+    assert sorted(ids) == sorted(q.id for q in s.questions) and not b1.rl
+    assert gen.calls == []
+
+
+def test_records_track_pass_rates_buffering_and_solved_after_sft():
+    s, gen = make({}, **{"algo.batch_size": 8, "algo.buffer_size": 8})
+    gen.default = 0
+    step(s, gen, 1)  # all 8 hardest -> buffered -> fine-tuned at step 1
+    gen.default = 1
+    step(s, gen, 2)  # next epoch: all solved
+    rec = s.table.records["q0"]
+    assert rec.history == [(1, 0.0), (2, 1.0)] and rec.times_buffered == 1
+    assert rec.sft_steps == [1] and rec.first_solved_step == 2 and rec.solved_after_sft is True
+    row = {r["id"]: r for r in s.question_rows()}["q0"]
+    assert row["pass_rate_history"] == "1:0 2:1" and row["solved_after_sft"] is True
+
+
+def test_off_policy_samples_are_refused():
+    s, gen = make({})
+    gen.weight_version = 5
+    with pytest.raises(RuntimeError, match="weight versions \\[5\\], expected 0"):
+        s.next_batch(1)
+
+
+def test_learner_out_of_sync_is_refused():
+    s, gen = make({})
+    with pytest.raises(RuntimeError, match="asked for step 3"):
+        s.next_batch(3)
+
+
+def test_shards_split_the_batch_across_learners():
+    s, gen = make({})
+    gen.default = 0
+    full = s.produce(1)
+    parts = [full.shard(r, 2) for r in range(2)]
+    assert len(parts[0].rl) + len(parts[1].rl) == len(full.rl)
+    assert set(parts[0].sft).isdisjoint(parts[1].sft)
+
+
+def test_state_round_trip_continues_exactly():
+    """Kill-and-resume at the scheduler level: a restored scheduler makes the same decisions."""
+    script = {f"q{i}": [i % 2, 0, 0, 0] for i in range(8)}
+    a, gen_a = make(dict(script), **{"algo.buffer_size": 5})
+    for k in (1, 2, 3):
+        step(a, gen_a, k)
+    saved = pickle.loads(pickle.dumps(a.state_dict()))  # as it travels in a checkpoint
+    tail_a = [step(a, gen_a, k) for k in (4, 5, 6)]
+
+    b, gen_b = make(dict(script), **{"algo.buffer_size": 5})
+    b.load_state_dict(saved)
+    gen_b.weight_version = 3
+    assert b.state_dict() == saved
+    tail_b = [step(b, gen_b, k) for k in (4, 5, 6)]
+    for x, y in zip(tail_a, tail_b):
+        assert x.rl == y.rl and x.sft == y.sft
+        assert {k: v for k, v in x.metrics.items() if "second" not in k and "per_s" not in k} == \
+               {k: v for k, v in y.metrics.items() if "second" not in k and "per_s" not in k}
+    assert a.state_dict() == b.state_dict()
+
+
+def test_sampler_epochs_reshuffle_and_restore():
+    s = Sampler(5, seed=3)
+    first = s.take(7)
+    assert sorted(first[:5]) == list(range(5)) and s.epoch == 1
+    st = s.state_dict()
+    nxt = s.take(6)
+    t = Sampler(5, seed=99)
+    t.load_state_dict(st)
+    assert t.take(6) == nxt
