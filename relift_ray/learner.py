@@ -232,8 +232,9 @@ def train_loop_per_worker(config: dict) -> None:
             _progress(step, cfg.train.steps, metrics)
             if tracker:
                 tracker.log(step, metrics)
-        ray.train.report({k: v for k, v in metrics.items() if isinstance(v, (int, float))},
-                         checkpoint=checkpoint)
+        # Ray Train gets the headline figures (the full set went to MLflow above)
+        ray.train.report({"step": step, "reward_mean": metrics.get("reward_mean", 0.0),
+                          "sft_steps": metrics.get("sft_steps", 0)}, checkpoint=checkpoint)
         if checkpoint is not None:
             shutil.rmtree(checkpoint.path, ignore_errors=True)
 

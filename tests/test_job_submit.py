@@ -2,6 +2,8 @@
 (and stops, by process id: only what it started)."""
 import json
 import os
+import shutil
+import tempfile
 import signal
 import socket
 import subprocess
@@ -26,10 +28,11 @@ def free_port():
 def ray_head(tmp_path, relift_cache):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     dash = free_port()
+    temp = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # Ray's socket paths must stay short
     head = subprocess.Popen(
         [RAY, "start", "--head", "--block", "--num-cpus=8", f"--port={free_port()}",
          "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-         f"--temp-dir={tmp_path / 'ray'}"],
+         f"--temp-dir={temp}"],
         env=env, stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT,
         start_new_session=True)  # its own process group: we stop exactly what we started
     address = f"http://127.0.0.1:{dash}"
@@ -46,11 +49,14 @@ def ray_head(tmp_path, relift_cache):
             pytest.fail("ray head did not come up:\n" + (tmp_path / "head.log").read_text())
         yield address, env
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
+        if head.poll() is None:
+            os.killpg(head.pid, signal.SIGTERM)
+            try:
+                head.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(head.pid, signal.SIGKILL)
+                head.wait(10)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_default_job_succeeds_under_ray_job_submit(ray_head, tmp_path):
@@ -65,21 +71,19 @@ def test_default_job_succeeds_under_ray_job_submit(ray_head, tmp_path):
          "train.steps=3", "algo.batch_size=8", "algo.buffer_size=4", "name=submitted"],
         env=env, capture_output=True, text=True, cwd=ROOT)
     assert submit.returncode == 0, submit.stderr + submit.stdout
-    deadline, status = time.time() + 600, ""
-    while time.time() < deadline:
-        status = subprocess.run([RAY, "job", "status", "--address", address, "relift-test-job"],
-                                env=env, capture_output=True, text=True).stdout
-        if any(s in status for s in ("SUCCEEDED", "FAILED", "STOPPED")):
-            break
+    from ray.job_submission import JobStatus, JobSubmissionClient
+    client = JobSubmissionClient(address)
+    deadline = time.time() + 600
+    while client.get_job_status("relift-test-job") not in {
+            JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED} and time.time() < deadline:
         time.sleep(3)
-    logs = subprocess.run([RAY, "job", "logs", "--address", address, "relift-test-job"],
-                          env=env, capture_output=True, text=True).stdout
-    assert "SUCCEEDED" in status, status + logs[-5000:]
+    status, logs = client.get_job_status("relift-test-job"), client.get_job_logs("relift-test-job")
+    assert status == JobStatus.SUCCEEDED, f"{status}\n{logs[-5000:]}"
     assert "test accuracy" in logs and "SFT steps" in logs
 
     from mlflow.tracking import MlflowClient
-    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
-    (exp,) = [e for e in client.search_experiments() if e.name == "relift_ray"]
-    (run,) = client.search_runs([exp.experiment_id])
+    mlflow = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    (exp,) = [e for e in mlflow.search_experiments() if e.name == "relift_ray"]
+    (run,) = mlflow.search_runs([exp.experiment_id])
     assert run.info.status == "FINISHED" and run.info.run_name == "submitted"
-    assert len(client.get_metric_history(run.info.run_id, "reward_mean")) == 3
+    assert len(mlflow.get_metric_history(run.info.run_id, "reward_mean")) == 3
