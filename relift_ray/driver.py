@@ -17,7 +17,7 @@ from pathlib import Path
 
 from relift_ray.config import RunConfig
 
-EVAL_MAX_NEW_TOKENS_TOY = 32
+EVAL_MAX_NEW_TOKENS_TOY = 72
 
 
 def init_ray(cfg: RunConfig) -> None:

@@ -14,6 +14,7 @@ import json
 import os
 import pickle
 import shutil
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -197,7 +198,7 @@ def train_loop_per_worker(config: dict) -> None:
         if ckpt_dir:
             state = pickle.loads((Path(ckpt_dir) / "scheduler_state.pkl").read_bytes())
             ray.get(scheduler.load_state_dict.remote(state))
-            print(f"[learner] resumed from the checkpoint of step {start}", flush=True)
+            _say(f"[learner] resumed from the checkpoint of step {start}")
         else:
             ray.get(scheduler.reset.remote())
     publish(learner, generators, start, rank)
@@ -281,13 +282,19 @@ def _maybe_fail(cfg: RunConfig, rank: int, step: int) -> None:
     if not marker.exists():
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text("injected failure")
-        print(f"[learner] rank {rank}: injected failure at step {step}", flush=True)
+        _say(f"[learner] rank {rank}: injected failure at step {step}")
         os._exit(1)
 
 
 def _progress(step: int, total: int, m: dict) -> None:
     b = "/".join(str(m.get(f"bucket_{k}", "-")) for k in ("easy", "medium", "hard", "hardest"))
-    print(f"[step {step}/{total}] reward {m.get('reward_mean', float('nan')):.3f} | "
+    _say(f"[step {step}/{total}] reward {m.get('reward_mean', float('nan')):.3f} | "
           f"buckets E/M/H/X {b} | buffer {m.get('buffer_size', 0)} | "
           f"sft steps {m.get('sft_steps', 0)} | demos {m.get('demos_used_unique', 0)} | "
-          f"{m['step_seconds']:.1f}s", flush=True)
+          f"{m['step_seconds']:.1f}s")
+
+
+def _say(line: str) -> None:
+    # Ray Train patches print() into its logger, which shows each line twice in job logs
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()

@@ -102,3 +102,18 @@ def test_rerun_resumes_from_checkpoint(first_run):
     assert state["counters"]["step"] == 6
     for qid, rec in saved["records"].items():  # the first 4 steps' records carried over
         assert state["records"][qid]["history"][:len(rec["history"])] == rec["history"]
+
+
+@pytest.mark.parametrize("mode", ["rl", "sft"])
+def test_rl_and_sft_modes_run(ray_local, tmp_path, mode):
+    from relift_ray.driver import run
+    cfg = small_cfg(tmp_path, f"mode-{mode}", f"algo.mode={mode}", "train.steps=2",
+                    "algo.sft_batch_size=6")
+    s = run(cfg)
+    if mode == "rl":  # no buffer, no SFT, every step sampled
+        assert s["sft_steps"] == 0 and s["demos_used_total"] == 0
+        assert metric(cfg, s["run_id"], "weight_version") == [0.0, 1.0]
+    else:  # offline SFT over all demonstrations: 6 per step, no generation
+        assert s["sft_steps"] == 2 and s["demos_used_unique"] == 12
+        assert not metric(cfg, s["run_id"], "weight_version")
+        assert metric(cfg, s["run_id"], "sft/sft_loss")

@@ -21,9 +21,9 @@ from relift_ray.toy import task
 from relift_ray.toy.tokenizer import build_tokenizer
 
 RECIPE = {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 2,
-          "num_attention_heads": 4, "max_position_embeddings": 64,
+          "num_attention_heads": 4, "max_position_embeddings": 128,
           "steps": 400, "batch_size": 64, "lr": 3e-3, "seed": 0, "levels": list(task.BASE_LEVELS),
-          "version": 3}
+          "version": 4, "level3_examples": 40}
 
 
 def recipe_hash() -> str:
@@ -50,6 +50,9 @@ def build_base_model(cache_dir: str | Path, log=print) -> str:
                          bos_token_id=tok.bos_token_id, tie_word_embeddings=True)
     model = LlamaForCausalLM(config)
     texts = [(q.prompt, q.demo) for q in task.make_questions("train", RECIPE["levels"])]
+    # a few level-3 examples: level 3 starts within partial reach, level 4 out of reach
+    texts += rng.sample([(q.prompt, q.demo) for q in task.make_questions("train", (3,))],
+                        RECIPE["level3_examples"])
     opt = torch.optim.AdamW(model.parameters(), lr=RECIPE["lr"], weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, RECIPE["lr"], total_steps=RECIPE["steps"],
                                                 pct_start=0.1)

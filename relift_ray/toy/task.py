@@ -1,14 +1,14 @@
 """The embedded default task: arithmetic with worked, step-by-step demonstrations.
 
-Four difficulty levels. The base model is pretrained on levels 1-2 only; level 3 is within
-partial reach (longer operands, same operation), level 4 needs an operation the base model never
-saw (subtraction), so its pass rate starts at 0: RL alone has no signal there, the
-demonstrations in the hard buffer are what teach it.
+Four difficulty levels. The base model is pretrained on levels 1-2 and a handful of level-3
+examples: level 3 is within partial reach (RL can sharpen it), level 4 uses an operation the
+base model never saw (multiplication, worked as repeated addition), so its pass rate starts at
+0: RL alone has no signal there, the demonstrations in the hard buffer are what teach it.
 
     level 1  47+5       ->  47+5=52 \\boxed{52}
     level 2  7+5+3      ->  7+5=12,12+3=15 \\boxed{15}
-    level 3  47+5+8     ->  47+5=52,52+8=60 \\boxed{60}
-    level 4  17-8       ->  17-8=9 \\boxed{9}
+    level 3  27+5+8     ->  27+5=32,32+8=40 \\boxed{40}
+    level 4  7*3        ->  7+7=14,14+7=21 \\boxed{21}
 
 Every problem of a level is either in the train split or the test split, fixed by a hash of its
 text, so the test questions are never trained on.
@@ -29,7 +29,7 @@ def _problems(level: int):
     """Yield (expression, demonstration, answer) for every problem of a level."""
     digits = range(10)
     if level == 1:
-        for a, b in itertools.product(range(60), digits):
+        for a, b in itertools.product(range(90), digits):
             s = a + b
             yield f"{a}+{b}", f"{a}+{b}={s}", s
     elif level == 2:
@@ -41,9 +41,12 @@ def _problems(level: int):
             s1 = a + b
             yield f"{a}+{b}+{c}", f"{a}+{b}={s1},{s1}+{c}={s1 + c}", s1 + c
     elif level == 4:
-        for a, b in itertools.product(range(0, 30), digits):
-            if a >= b:
-                yield f"{a}-{b}", f"{a}-{b}={a - b}", a - b
+        for a, m in itertools.product(range(1, 10), range(2, 10)):
+            partial, steps = a, []
+            for _ in range(m - 1):
+                steps.append(f"{partial}+{a}={partial + a}")
+                partial += a
+            yield f"{a}*{m}", ",".join(steps), a * m
     else:
         raise ValueError(f"toy task has levels {LEVELS}, not {level}")
 
