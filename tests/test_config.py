@@ -63,3 +63,13 @@ def test_bad_files(tmp_path):
     f.write_text("algo: [1, 2]\n")
     with pytest.raises(ConfigError, match="algo: expected a mapping"):
         load_config(f)
+
+
+def test_train_job_rejects_a_bad_value_before_starting_anything():
+    import subprocess
+    import sys
+    root = Path(__file__).parent.parent
+    r = subprocess.run([sys.executable, str(root / "jobs" / "train.py"), "algo.n_samples=0"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert "error: algo.n_samples=0: must be > 0" in r.stderr
