@@ -135,7 +135,7 @@ class RunConfig:
 PRESETS: dict[str, dict] = {
     "paper": {},  # the dataclass defaults are the released algorithm's
     "toy": {
-        "algo": {"batch_size": 16, "n_samples": 8, "max_new_tokens": 64, "lr": 1e-4,
+        "algo": {"batch_size": 16, "n_samples": 8, "max_new_tokens": 72, "lr": 1e-4,
                  "sft_lr": 5e-4, "buffer_size": 16, "sft_batch_size": 16, "grad_clip": 1.0},
         "train": {"steps": 60, "checkpoint_every": 20},
         "data": {"max_prompt_tokens": 64},

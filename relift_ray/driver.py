@@ -17,9 +17,6 @@ from pathlib import Path
 
 from relift_ray.config import RunConfig
 
-EVAL_MAX_NEW_TOKENS_TOY = 72
-
-
 def init_ray(cfg: RunConfig) -> None:
     import ray
 
@@ -112,7 +109,7 @@ def run(cfg: RunConfig) -> dict:
         ).remote(cfg, train_qs, tokenizer, generators, rewarders)
         actors = [*rewarders, *generators, scheduler]
 
-        eval_tokens = EVAL_MAX_NEW_TOKENS_TOY if cfg.model.path == "toy" else cfg.algo.max_new_tokens
+        eval_tokens = cfg.algo.max_new_tokens
         before = evaluate(generators, rewarders, test_qs, max_new_tokens=eval_tokens)
         tracker.log_metrics({f"test_before/{k}": v for k, v in before.items()}, step=0)
         print(f"[driver] test accuracy before training: {_fmt(before)}", flush=True)

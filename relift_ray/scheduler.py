@@ -232,7 +232,8 @@ class Scheduler:
                   for i, (q, g) in enumerate(zip(qs, comps))]
         tokens = sum(len(c.response_ids) for g in comps for c in g)
         statuses = [s for _, s in rewards]
-        return groups, {"weight_version": step - 1, "gen_seconds": gen_s, "gen_tokens_per_s": tokens / max(gen_s, 1e-9),
+        return groups, {"weight_version": step - 1, "gen_seconds": gen_s,
+                        "gen_tokens_per_s": tokens / max(gen_s, 1e-9),
                         "response_length": tokens / max(len(pairs), 1),
                         "reward_seconds": time.perf_counter() - t1,
                         "reward_timeouts": sum(s == "timeout" for s in statuses),

@@ -64,10 +64,10 @@ def test_default_job_succeeds_under_ray_job_submit(ray_head, tmp_path):
     out = tmp_path / "runs"
     runtime_env = {"env_vars": {"RELIFT_CACHE": os.environ["RELIFT_CACHE"],
                                 "RAY_AUTH_MODE": "disabled"}}
-    cmd = ([RAY, "job", "submit", "--address", address, "--no-wait",
-         "--submission-id", "relift-test-job", "--runtime-env-json", json.dumps(runtime_env),
-         "--", sys.executable, str(ROOT / "jobs" / "train.py"), f"output_dir={out}",
-         "train.steps=3", "algo.batch_size=8", "algo.buffer_size=4", "name=submitted"])
+    cmd = [RAY, "job", "submit", "--address", address, "--no-wait",
+           "--submission-id", "relift-test-job", "--runtime-env-json", json.dumps(runtime_env),
+           "--", sys.executable, str(ROOT / "jobs" / "train.py"), f"output_dir={out}",
+           "train.steps=3", "algo.batch_size=8", "algo.buffer_size=4", "name=submitted"]
     for _ in range(30):  # the dashboard answers before its job agent is up: retry that case
         submit = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
         if submit.returncode == 0 or "No available agent" not in submit.stderr + submit.stdout:
