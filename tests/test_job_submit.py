@@ -30,9 +30,14 @@ def ray_head(tmp_path, relift_cache):
     dash = free_port()
     temp = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # Ray's socket paths must stay short
     head = subprocess.Popen(
+        # Every port its own: another Ray instance on this machine (the session's local cluster
+        # of the other tests) already holds the defaults, e.g. the dashboard agent's 52365,
+        # and a head whose agent cannot bind answers every submit with "No available agent".
         [RAY, "start", "--head", "--block", "--num-cpus=8", f"--port={free_port()}",
          "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-         f"--temp-dir={temp}"],
+         f"--dashboard-agent-listen-port={free_port()}",
+         f"--dashboard-agent-grpc-port={free_port()}", f"--metrics-export-port={free_port()}",
+         f"--runtime-env-agent-port={free_port()}", f"--temp-dir={temp}"],
         env=env, stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT,
         start_new_session=True)  # its own process group: we stop exactly what we started
     address = f"http://127.0.0.1:{dash}"
@@ -47,7 +52,7 @@ def ray_head(tmp_path, relift_cache):
             time.sleep(2)
         else:
             pytest.fail("ray head did not come up:\n" + (tmp_path / "head.log").read_text())
-        yield address, env
+        yield address, env, temp
     finally:
         if head.poll() is None:
             os.killpg(head.pid, signal.SIGTERM)
@@ -59,8 +64,16 @@ def ray_head(tmp_path, relift_cache):
         shutil.rmtree(temp, ignore_errors=True)
 
 
+def agent_logs(temp):
+    """The tail of the head's dashboard-agent logs, to say why no agent answered."""
+    text = ""
+    for log in sorted(Path(temp).glob("session_latest/logs/dashboard_agent*")):
+        text += f"\n--- {log.name}\n" + log.read_text(errors="replace")[-3000:]
+    return text
+
+
 def test_default_job_succeeds_under_ray_job_submit(ray_head, tmp_path):
-    address, env = ray_head
+    address, env, temp = ray_head
     out = tmp_path / "runs"
     runtime_env = {"env_vars": {"RELIFT_CACHE": os.environ["RELIFT_CACHE"],
                                 "RAY_AUTH_MODE": "disabled"}}
@@ -73,7 +86,7 @@ def test_default_job_succeeds_under_ray_job_submit(ray_head, tmp_path):
         if submit.returncode == 0 or "No available agent" not in submit.stderr + submit.stdout:
             break
         time.sleep(4)
-    assert submit.returncode == 0, submit.stderr + submit.stdout
+    assert submit.returncode == 0, submit.stderr + submit.stdout + agent_logs(temp)
     from ray.job_submission import JobStatus, JobSubmissionClient
     client = JobSubmissionClient(address)
     deadline = time.time() + 600
