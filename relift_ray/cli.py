@@ -1,25 +1,32 @@
-"""Command line: `relift train [--config FILE] [dotted.key=value ...]`."""
+"""Command line: `relift train|compare [--config FILE] [dotted.key=value ...]`."""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "jobs" / "configs" / "toy_relift.yaml"
+CONFIGS = Path(__file__).resolve().parent.parent / "jobs" / "configs"
+DEFAULTS = {"train": CONFIGS / "toy_relift.yaml", "compare": CONFIGS / "compare_toy.yaml"}
+WHAT = {"train": "Train with ReLIFT (or rl / sft / ... by algo.mode) on Ray.",
+        "compare": "RL vs SFT vs SFT-then-RL vs ReLIFT and the paper's ablations, side by side."}
 
 
-def train_main(argv: list[str]) -> int:
+def command_main(command: str, argv: list[str]) -> int:
     from relift_ray.config import ConfigError, load_config
     from relift_ray.data import DataError
 
-    p = argparse.ArgumentParser(prog="relift train", description="Train with ReLIFT on Ray.")
-    p.add_argument("--config", default=str(DEFAULT_CONFIG) if DEFAULT_CONFIG.exists() else None,
-                   help="YAML config (default: jobs/configs/toy_relift.yaml)")
+    default = DEFAULTS[command]
+    p = argparse.ArgumentParser(prog=f"relift {command}", description=WHAT[command])
+    p.add_argument("--config", default=str(default) if default.exists() else None,
+                   help=f"YAML config (default: jobs/configs/{default.name})")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=10")
     args = p.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
-        from relift_ray.driver import run
+        if command == "train":
+            from relift_ray.driver import run
+        else:
+            from relift_ray.compare import run
         run(cfg)
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -27,8 +34,13 @@ def train_main(argv: list[str]) -> int:
     return 0
 
 
-def main() -> int:
-    if len(sys.argv) < 2 or sys.argv[1] not in ("train",):
-        print("usage: relift train [--config FILE] [key=value ...]", file=sys.stderr)
+def train_main(argv: list[str]) -> int:
+    return command_main("train", argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in DEFAULTS:
+        print("usage: relift {train,compare} [--config FILE] [key=value ...]", file=sys.stderr)
         return 2
-    return train_main(sys.argv[2:])
+    return command_main(argv[0], argv[1:])

@@ -36,12 +36,15 @@ class DataConfig:
     format: str = "auto"  # auto | jsonl | gsm8k | math | parquet
     test: str = "toy"  # held-out evaluation split ("toy" = the toy task's test split)
     max_prompt_tokens: int = 1024  # longer prompts are dropped and counted
+    max_test_questions: int = 0  # >0: evaluate on an evenly spaced subset of this size
     answer_extraction: str = "boxed"  # whole | after_think | boxed (what the verifier sees)
 
 
 @dataclass
 class AlgoConfig:
-    mode: str = "relift"  # relift | rl (no buffer, no SFT) | sft (offline SFT on all demos)
+    # relift | rl (no buffer, no SFT) | sft (offline SFT on all demos) | sft_then_rl (offline SFT
+    # for sft_first_steps steps, then RL) | mixed (RL loss + mixed_sft_coef * SFT loss each step)
+    mode: str = "relift"
     batch_size: int = 128  # B: questions per RL step
     n_samples: int = 8  # N: rollouts per question
     temperature: float = 1.0
@@ -58,7 +61,13 @@ class AlgoConfig:
     sft_lr: float = 1e-6  # SFT optimizer (a second AdamW over the same weights)
     sft_entropy_coef: float = 0.001  # alpha: 1e-3 in the released scripts, 1e-4 in the paper
     sft_grad_clip: float = 1.0
-    sft_batch_size: int = 128  # mode=sft: demonstrations per offline SFT step
+    sft_batch_size: int = 128  # mode=sft / sft_then_rl: demonstrations per offline SFT step
+    # The paper's ablations (mode=relift): when an SFT step runs, and what feeds the buffer.
+    sft_trigger: str = "buffer_full"  # buffer_full (M waiting) | every_k | every_step
+    sft_every: int = 10  # sft_trigger=every_k: SFT on (up to M of) the buffer every k steps
+    buffer_feed: str = "hardest"  # hardest (pass rate 0) | non_hardest (pass rate > 0)
+    sft_first_steps: int = 0  # mode=sft_then_rl: offline SFT steps before RL starts
+    mixed_sft_coef: float = 1.0  # mode=mixed: weight of the SFT term added to the RL loss
 
 
 @dataclass
@@ -95,6 +104,21 @@ class TrackingConfig:
 
 
 @dataclass
+class CompareConfig:
+    """The comparison job (``relift compare``): methods side by side from one base model."""
+    methods: list = field(default_factory=lambda: [
+        "rl", "sft", "sft_then_rl", "relift", "sft_every_k", "non_hardest_buffer",
+        "sft_every_step", "mixed"])  # names from relift_ray.compare.METHODS
+    seeds: list = field(default_factory=lambda: [1, 2, 3])
+    parallel: int = 2  # runs at once (each is one Ray task; on GPU each takes one GPU)
+    threads: int = 1  # torch threads per run on CPU
+    eval_every: int = 10  # steps between greedy test evaluations (the curves)
+    eval_k: int = 4  # final avg@k at temperature 0.6
+    bucket_samples: int = 8  # N samples of the base model per test question for the buckets
+    sft_then_rl_fraction: float = 0.33  # sft_then_rl: share of train.steps spent on SFT first
+
+
+@dataclass
 class RunConfig:
     name: str = "relift"  # run name: also the Ray Train run name, so re-running resumes it
     output_dir: str = "runs"  # checkpoints, tables and the default MLflow store live here
@@ -104,6 +128,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
 
     @property
     def storage_path(self) -> str:
@@ -121,6 +146,12 @@ class RunConfig:
     def uses_buffer(self) -> bool:
         return self.algo.mode == "relift"
 
+    def is_sft_step(self, step: int) -> bool:
+        """Whether learner step ``step`` is an offline SFT step (mode sft, or sft_then_rl's
+        first phase) rather than an RL step."""
+        return self.algo.mode == "sft" or (self.algo.mode == "sft_then_rl"
+                                           and step <= self.algo.sft_first_steps)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -135,7 +166,7 @@ class RunConfig:
 PRESETS: dict[str, dict] = {
     "paper": {},  # the dataclass defaults are the released algorithm's
     "toy": {
-        "algo": {"batch_size": 16, "n_samples": 8, "max_new_tokens": 72, "lr": 1e-4,
+        "algo": {"batch_size": 16, "n_samples": 8, "max_new_tokens": 48, "lr": 1e-4,
                  "sft_lr": 5e-4, "buffer_size": 16, "sft_batch_size": 16, "grad_clip": 1.0},
         "train": {"steps": 60, "checkpoint_every": 20},
         "data": {"max_prompt_tokens": 64},
@@ -146,7 +177,9 @@ _CHOICES = {
     "model.dtype": {"float32", "bfloat16"},
     "data.format": {"auto", "jsonl", "gsm8k", "math", "parquet"},
     "data.answer_extraction": {"whole", "after_think", "boxed"},
-    "algo.mode": {"relift", "rl", "sft"},
+    "algo.mode": {"relift", "rl", "sft", "sft_then_rl", "mixed"},
+    "algo.sft_trigger": {"buffer_full", "every_k", "every_step"},
+    "algo.buffer_feed": {"hardest", "non_hardest"},
     "algo.rl_loss": {"relift", "grpo"},
     "train.zero_stage": {0, 1, 2, 3},
 }
@@ -155,11 +188,14 @@ _POSITIVE = ["algo.batch_size", "algo.n_samples", "algo.max_new_tokens", "algo.m
              "cluster.num_learners", "cluster.num_generators",
              "cluster.num_reward_workers", "cluster.reward_timeout_s", "data.max_prompt_tokens",
              "algo.lr", "algo.sft_lr", "algo.grad_clip", "algo.sft_grad_clip",
-             "algo.top_p", "cluster.num_cpus"]
+             "algo.top_p", "cluster.num_cpus", "algo.sft_every",
+             "compare.parallel", "compare.threads", "compare.bucket_samples"]
 _NON_NEGATIVE = ["algo.temperature", "algo.entropy_coef", "algo.sft_entropy_coef",
                  "algo.weight_decay", "algo.clip_eps", "train.max_failures",
                  "cluster.learner_cpus", "cluster.generator_cpus", "cluster.reward_cpus",
-                 "cluster.scheduler_cpus", "tracking.eval_every", "tracking.eval_samples"]
+                 "cluster.scheduler_cpus", "tracking.eval_every", "tracking.eval_samples",
+                 "algo.sft_first_steps", "algo.mixed_sft_coef", "compare.eval_every",
+                 "compare.eval_k", "data.max_test_questions"]
 
 
 def validate(cfg: RunConfig) -> RunConfig:
@@ -181,11 +217,22 @@ def validate(cfg: RunConfig) -> RunConfig:
             f"algo.batch_size*algo.n_samples={a.batch_size * a.n_samples}: too few rollouts to give "
             f"each of cluster.num_learners={cfg.cluster.num_learners} workers "
             f"algo.minibatches={a.minibatches} non-empty minibatches")
+    if a.mode == "sft_then_rl" and not 0 < a.sft_first_steps < cfg.train.steps:
+        raise ConfigError(f"algo.sft_first_steps={a.sft_first_steps}: mode=sft_then_rl needs "
+                          f"0 < sft_first_steps < train.steps ({cfg.train.steps})")
     if a.mode == "relift" and a.buffer_size < cfg.cluster.num_learners:
         raise ConfigError(f"algo.buffer_size={a.buffer_size}: must be >= cluster.num_learners "
                           f"({cfg.cluster.num_learners}) so every learner gets a demonstration")
     if a.rl_loss == "grpo" and a.clip_eps <= 0:
         raise ConfigError(f"algo.clip_eps={a.clip_eps}: the grpo loss needs a clip range > 0")
+    c = cfg.compare
+    if not c.methods or not c.seeds:
+        raise ConfigError(f"compare.methods={c.methods!r} / compare.seeds={c.seeds!r}: "
+                          f"need at least one of each")
+    if not all(isinstance(x, int) and not isinstance(x, bool) for x in c.seeds):
+        raise ConfigError(f"compare.seeds={c.seeds!r}: must be integers")
+    if not 0 < c.sft_then_rl_fraction < 1:
+        raise ConfigError(f"compare.sft_then_rl_fraction={c.sft_then_rl_fraction}: must be in (0, 1)")
     if not cfg.name or "/" in cfg.name:
         raise ConfigError(f"name={cfg.name!r}: must be a non-empty name without '/'")
     return cfg
@@ -281,6 +328,14 @@ def _coerce(key: str, hint, value):
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
         raise ConfigError(f"{key}={value!r}: expected a string")
+    if hint is list:
+        if isinstance(value, str):  # from the command line: a,b,c
+            value = [yaml.safe_load(v) for v in value.split(",") if v.strip()]
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if isinstance(value, list):
+            return list(value)
+        raise ConfigError(f"{key}={value!r}: expected a list")
     return value
 
 

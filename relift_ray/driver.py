@@ -62,6 +62,9 @@ def load_data(cfg: RunConfig, tokenizer, log=print):
     if len(kept) < len(train):
         log(f"[data] dropped {len(train) - len(kept)} of {len(train)} training questions whose "
             f"prompt exceeds data.max_prompt_tokens={cfg.data.max_prompt_tokens}")
+    limit = cfg.data.max_test_questions
+    if 0 < limit < len(test):  # evenly spaced: the mix of levels and sources is kept
+        test = [test[i * len(test) // limit] for i in range(limit)]
     return kept, test, len(train) - len(kept)
 
 

@@ -1,6 +1,9 @@
 """Accuracy of the current policy on held-out questions, per difficulty level.
 
 Uses whatever generators and reward workers it is given (actors or in-process objects).
+``question_scores`` gives each question's mean reward over n samples (greedy when the
+temperature is 0, avg@n otherwise); ``summarize`` turns those into overall and per-level
+accuracy; ``evaluate`` does both.
 """
 from __future__ import annotations
 
@@ -9,27 +12,48 @@ from collections import defaultdict
 from relift_ray.actors import call_all
 from relift_ray.records import Question, SamplingParams
 
+EVAL_TEMPERATURE = 0.6  # the paper's sampling temperature for avg@k
 
-def evaluate(generators: list, rewarders: list, questions: list[Question], *, n: int = 1,
-             temperature: float = 0.0, max_new_tokens: int = 64, seed: int = 0) -> dict:
-    """{"overall": acc, "level_<k>": acc, ...}: mean reward over n samples per question."""
+
+def question_scores(generators: list, rewarders: list, questions: list[Question], *, n: int = 1,
+                    temperature: float = 0.0, max_new_tokens: int = 64,
+                    seed: int = 0) -> dict[str, float]:
+    """{question id: mean reward over n samples}."""
     k = len(generators)
     chunks = [questions[i::k] for i in range(k)]
     params = SamplingParams(n=n, temperature=temperature, top_p=1.0,
                             max_new_tokens=max_new_tokens, seed=seed)
     outs = call_all(generators, "generate", [(c, params) for c in chunks])
-    pairs, levels = [], []
+    pairs, ids = [], []
     for chunk, out in zip(chunks, outs):
         for q, group in zip(chunk, out):
             pairs += [(c.text, q.answer) for c in group]
-            levels += [q.level] * len(group)
+            ids += [q.id] * len(group)
     r = len(rewarders)
     size = -(-len(pairs) // r)
     scored = call_all(rewarders, "score", [(pairs[i * size:(i + 1) * size],) for i in range(r)])
     rewards = [x for s in scored for x, _ in s]
     per = defaultdict(list)
-    for lvl, rew in zip(levels, rewards):
-        per[f"level_{lvl}"].append(rew)
-    out = {"overall": sum(rewards) / max(len(rewards), 1)}
+    for qid, rew in zip(ids, rewards):
+        per[qid].append(rew)
+    return {qid: sum(v) / len(v) for qid, v in per.items()}
+
+
+def summarize(questions: list[Question], scores: dict[str, float]) -> dict[str, float]:
+    """{"overall": mean, "level_<k>": mean, ...} over the questions that have a score."""
+    per = defaultdict(list)
+    for q in questions:
+        if q.id in scores:
+            per[f"level_{q.level}"].append(scores[q.id])
+    every = [s for v in per.values() for s in v]
+    out = {"overall": sum(every) / max(len(every), 1)}
     out.update({key: sum(v) / len(v) for key, v in sorted(per.items())})
     return out
+
+
+def evaluate(generators: list, rewarders: list, questions: list[Question], *, n: int = 1,
+             temperature: float = 0.0, max_new_tokens: int = 64, seed: int = 0) -> dict:
+    """{"overall": acc, "level_<k>": acc, ...}: mean reward over n samples per question."""
+    scores = question_scores(generators, rewarders, questions, n=n, temperature=temperature,
+                             max_new_tokens=max_new_tokens, seed=seed)
+    return summarize(questions, scores)

@@ -78,6 +78,13 @@ def to_tensors(samples: list[Sample], pad_id: int, device) -> dict:
             {"ids": ids, "attn": attn, "mask": mask, "adv": adv}.items()}
 
 
+def _fit(x: torch.Tensor, width: int) -> torch.Tensor:
+    """Right-crop or right-pad (zeros) [B, T] to [B, width]; the cut part is padding."""
+    if x.shape[1] >= width:
+        return x[:, :width]
+    return torch.nn.functional.pad(x, (0, width - x.shape[1]))
+
+
 def forward_logprobs(model, t: dict) -> tuple[torch.Tensor, torch.Tensor]:
     logits = model(input_ids=t["ids"], attention_mask=t["attn"]).logits[:, :-1]
     return token_logprobs(logits, t["ids"][:, 1:])
@@ -97,7 +104,9 @@ class Learner:
     def __init__(self, cfg: RunConfig, model_path: str, world: int = 1):
         import deepspeed
         from transformers import AutoModelForCausalLM
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # a bar per weight load floods the job logs
         self.cfg, self.a = cfg, cfg.algo
         self.device = torch.device("cuda", torch.cuda.current_device()) if cfg.cluster.use_gpu \
             else torch.device("cpu")
@@ -125,24 +134,57 @@ class Learner:
         norm = self.engine.get_global_grad_norm()
         return float(norm) if norm is not None else float("nan")
 
-    def rl_update(self, samples: list[Sample]) -> dict:
+    def train_step(self, batch) -> dict:
+        """One learner step on this rank's shard: the RL update, then the SFT update when the
+        batch carries one (or, mode=mixed, the SFT term inside the RL loss)."""
+        metrics = {}
+        if batch.rl:
+            metrics.update(self.rl_update(list(batch.rl),
+                                          mixed_sft=list(batch.sft) if batch.sft_mixed else None))
+        if batch.sft and not batch.sft_mixed:
+            metrics.update(self.sft_update(list(batch.sft)))
+        metrics["learner_updates"] = (self.a.minibatches if batch.rl else 0) + \
+            int(bool(batch.sft) and not batch.sft_mixed)
+        return metrics
+
+    def rl_update(self, samples: list[Sample], mixed_sft: list[Sample] | None = None) -> dict:
         t = to_tensors(samples, self.pad_id, self.device)
         with torch.no_grad():  # logp_old: the policy that sampled (exactly on-policy)
             logp_old, _ = forward_logprobs(self.engine, t)
         out = defaultdict(float)
         k = self.a.minibatches
         order = torch.arange(len(samples))
-        for chunk in order.chunk(k):
-            mb = {key: v[chunk] for key, v in t.items()}
-            logp, ent = forward_logprobs(self.engine, mb)
-            loss, m = policy_loss(logp, logp_old[chunk], mb["adv"], mb["mask"], ent,
-                                  kind=self.a.rl_loss, l_max=self.a.max_new_tokens,
-                                  clip_eps=self.a.clip_eps, entropy_coef=self.a.entropy_coef)
+        sft_chunks = [mixed_sft[i::k] for i in range(k)] if mixed_sft else [[]] * k
+        mixed_nll = []
+        for chunk, sft_chunk in zip(order.chunk(k), sft_chunks):
+            if sft_chunk:
+                # mode=mixed: RL rows and demonstration rows in one forward pass (ZeRO reduces
+                # each gradient once per backward), loss = RL loss + coef * SFT loss
+                rows = [samples[i] for i in chunk.tolist()]
+                mb = to_tensors(rows + sft_chunk, self.pad_id, self.device)
+                logp, ent = forward_logprobs(self.engine, mb)
+                n, width = len(rows), mb["mask"].shape[1]
+                old = _fit(logp_old[chunk], width)
+                loss, m = policy_loss(logp[:n], old, mb["adv"][:n], mb["mask"][:n], ent[:n],
+                                      kind=self.a.rl_loss, l_max=self.a.max_new_tokens,
+                                      clip_eps=self.a.clip_eps, entropy_coef=self.a.entropy_coef)
+                s_loss, sm = sft_loss(logp[n:], mb["mask"][n:], ent[n:],
+                                      alpha=self.a.sft_entropy_coef)
+                loss = loss + self.a.mixed_sft_coef * s_loss
+                mixed_nll.append(sm["sft_nll"])
+            else:
+                mb = {key: v[chunk] for key, v in t.items()}
+                logp, ent = forward_logprobs(self.engine, mb)
+                loss, m = policy_loss(logp, logp_old[chunk], mb["adv"], mb["mask"], ent,
+                                      kind=self.a.rl_loss, l_max=self.a.max_new_tokens,
+                                      clip_eps=self.a.clip_eps, entropy_coef=self.a.entropy_coef)
             self.engine.backward(loss)
             m["grad_norm"] = self._step("rl", self.a.grad_clip)
             m["loss"] = loss.item()
             for key, v in m.items():
                 out[f"rl/{key}"] += v / k
+        if mixed_nll:
+            out["rl/mixed_sft_nll"] = sum(mixed_nll) / len(mixed_nll)
         return dict(out)
 
     def sft_update(self, samples: list[Sample]) -> dict:
@@ -216,10 +258,7 @@ def train_loop_per_worker(config: dict) -> None:
         _maybe_fail(cfg, rank, step)
         # 2. RL update, 3. SFT update when the hard buffer filled
         metrics = dict(batch.metrics)
-        if batch.rl:
-            metrics.update(learner.rl_update(list(batch.rl)))
-        if batch.sft:
-            metrics.update(learner.sft_update(list(batch.sft)))
+        metrics.update(learner.train_step(batch))
         metrics["train_seconds"] = time.perf_counter() - t1
         # 4. publish weights version `step` (on-policy: the next batch samples with them)
         metrics["weight_sync_seconds"] = publish(learner, generators, step, rank)

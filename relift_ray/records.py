@@ -64,8 +64,10 @@ class TrainBatch:
     sft: tuple[Sample, ...] = ()
     weight_version: int = 0  # the version the RL samples came from
     metrics: dict = field(default_factory=dict)  # scheduler-side figures for this step
+    sft_mixed: bool = False  # mode=mixed: the SFT term joins the RL loss instead of its own step
 
     def shard(self, rank: int, world: int) -> "TrainBatch":
         # Distribution changes the code here: each learner takes every world-th sample.
         return TrainBatch(step=self.step, rl=self.rl[rank::world], sft=self.sft[rank::world],
-                          weight_version=self.weight_version, metrics=self.metrics)
+                          weight_version=self.weight_version, metrics=self.metrics,
+                          sft_mixed=self.sft_mixed)

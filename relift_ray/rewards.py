@@ -57,6 +57,8 @@ def math_reward(response: str, truth: str, extraction: str = "boxed") -> tuple[f
     part = extract_answer(response, extraction)
     if part is None:
         return 0.0, NO_ANSWER
+    if part == f"\\boxed{{{truth}}}" or part.strip() == truth.strip():
+        return 1.0, OK  # character-for-character the ground truth: no parsing needed
     pred = parse(part, parsing_timeout=None)
     if not pred:
         return 0.0, NO_ANSWER

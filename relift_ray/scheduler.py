@@ -151,19 +151,21 @@ class Scheduler:
         self.cfg, self.a = cfg, cfg.algo
         self.tok = tokenizer
         self.generators, self.rewarders = generators, rewarders
-        if cfg.algo.mode == "sft":
-            questions = [q for q in questions if q.demo]
         if not questions:
-            raise ValueError("no training questions" + (" with a demonstration (algo.mode=sft)"
-                                                        if cfg.algo.mode == "sft" else ""))
-        self.questions = questions
+            raise ValueError("no training questions")
+        self.questions = questions  # what RL samples from
+        self.with_demo = [q for q in questions if q.demo]  # what offline SFT samples from
+        if not self.with_demo and cfg.algo.mode in ("sft", "sft_then_rl"):
+            raise ValueError(f"algo.mode={cfg.algo.mode} needs training questions with a "
+                             f"demonstration; none of the {len(questions)} has one")
         self.by_id = {q.id: q for q in questions}
-        self.demos_available = sum(q.demo is not None for q in questions)
+        self.demos_available = len(self.with_demo)
         self.table = QuestionTable()
         self.buffer = HardBuffer()
         self.sampler = Sampler(len(questions), cfg.train.seed)
+        self.sft_sampler = Sampler(len(self.with_demo), cfg.train.seed + 7919)
         self.counters = {"step": 0, "sft_steps": 0, "demos_used_total": 0,
-                         "hardest_without_demo": 0}
+                         "fed_without_demo": 0}
         self.demos_used: set[str] = set()
         self._lock = threading.Lock()
         self._batch: TrainBatch | None = None
@@ -187,7 +189,7 @@ class Scheduler:
 
     def produce(self, step: int) -> TrainBatch:
         t0 = time.perf_counter()
-        if self.a.mode == "sft":
+        if self.cfg.is_sft_step(step):
             batch = self._offline_sft_batch(step)
         else:
             # 1. sample B questions   2. N rollouts each   3. rewards
@@ -196,10 +198,19 @@ class Scheduler:
             # 4. records, hard buffer, advantages   5. SFT batch when the buffer holds M
             for g in groups:
                 self.table.observe(step, g)
-            hardest = [g.question for g in groups if not any(g.rewards)]
-            sft = self._buffer_and_sft(step, hardest) if self.cfg.uses_buffer else ()
+            if self.a.buffer_feed == "hardest":
+                fed = [g.question for g in groups if not any(g.rewards)]
+            else:  # ablation: the questions the policy solves at least once
+                fed = [g.question for g in groups if any(g.rewards)]
+            sft, mixed = (), False
+            if self.cfg.uses_buffer:
+                sft = self._buffer_and_sft(step, fed)
+            elif self.a.mode == "mixed":  # this step's demonstrations join the RL loss
+                with_demo = [q.id for q in fed if q.demo]
+                self.counters["fed_without_demo"] += len(fed) - len(with_demo)
+                sft, mixed = (self._sft_samples(step, with_demo) if with_demo else ()), True
             batch = TrainBatch(step=step, rl=self._rl_samples(groups), sft=sft,
-                               weight_version=step - 1,
+                               weight_version=step - 1, sft_mixed=mixed,
                                metrics={**gen_metrics, **_group_metrics(groups)})
         self.counters["step"] = step
         batch.metrics.update(self._state_metrics())
@@ -252,19 +263,24 @@ class Scheduler:
         return tuple(Sample(c.prompt_ids, c.response_ids, float(adv[i, j]), g.question.id)
                      for i, g in enumerate(groups) for j, c in enumerate(g.completions))
 
-    def _buffer_and_sft(self, step: int, hardest: list[Question]) -> tuple[Sample, ...]:
-        with_demo = [q.id for q in hardest if q.demo]
-        self.counters["hardest_without_demo"] += len(hardest) - len(with_demo)
+    def _buffer_and_sft(self, step: int, fed: list[Question]) -> tuple[Sample, ...]:
+        with_demo = [q.id for q in fed if q.demo]
+        self.counters["fed_without_demo"] += len(fed) - len(with_demo)  # counted, not buffered
         for qid in with_demo:
             self.table.get(qid).times_buffered += 1
         self.buffer.push(with_demo)
-        if len(self.buffer) < self.a.buffer_size:
-            return ()
-        return self._sft_samples(step, self.buffer.take_newest(self.a.buffer_size))
+        m, trigger = self.a.buffer_size, self.a.sft_trigger
+        if trigger == "buffer_full":  # the released algorithm: M demonstrations waiting
+            due = len(self.buffer) >= m
+        elif trigger == "every_k":  # ablation: a fixed schedule
+            due = step % self.a.sft_every == 0 and len(self.buffer) > 0
+        else:  # every_step
+            due = len(self.buffer) > 0
+        return self._sft_samples(step, self.buffer.take_newest(m)) if due else ()
 
     def _offline_sft_batch(self, step: int) -> TrainBatch:
-        qids = list(dict.fromkeys(self.questions[i].id
-                                  for i in self.sampler.take(self.a.sft_batch_size)))
+        qids = list(dict.fromkeys(self.with_demo[i].id
+                                  for i in self.sft_sampler.take(self.a.sft_batch_size)))
         return TrainBatch(step=step, sft=self._sft_samples(step, qids), weight_version=step - 1,
                           metrics={})
 
@@ -288,7 +304,7 @@ class Scheduler:
         return {"buffer_size": len(self.buffer), "sft_steps": c["sft_steps"],
                 "demos_used_unique": len(self.demos_used), "demos_used_total": c["demos_used_total"],
                 "demos_used_share": len(self.demos_used) / max(self.demos_available, 1),
-                "hardest_without_demo": c["hardest_without_demo"]}
+                "fed_without_demo": c["fed_without_demo"]}
 
     def question_rows(self) -> list[dict]:
         with self._lock:
@@ -298,6 +314,7 @@ class Scheduler:
         with self._lock:
             return {"records": {k: asdict(v) for k, v in self.table.records.items()},
                     "buffer": list(self.buffer.ids), "sampler": self.sampler.state_dict(),
+                    "sft_sampler": self.sft_sampler.state_dict(),
                     "counters": dict(self.counters), "demos_used": sorted(self.demos_used)}
 
     def load_state_dict(self, s: dict) -> None:
@@ -306,6 +323,7 @@ class Scheduler:
                                   for k, v in s["records"].items()}
             self.buffer.ids = list(s["buffer"])
             self.sampler.load_state_dict(s["sampler"])
+            self.sft_sampler.load_state_dict(s["sft_sampler"])
             self.counters = dict(s["counters"])
             self.demos_used = set(s["demos_used"])
             self._batch = None

@@ -82,7 +82,7 @@ def test_questions_without_demonstration_are_counted_not_buffered():
     qs = questions(4, without_demo=(0, 1))
     s, gen = make({}, qs=qs, **{"algo.buffer_size": 4})
     step(s, gen, 1)
-    assert s.counters["hardest_without_demo"] == 2
+    assert s.counters["fed_without_demo"] == 2
     assert sorted(s.buffer.ids) == ["q2", "q3"]
 
 
@@ -174,3 +174,79 @@ def test_sampler_epochs_reshuffle_and_restore():
     t = Sampler(5, seed=99)
     t.load_state_dict(st)
     assert t.take(6) == nxt
+
+
+# ------------------------------------------------------------ the paper's ablations and modes
+
+def test_fixed_schedule_fine_tunes_every_k_steps_on_what_is_waiting():
+    s, gen = make({}, **{"algo.sft_trigger": "every_k", "algo.sft_every": 2,
+                         "algo.buffer_size": 16})
+    gen.default = 0  # every question hardest: 4 enter the buffer per step
+    b1, b2, b3 = step(s, gen, 1), step(s, gen, 2), step(s, gen, 3)
+    assert not b1.sft and not b3.sft  # off-schedule steps never fine-tune, even with a buffer
+    assert len(b2.sft) == 8 and len(s.buffer) == 4  # step 2: all 8 waiting (< M), newest first
+    assert s.counters["sft_steps"] == 1
+
+
+def test_sft_every_step_uses_at_most_m_newest():
+    s, gen = make({}, **{"algo.sft_trigger": "every_step", "algo.buffer_size": 3})
+    gen.default = 0
+    b1 = step(s, gen, 1)
+    assert len(b1.sft) == 3 and len(s.buffer) == 1  # 4 fed, M=3 taken, 1 left for the next
+    gen.default = 1  # nothing hardest in step 2: the one left over still gets its SFT step
+    b2 = step(s, gen, 2)
+    assert len(b2.sft) == 1 and len(s.buffer) == 0
+    b3 = step(s, gen, 3)
+    assert not b3.sft  # an empty buffer: no SFT step
+
+
+def test_non_hardest_feed_buffers_the_solved_questions():
+    s, gen = make({}, **{"algo.buffer_feed": "non_hardest", "algo.buffer_size": 2})
+    order = [s.questions[i].id for i in s.sampler.order]
+    gen.script.update({order[0]: [0, 0, 0, 0], order[1]: [1, 0, 0, 0],
+                       order[2]: [1, 1, 1, 1], order[3]: [0, 0, 0, 0]})
+    b1 = step(s, gen, 1)
+    assert sorted(x.question_id for x in b1.sft) == sorted([order[1], order[2]])
+    assert s.table.get(order[0]).times_buffered == 0
+
+
+def test_sft_then_rl_runs_offline_sft_first_then_rl_only():
+    qs = questions(8, without_demo=(7,))
+    s, gen = make({}, qs, **{"algo.mode": "sft_then_rl", "algo.sft_first_steps": 2,
+                             "algo.sft_batch_size": 4, "train.steps": 5})
+    gen.default = 0
+    b1, b2 = step(s, gen, 1), step(s, gen, 2)
+    assert not b1.rl and not b2.rl and len(b1.sft) == len(b2.sft) == 4
+    # the first 7 cover every demonstration once (a shuffled pass), then the next pass starts
+    assert sorted(x.question_id for x in (b1.sft + b2.sft)[:7]) == sorted(q.id for q in qs[:7])
+    assert gen.calls == []  # offline: nothing generated
+    b3 = step(s, gen, 3)
+    assert len(b3.rl) == 16 and not b3.sft and len(s.buffer) == 0  # RL, no buffer after
+    assert s.counters["sft_steps"] == 2 and s.demos_available == 7
+
+
+def test_mixed_mode_puts_this_steps_hardest_demos_into_the_rl_batch():
+    s, gen = make({}, **{"algo.mode": "mixed"})
+    order = [s.questions[i].id for i in s.sampler.order]
+    gen.default = 1
+    gen.script.update({order[1]: [0, 0, 0, 0], order[3]: [0, 0, 0, 0]})
+    b1 = step(s, gen, 1)
+    assert b1.sft_mixed and [x.question_id for x in b1.sft] == [order[1], order[3]]
+    assert len(b1.rl) == 16 and len(s.buffer) == 0  # no buffer: same step, same loss
+    assert b1.shard(0, 2).sft_mixed
+    gen.default = 1
+    gen.script.clear()
+    assert not step(s, gen, 2).sft
+
+
+def test_state_round_trip_includes_the_offline_sampler():
+    s, gen = make({}, **{"algo.mode": "sft_then_rl", "algo.sft_first_steps": 2,
+                         "algo.sft_batch_size": 3, "train.steps": 4})
+    step(s, gen, 1)
+    saved = pickle.loads(pickle.dumps(s.state_dict()))
+    b2 = step(s, gen, 2)
+    t, tgen = make({}, **{"algo.mode": "sft_then_rl", "algo.sft_first_steps": 2,
+                          "algo.sft_batch_size": 3, "train.steps": 4})
+    t.load_state_dict(saved)
+    tgen.weight_version = 1
+    assert [x.question_id for x in t.next_batch(2).sft] == [x.question_id for x in b2.sft]

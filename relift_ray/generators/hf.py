@@ -14,7 +14,9 @@ class HFGenerator:
     def __init__(self, model_path: str, device: str = "cpu", dtype: str = "float32",
                  max_batch: int = 256, threads: int = 0):
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # a bar per weight load floods the job logs
         if threads:
             torch.set_num_threads(threads)
         self.device = device

@@ -8,7 +8,7 @@ base model never saw (multiplication, worked as repeated addition), so its pass 
     level 1  47+5       ->  47+5=52 \\boxed{52}
     level 2  7+5+3      ->  7+5=12,12+3=15 \\boxed{15}
     level 3  27+5+8     ->  27+5=32,32+8=40 \\boxed{40}
-    level 4  7*3        ->  7+7=14,14+7=21 \\boxed{21}
+    level 4  27+5*2     ->  27+5=32,32+5=37 \\boxed{37}
 
 Every problem of a level is either in the train split or the test split, fixed by a hash of its
 text, so the test questions are never trained on.
@@ -41,12 +41,12 @@ def _problems(level: int):
             s1 = a + b
             yield f"{a}+{b}+{c}", f"{a}+{b}={s1},{s1}+{c}={s1 + c}", s1 + c
     elif level == 4:
-        for a, m in itertools.product(range(1, 10), range(2, 10)):
-            partial, steps = a, []
-            for _ in range(m - 1):
+        for b, a, m in itertools.product(range(10, 60), range(3, 10), (2, 3)):
+            partial, steps = b, []
+            for _ in range(m):
                 steps.append(f"{partial}+{a}={partial + a}")
                 partial += a
-            yield f"{a}*{m}", ",".join(steps), a * m
+            yield f"{b}+{a}*{m}", ",".join(steps), b + a * m
     else:
         raise ValueError(f"toy task has levels {LEVELS}, not {level}")
 

@@ -1,0 +1,111 @@
+"""One whole run inside one process: the scheduler, one generator, one reward worker and a
+single learner, colocated on the same CPU (or GPU).
+
+The same classes as a distributed run (``Scheduler``, ``HFGenerator``, ``RewardWorker``,
+``Learner`` under DeepSpeed, ``Learner.train_step``), without actors between them: weights go
+from the learner to the generator by a direct ``load_weights`` call. The comparison job runs
+many short runs side by side, each of them this function inside one Ray task, so the start-up
+of an actor topology is not paid per run.
+
+    result = run_colocated(cfg, model_path, train_qs, test_qs, eval_every=10, eval_k=4)
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import torch
+
+from relift_ray.config import RunConfig
+from relift_ray.evaluation import EVAL_TEMPERATURE, question_scores, summarize
+from relift_ray.records import Question
+
+
+def single_process_group() -> None:
+    """A world of one for DeepSpeed (gloo, in-memory store: no port is opened)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"),
+                       ("LOCAL_WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("MASTER_PORT", "29500")
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+
+
+def run_colocated(cfg: RunConfig, model_path: str, train_qs: list[Question],
+                  test_qs: list[Question], *, eval_every: int = 0, eval_k: int = 0,
+                  threads: int = 1, log=None) -> dict:
+    """Train ``cfg.train.steps`` steps; evaluate greedily before, every ``eval_every`` steps and
+    after, and avg@``eval_k`` at temperature 0.6 after. Returns plain data: per-step metrics,
+    the accuracy curve, per-question test scores, demonstration counts, wall time."""
+    from transformers import AutoTokenizer
+
+    from relift_ray.generators.hf import HFGenerator
+    from relift_ray.learner import Learner
+    from relift_ray.rewards import RewardWorker
+    from relift_ray.scheduler import Scheduler
+
+    log = log or (lambda line: (sys.stdout.write(line + "\n"), sys.stdout.flush()))
+    t_start = time.time()
+    if threads:
+        torch.set_num_threads(threads)  # runs side by side must not oversubscribe the cores
+    torch.manual_seed(cfg.train.seed)
+    single_process_group()
+    device = "cuda" if cfg.cluster.use_gpu else "cpu"
+    tok = AutoTokenizer.from_pretrained(model_path)
+    rewarder = RewardWorker(cfg.data.answer_extraction, cfg.cluster.reward_timeout_s)
+    try:
+        gen = HFGenerator(model_path, device=device, dtype=cfg.model.dtype)
+        sched = Scheduler(cfg, train_qs, tok, [gen], [rewarder])
+        learner = Learner(cfg, model_path, world=1)
+        max_tokens = cfg.algo.max_new_tokens
+
+        def greedy(step: int) -> dict:
+            scores = question_scores([gen], [rewarder], test_qs, max_new_tokens=max_tokens)
+            return {"step": step, **summarize(test_qs, scores)}
+
+        curve = [greedy(0)]
+        history = []
+        for step in range(1, cfg.train.steps + 1):
+            t0 = time.perf_counter()
+            batch = sched.next_batch(step)
+            m = dict(batch.metrics)
+            m.update(learner.train_step(batch))
+            t1 = time.perf_counter()
+            gen.load_weights(step, learner.full_state_dict())
+            m["weight_sync_seconds"] = time.perf_counter() - t1
+            m["step_seconds"] = time.perf_counter() - t0
+            m["sft_this_step"] = int(bool(batch.sft))
+            m["step"] = step
+            history.append(m)
+            if (eval_every and step % eval_every == 0) or step == cfg.train.steps:
+                curve.append(greedy(step))
+            if step % max(1, cfg.train.steps // 6) == 0 or step == cfg.train.steps:
+                log(f"[{cfg.name}] step {step}/{cfg.train.steps} reward "
+                    f"{m.get('reward_mean', float('nan')):.3f} buffer {m.get('buffer_size', 0)} "
+                    f"sft steps {m.get('sft_steps', 0)} test {curve[-1]['overall']:.3f}")
+        greedy_scores = question_scores([gen], [rewarder], test_qs, max_new_tokens=max_tokens)
+        sampled_scores = question_scores(
+            [gen], [rewarder], test_qs, n=eval_k, temperature=EVAL_TEMPERATURE,
+            max_new_tokens=max_tokens, seed=cfg.train.seed) if eval_k else {}
+        state = sched.state_dict()
+        return {
+            "name": cfg.name, "mode": cfg.algo.mode, "seed": cfg.train.seed,
+            "history": history, "curve": curve,
+            "greedy": summarize(test_qs, greedy_scores), "greedy_scores": greedy_scores,
+            "sampled": summarize(test_qs, sampled_scores) if eval_k else {},
+            "sampled_scores": sampled_scores,
+            "sft_steps": state["counters"]["sft_steps"],
+            "demos_used_unique": len(state["demos_used"]),
+            "demos_used_total": state["counters"]["demos_used_total"],
+            "demos_available": sched.demos_available,
+            "learner_updates": sum(h["learner_updates"] for h in history),
+            "question_rows": sched.question_rows(),
+            "reward_stats": rewarder.get_stats(),
+            "wall_seconds": time.time() - t_start,
+        }
+    finally:
+        rewarder.close()

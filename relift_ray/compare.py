@@ -1,0 +1,350 @@
+"""The comparison job: RL, SFT, SFT-then-RL, ReLIFT and the paper's ablations side by side.
+
+Every method starts from the same base model and runs the same number of learner steps
+(``train.steps``) with the same seeds; each (method, seed) is one Ray task running a whole
+colocated run (``relift_ray.colocated``), ``compare.parallel`` of them at once. Then:
+
+- test accuracy per level and overall, greedy and avg@k at temperature 0.6, on the held-out
+  split, as mean and spread (sample std) over seeds;
+- demonstrations used (unique, total, share of all available), learner updates, wall time;
+- the paper's bucket analysis: test questions bucketed by the base model's pass rate over
+  N samples (Easy >= 6/8, Medium 3-5/8, Hard 1-2/8, Hardest 0/8), each method's gain per bucket;
+- MLflow: one parent run, one child run per (method, seed) with its config, per-step metrics
+  and accuracy curve; the tables and the figure as the parent's artifacts;
+- CSV files and a PNG figure in ``<output_dir>/<name>/``.
+
+    relift compare --config jobs/configs/compare_toy.yaml compare.seeds=1,2,3
+"""
+from __future__ import annotations
+
+import copy
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from relift_ray.config import RunConfig, validate
+from relift_ray.scheduler import BUCKETS, bucket_of
+
+# What each method changes in the run's config (everything else is shared).
+METHODS: dict[str, dict] = {
+    "rl": {"mode": "rl"},  # RL only: no buffer, no SFT
+    "sft": {"mode": "sft"},  # offline SFT over all demonstrations
+    "sft_then_rl": {"mode": "sft_then_rl"},  # SFT for a share of the steps, then RL
+    "relift": {"mode": "relift"},  # the released algorithm
+    # the paper's ablations
+    "sft_every_k": {"mode": "relift", "sft_trigger": "every_k"},  # fixed SFT schedule
+    "non_hardest_buffer": {"mode": "relift", "buffer_feed": "non_hardest"},
+    "sft_every_step": {"mode": "relift", "sft_trigger": "every_step"},
+    "mixed": {"mode": "mixed"},  # RL loss + SFT loss on the step's hardest, every step
+}
+
+
+def method_config(cfg: RunConfig, method: str, seed: int) -> RunConfig:
+    if method not in METHODS:
+        from relift_ray.config import ConfigError
+        raise ConfigError(f"compare.methods: unknown method {method!r} "
+                          f"(known: {', '.join(METHODS)})")
+    out = copy.deepcopy(cfg)
+    for key, value in METHODS[method].items():
+        setattr(out.algo, key, value)
+    if method == "sft_then_rl":
+        out.algo.sft_first_steps = max(1, round(cfg.train.steps * cfg.compare.sft_then_rl_fraction))
+    out.train.seed = seed
+    out.name = f"{cfg.name}-{method}-s{seed}"
+    out.cluster.num_learners = 1
+    return validate(out)
+
+
+# ------------------------------------------------------------------ the Ray tasks
+
+def _run_task(cfg_dict: dict, model_path: str, train_qs, test_qs, eval_every: int,
+              eval_k: int, threads: int) -> dict:
+    from relift_ray.colocated import run_colocated
+    from relift_ray.config import _build
+
+    cfg = _build(RunConfig, cfg_dict, prefix="")
+    return run_colocated(cfg, model_path, train_qs, test_qs, eval_every=eval_every,
+                         eval_k=eval_k, threads=threads)
+
+
+def _base_task(cfg_dict: dict, model_path: str, test_qs, eval_k: int, n_bucket: int,
+               threads: int) -> dict:
+    """The base model on the test split: greedy, avg@k at 0.6, and its pass rate over N samples
+    at the training temperature (what the buckets are made of)."""
+    import torch
+
+    from relift_ray.config import _build
+    from relift_ray.evaluation import EVAL_TEMPERATURE, question_scores, summarize
+    from relift_ray.generators.hf import HFGenerator
+    from relift_ray.rewards import RewardWorker
+
+    cfg = _build(RunConfig, cfg_dict, prefix="")
+    torch.set_num_threads(threads)
+    rewarder = RewardWorker(cfg.data.answer_extraction, cfg.cluster.reward_timeout_s)
+    try:
+        gen = HFGenerator(model_path, device="cuda" if cfg.cluster.use_gpu else "cpu",
+                          dtype=cfg.model.dtype)
+        t = cfg.algo.max_new_tokens
+        greedy = question_scores([gen], [rewarder], test_qs, max_new_tokens=t)
+        sampled = question_scores([gen], [rewarder], test_qs, n=eval_k,
+                                  temperature=EVAL_TEMPERATURE, max_new_tokens=t, seed=0)
+        bucket = question_scores([gen], [rewarder], test_qs, n=n_bucket,
+                                 temperature=cfg.algo.temperature, max_new_tokens=t, seed=1)
+        return {"greedy": summarize(test_qs, greedy), "greedy_scores": greedy,
+                "sampled": summarize(test_qs, sampled), "sampled_scores": sampled,
+                "pass_rates": bucket}
+    finally:
+        rewarder.close()
+
+
+# ------------------------------------------------------------------ aggregation
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return float("nan"), float("nan")
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def bucket_gains(base: dict, results: list[dict]) -> dict[str, dict[str, float]]:
+    """{method: {bucket: mean over seeds of (method's avg@k - base avg@k) on that bucket}}."""
+    buckets = {b: [qid for qid, p in base["pass_rates"].items() if bucket_of(p) == b]
+               for b in BUCKETS}
+    per_method: dict[str, dict[str, list]] = {}
+    for r in results:
+        scores = r["sampled_scores"] or r["greedy_scores"]
+        ref = base["sampled_scores"] if r["sampled_scores"] else base["greedy_scores"]
+        for b, qids in buckets.items():
+            if qids:
+                gain = statistics.fmean(scores[q] - ref[q] for q in qids)
+                per_method.setdefault(r["method"], {}).setdefault(b, []).append(gain)
+    return {m: {b: statistics.fmean(v) for b, v in d.items()} for m, d in per_method.items()} | {
+        "_counts": {b: len(q) for b, q in buckets.items()}}
+
+
+def method_table(base: dict, results: list[dict], methods: list[str]) -> list[dict]:
+    """One row per method: mean and std over seeds of every figure the table reports."""
+    levels = [k for k in base["greedy"] if k != "overall"]
+    rows = [_row("base", [{"greedy": base["greedy"], "sampled": base["sampled"],
+                           "demos_used_unique": 0, "demos_used_total": 0, "demos_available": 0,
+                           "learner_updates": 0, "sft_steps": 0, "wall_seconds": 0.0}], levels)]
+    for m in methods:
+        runs = [r for r in results if r["method"] == m]
+        if runs:
+            rows.append(_row(m, runs, levels))
+    return rows
+
+
+def _row(name: str, runs: list[dict], levels: list[str]) -> dict:
+    row = {"method": name, "seeds": len(runs)}
+    for kind in ("greedy", "sampled"):
+        for key in ["overall", *levels]:
+            mu, sd = mean_std([r[kind].get(key, float("nan")) for r in runs])
+            row[f"{kind}_{key}"], row[f"{kind}_{key}_std"] = mu, sd
+    for key in ("demos_used_unique", "demos_used_total", "learner_updates", "sft_steps",
+                "wall_seconds"):
+        row[key], row[f"{key}_std"] = mean_std([r[key] for r in runs])
+    avail = runs[0]["demos_available"]
+    row["demos_available"] = avail
+    row["demos_share"] = row["demos_used_unique"] / avail if avail else 0.0
+    return row
+
+
+def format_table(rows: list[dict], gains: dict, eval_k: int) -> str:
+    levels = sorted({k[len("greedy_"):] for k in rows[0] if k.startswith("greedy_level_")
+                     and not k.endswith("_std")})
+    head = (f"{'method':<20}{'overall':>14}" + "".join(f"{lv.replace('level_', 'L'):>13}"
+                                                     for lv in levels)
+            + f"{'avg@' + str(eval_k):>14}{'demos uniq':>12}{'total':>8}{'share':>7}"
+            + f"{'updates':>9}{'wall s':>8}")
+    lines = ["test accuracy, greedy (mean ± std over seeds); avg@k at temperature 0.6", head,
+             "-" * len(head)]
+    for r in rows:
+        cell = lambda k: f"{r[k]:.3f}±{r[k + '_std']:.3f}"  # noqa: E731
+        lines.append(f"{r['method']:<20}{cell('greedy_overall'):>14}"
+                     + "".join(f"{cell('greedy_' + lv):>13}" for lv in levels)
+                     + f"{cell('sampled_overall'):>14}{r['demos_used_unique']:>12.0f}"
+                     + f"{r['demos_used_total']:>8.0f}{r['demos_share']:>7.1%}"
+                     + f"{r['learner_updates']:>9.0f}{r['wall_seconds']:>8.0f}")
+    counts = gains.get("_counts", {})
+    lines += ["", "gain over the base model per bucket of test questions (avg@k, mean over seeds);"
+              " buckets by the base model's pass rate",
+              f"{'method':<20}" + "".join(f"{b + ' (' + str(counts.get(b, 0)) + ')':>16}"
+                                          for b in BUCKETS)]
+    for m, g in gains.items():
+        if m != "_counts":
+            lines.append(f"{m:<20}" + "".join(f"{g.get(b, float('nan')):>+16.3f}" for b in BUCKETS))
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ outputs
+
+def write_figure(path: Path, base: dict, results: list[dict], methods: list[str],
+                 hardest_level: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
+    for m in methods:
+        runs = [r for r in results if r["method"] == m]
+        if not runs:
+            continue
+        steps = [p["step"] for p in runs[0]["curve"]]
+        for ax, key in ((axes[0], "overall"), (axes[1], hardest_level)):
+            ys = [statistics.fmean(r["curve"][i].get(key, 0.0) for r in runs)
+                  for i in range(len(steps))]
+            ax.plot(steps, ys, marker="o", ms=3, label=m,
+                    lw=2.5 if m == "relift" else 1.2)
+    axes[0].set_title("test accuracy (greedy), overall")
+    axes[1].set_title(f"test accuracy (greedy), {hardest_level.replace('_', ' ')}")
+    for ax in axes[:2]:
+        ax.set_xlabel("learner step")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    relift = sorted((r for r in results if r["method"] == "relift"), key=lambda r: r["seed"])
+    if relift:
+        r = relift[0]
+        steps = [h["step"] for h in r["history"]]
+        axes[2].plot(steps, [h["buffer_size"] for h in r["history"]], color="C3",
+                     label="buffer size")
+        sft = [h["step"] for h in r["history"] if h["sft_this_step"]]
+        for i, s in enumerate(sft):
+            axes[2].axvline(s, color="k", alpha=0.3, lw=1, label="SFT step" if i == 0 else None)
+        axes[2].set_title(f"ReLIFT hard buffer (seed {r['seed']}), SFT events marked")
+        axes[2].set_xlabel("learner step")
+        axes[2].legend(fontsize=8)
+        axes[2].grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _log_child(client, experiment_id: str, parent_id: str, cfg: RunConfig, r: dict) -> str:
+    from mlflow.entities import Metric, Param
+
+    from relift_ray.tracking import _clean
+
+    run = client.create_run(experiment_id, run_name=cfg.name,
+                            tags={"mlflow.parentRunId": parent_id, "method": r["method"],
+                                  "seed": str(r["seed"]), "mode": cfg.algo.mode})
+    rid = run.info.run_id
+    params = [Param(k, str(v)[:500]) for k, v in cfg.flat().items()]
+    for i in range(0, len(params), 100):
+        client.log_batch(rid, params=params[i:i + 100])
+    client.log_text(rid, cfg.to_yaml(), "config.yaml")
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, v, now, h["step"]) for h in r["history"] for k, v in _clean(h).items()
+               if k != "step"]
+    metrics += [Metric(f"test_greedy/{k}", v, now, p["step"]) for p in r["curve"]
+                for k, v in p.items() if k != "step"]
+    final = {**{f"final_greedy/{k}": v for k, v in r["greedy"].items()},
+             **{f"final_avg_at_k/{k}": v for k, v in r["sampled"].items()},
+             **{k: r[k] for k in ("demos_used_unique", "demos_used_total", "demos_available",
+                                  "learner_updates", "sft_steps", "wall_seconds")}}
+    metrics += [Metric(k, float(v), now, cfg.train.steps) for k, v in final.items()]
+    for i in range(0, len(metrics), 900):
+        client.log_batch(rid, metrics=metrics[i:i + 900])
+    client.set_terminated(rid, "FINISHED")
+    return rid
+
+
+def run(cfg: RunConfig) -> dict:
+    import ray
+    from transformers import AutoTokenizer
+
+    from relift_ray.driver import init_ray, load_data, resolve_model
+    from relift_ray.tracking import Tracker, write_csv
+
+    t_start = time.time()
+    cfg.output_dir = str(Path(cfg.output_dir).expanduser().resolve())
+    cc = cfg.compare
+    configs = {(m, s): method_config(cfg, m, s) for m in cc.methods for s in cc.seeds}
+    out_dir = Path(cfg.output_dir) / cfg.name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    init_ray(cfg)
+    model_path = resolve_model(cfg)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    train_qs, test_qs, _ = load_data(cfg, tokenizer)
+    n_runs = len(configs)
+    print(f"[compare] {len(cc.methods)} methods x {len(cc.seeds)} seeds = {n_runs} runs of "
+          f"{cfg.train.steps} steps, {cc.parallel} at a time; {len(train_qs)} training and "
+          f"{len(test_qs)} test questions", flush=True)
+
+    tracker = Tracker(cfg.mlflow_uri, cfg.tracking.experiment, cfg.name,
+                      tags={"kind": "compare"}, artifact_root=cfg.artifact_root)
+    tracker.log_config(cfg)
+    status = "FAILED"
+    try:
+        res = {"num_cpus": cfg.cluster.num_cpus / cc.parallel,
+               "num_gpus": 1 if cfg.cluster.use_gpu else 0}
+        train_ref, test_ref = ray.put(train_qs), ray.put(test_qs)
+        base_ref = ray.remote(_base_task).options(name="compare-base", **res).remote(
+            cfg.to_dict(), model_path, test_ref, cc.eval_k, cc.bucket_samples, cc.threads)
+        pending = {}
+        for (m, s), mcfg in configs.items():
+            ref = ray.remote(_run_task).options(name=f"compare-{m}-s{s}", **res).remote(
+                mcfg.to_dict(), model_path, train_ref, test_ref, cc.eval_every, cc.eval_k,
+                cc.threads)
+            pending[ref] = (m, s)
+        base = ray.get(base_ref)
+        print(f"[compare] base model: greedy {base['greedy']['overall']:.3f}, "
+              f"avg@{cc.eval_k} {base['sampled']['overall']:.3f}", flush=True)
+        client = tracker.mlflow.tracking.MlflowClient(cfg.mlflow_uri)
+        exp_id = tracker.run.info.experiment_id
+        results = []
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            m, s = pending.pop(done[0])
+            r = ray.get(done[0])
+            r["method"] = m
+            results.append(r)
+            r["mlflow_run_id"] = _log_child(client, exp_id, tracker.run_id, configs[(m, s)], r)
+            print(f"[compare] {len(results)}/{n_runs} done: {m} seed {s}: greedy "
+                  f"{r['greedy']['overall']:.3f}, demos {r['demos_used_unique']}, "
+                  f"{r['wall_seconds']:.0f}s ({time.time() - t_start:.0f}s elapsed)", flush=True)
+
+        rows = method_table(base, results, cc.methods)
+        gains = bucket_gains(base, results)
+        text = format_table(rows, gains, cc.eval_k)
+        per_run = [{"method": r["method"], "seed": r["seed"],
+                    **{f"greedy_{k}": v for k, v in r["greedy"].items()},
+                    **{f"sampled_{k}": v for k, v in r["sampled"].items()},
+                    **{k: r[k] for k in ("demos_used_unique", "demos_used_total",
+                                         "demos_available", "learner_updates", "sft_steps",
+                                         "wall_seconds")}}
+                   for r in sorted(results, key=lambda r: (cc.methods.index(r["method"]),
+                                                           r["seed"]))]
+        gain_rows = [{"method": m, **{b: g.get(b) for b in BUCKETS}}
+                     for m, g in gains.items() if m != "_counts"]
+        gain_rows.append({"method": "questions", **gains["_counts"]})
+        curves = [{"method": r["method"], "seed": r["seed"], **p} for r in results
+                  for p in r["curve"]]
+        files = {"compare_table.csv": rows, "compare_runs.csv": per_run,
+                 "bucket_gains.csv": gain_rows, "curves.csv": curves}
+        for name, table in files.items():
+            write_csv(table, out_dir / name)
+            tracker.mlflow.log_artifact(str(out_dir / name))
+        levels = sorted(k for k in base["greedy"] if k.startswith("level_"))
+        write_figure(out_dir / "compare.png", base, results, cc.methods, levels[-1])
+        tracker.mlflow.log_artifact(str(out_dir / "compare.png"))
+        (out_dir / "compare_table.txt").write_text(text + "\n")
+        tracker.mlflow.log_text(text, "compare_table.txt")
+        for row in rows:
+            tracker.log_metrics({f"{row['method']}/{k}": v for k, v in row.items()
+                                 if isinstance(v, float)})
+        wall = time.time() - t_start
+        tracker.log_metrics({"wall_seconds": wall})
+        status = "FINISHED"
+        print("\n" + text, flush=True)
+        print(f"\n[compare] {n_runs} runs in {wall:.0f}s; tables and compare.png in {out_dir}; "
+              f"MLflow parent run {tracker.run_id} in {cfg.mlflow_uri}", flush=True)
+        return {"rows": rows, "gains": gains, "results": results, "base": base,
+                "out_dir": str(out_dir), "run_id": tracker.run_id, "wall_seconds": wall}
+    finally:
+        tracker.end(status)
+
+
