@@ -188,7 +188,7 @@ def write_figure(path: Path, base: dict, results: list[dict], methods: list[str]
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
-    for m in methods:
+    for i, m in enumerate(methods):
         runs = [r for r in results if r["method"] == m]
         if not runs:
             continue
@@ -196,7 +196,7 @@ def write_figure(path: Path, base: dict, results: list[dict], methods: list[str]
         for ax, key in ((axes[0], "overall"), (axes[1], hardest_level)):
             ys = [statistics.fmean(r["curve"][i].get(key, 0.0) for r in runs)
                   for i in range(len(steps))]
-            ax.plot(steps, ys, marker="o", ms=3, label=m,
+            ax.plot(steps, ys, marker="o", ms=3, label=m, color=f"C{i % 10}",
                     lw=2.5 if m == "relift" else 1.2)
     axes[0].set_title("test accuracy (greedy), overall")
     axes[1].set_title(f"test accuracy (greedy), {hardest_level.replace('_', ' ')}")
@@ -220,6 +220,38 @@ def write_figure(path: Path, base: dict, results: list[dict], methods: list[str]
         axes[2].grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_diagnostics(path: Path, results: list[dict], methods: list[str]) -> None:
+    """The paper's training diagnostics per method (mean over seeds): reward, response length
+    and entropy of the rollouts over learner steps."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = (("reward_mean", "training reward (rollouts)"),
+            ("response_length", "response length (tokens)"), ("rl/entropy", "policy entropy"))
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.5))
+    for i, m in enumerate(methods):
+        runs = [r for r in results if r["method"] == m]
+        for ax, (key, title) in zip(axes, keys):
+            points = {}
+            for r in runs:
+                for h in r["history"]:
+                    if key in h:
+                        points.setdefault(h["step"], []).append(h[key])
+            if points:
+                steps = sorted(points)
+                ax.plot(steps, [statistics.fmean(points[s]) for s in steps], label=m,
+                        color=f"C{i % 10}", lw=2.5 if m == "relift" else 1.0)
+                ax.set_title(title)
+    for ax in axes:
+        ax.set_xlabel("learner step")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -331,6 +363,8 @@ def run(cfg: RunConfig) -> dict:
         levels = sorted(k for k in base["greedy"] if k.startswith("level_"))
         write_figure(out_dir / "compare.png", base, results, cc.methods, levels[-1])
         tracker.mlflow.log_artifact(str(out_dir / "compare.png"))
+        write_diagnostics(out_dir / "diagnostics.png", results, cc.methods)
+        tracker.mlflow.log_artifact(str(out_dir / "diagnostics.png"))
         (out_dir / "compare_table.txt").write_text(text + "\n")
         tracker.mlflow.log_text(text, "compare_table.txt")
         for row in rows:

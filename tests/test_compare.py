@@ -90,7 +90,7 @@ def test_compare_job_runs_every_method_and_logs_parent_and_children(ray_local, t
 
     d = tmp_path / "cmp"
     for name in ("compare_table.csv", "compare_runs.csv", "bucket_gains.csv", "curves.csv",
-                 "compare.png", "compare_table.txt"):
+                 "compare.png", "diagnostics.png", "compare_table.txt"):
         assert (d / name).stat().st_size > 0, name
     assert (d / "compare.png").read_bytes()[:4] == b"\x89PNG"
     with open(d / "compare_table.csv") as f:

@@ -22,8 +22,8 @@ from relift_ray.toy.tokenizer import build_tokenizer
 
 RECIPE = {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 2,
           "num_attention_heads": 4, "max_position_embeddings": 128,
-          "steps": 400, "batch_size": 64, "lr": 3e-3, "seed": 0, "levels": list(task.BASE_LEVELS),
-          "version": 4, "level3_examples": 40}
+          "steps": 1500, "batch_size": 64, "lr": 3e-3, "seed": 0, "levels": list(task.BASE_LEVELS),
+          "version": 5, "level3_examples": 40}
 
 
 def recipe_hash() -> str:
