@@ -73,3 +73,25 @@ def test_train_job_rejects_a_bad_value_before_starting_anything():
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     assert "error: algo.n_samples=0: must be > 0" in r.stderr
+
+
+def test_compare_job_rejects_bad_values_before_starting_anything():
+    import subprocess
+    import sys
+    root = Path(__file__).parent.parent
+    for arg, message in (("compare.methods=rl,dpo", "compare.methods: unknown method 'dpo'"),
+                         ("compare.seeds=[]", "compare.seeds=[]"),
+                         ("compare.sft_then_rl_fraction=1.5", "must be in (0, 1)")):
+        r = subprocess.run([sys.executable, str(root / "jobs" / "compare.py"), arg],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2, (arg, r.stderr[-2000:])
+        assert message in r.stderr, (arg, r.stderr[-2000:])
+
+
+def test_ablation_values_are_checked():
+    with pytest.raises(ConfigError, match="algo.sft_trigger='sometimes': must be one of"):
+        load_config(overrides=["algo.sft_trigger=sometimes"])
+    with pytest.raises(ConfigError, match="algo.sft_first_steps=0: mode=sft_then_rl needs"):
+        load_config(overrides=["algo.mode=sft_then_rl"])
+    cfg = load_config(overrides=["algo.mode=sft_then_rl", "algo.sft_first_steps=30"])
+    assert [cfg.is_sft_step(s) for s in (1, 30, 31)] == [True, True, False]
