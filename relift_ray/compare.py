@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import math
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -327,21 +326,33 @@ def run(cfg: RunConfig) -> dict:
               f"avg@{cc.eval_k} {base['sampled']['overall']:.3f}", flush=True)
         client = tracker.mlflow.tracking.MlflowClient(cfg.mlflow_uri)
         exp_id = tracker.run.info.experiment_id
-        results = []
+        results, failed = [], []
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             m, s = pending.pop(done[0])
-            r = ray.get(done[0])
+            try:
+                r = ray.get(done[0])
+            except ray.exceptions.RayError as e:  # one run's crash does not lose the others
+                failed.append(f"{m} seed {s}")
+                print(f"[compare] FAILED: {m} seed {s}: {str(e).strip().splitlines()[-1]}",
+                      flush=True)
+                continue
             r["method"] = m
             results.append(r)
             r["mlflow_run_id"] = _log_child(client, exp_id, tracker.run_id, configs[(m, s)], r)
-            print(f"[compare] {len(results)}/{n_runs} done: {m} seed {s}: greedy "
+            print(f"[compare] {len(results) + len(failed)}/{n_runs} done: {m} seed {s}: greedy "
                   f"{r['greedy']['overall']:.3f}, demos {r['demos_used_unique']}, "
                   f"{r['wall_seconds']:.0f}s ({time.time() - t_start:.0f}s elapsed)", flush=True)
 
+        if not results:
+            raise RuntimeError(f"every run failed: {', '.join(failed)}")
+        if failed:
+            tracker.set_tags({"failed_runs": ", ".join(failed)})
         rows = method_table(base, results, cc.methods)
         gains = bucket_gains(base, results)
         text = format_table(rows, gains, cc.eval_k)
+        if failed:
+            text += f"\n\nFAILED runs (left out of the table): {', '.join(failed)}"
         per_run = [{"method": r["method"], "seed": r["seed"],
                     **{f"greedy_{k}": v for k, v in r["greedy"].items()},
                     **{f"sampled_{k}": v for k, v in r["sampled"].items()},
@@ -376,7 +387,7 @@ def run(cfg: RunConfig) -> dict:
         print("\n" + text, flush=True)
         print(f"\n[compare] {n_runs} runs in {wall:.0f}s; tables and compare.png in {out_dir}; "
               f"MLflow parent run {tracker.run_id} in {cfg.mlflow_uri}", flush=True)
-        return {"rows": rows, "gains": gains, "results": results, "base": base,
+        return {"rows": rows, "gains": gains, "results": results, "base": base, "failed": failed,
                 "out_dir": str(out_dir), "run_id": tracker.run_id, "wall_seconds": wall}
     finally:
         tracker.end(status)
