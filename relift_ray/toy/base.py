@@ -37,6 +37,8 @@ def build_base_model(cache_dir: str | Path, log=print) -> str:
         return str(out)
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    log(f"[base model] not cached yet: pretraining the toy base model once ({RECIPE['steps']} "
+        f"steps, about 4 minutes on 2 CPU cores) into {out}")
     torch.manual_seed(RECIPE["seed"])
     rng = random.Random(RECIPE["seed"])
     tok = build_tokenizer()
