@@ -45,9 +45,8 @@ def _cluster_running() -> bool:
 
 def resolve_model(cfg: RunConfig, log=print) -> str:
     if cfg.model.path == "toy":
-        from relift_ray.toy.base import build_base_model
-        cache = os.environ.get("RELIFT_CACHE") or Path.home() / ".cache" / "relift_ray"
-        return build_base_model(cache, log=log)
+        from relift_ray.toy.base import build_base_model, default_cache
+        return build_base_model(default_cache(), log=log)
     return cfg.model.path
 
 

@@ -4,12 +4,13 @@ It is saved in the standard Hugging Face format (config, safetensors, tokenizer)
 of the system loads it with ``from_pretrained`` exactly as it loads a real model. The result is
 cached under ``<cache_dir>/toy_base-<hash of the recipe>``: later runs start at once.
 
-    python -m relift_ray.toy.base runs/cache     # build (or find) it and print its accuracy
+    python -m relift_ray.toy.base [CACHE_DIR]    # build (or find) it; prints its directory
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import sys
 import time
@@ -101,5 +102,10 @@ def _pack(tok, pairs):
     return ids, lab
 
 
+def default_cache() -> Path:
+    """Where runs look for the base model: $RELIFT_CACHE, else ~/.cache/relift_ray."""
+    return Path(os.environ.get("RELIFT_CACHE") or Path.home() / ".cache" / "relift_ray")
+
+
 if __name__ == "__main__":
-    print(build_base_model(sys.argv[1] if len(sys.argv) > 1 else "runs/cache"))
+    print(build_base_model(sys.argv[1] if len(sys.argv) > 1 else default_cache()))
