@@ -71,6 +71,8 @@ def run_colocated(cfg: RunConfig, model_path: str, train_qs: list[Question],
         history = []
         for step in range(1, cfg.train.steps + 1):
             t0 = time.perf_counter()
+            if step == cfg.train.fail_at_step:  # testing hook, as in the distributed learner
+                raise RuntimeError(f"{cfg.name}: injected failure at step {step}")
             batch = sched.next_batch(step)
             m = dict(batch.metrics)
             m.update(learner.train_step(batch))

@@ -111,3 +111,31 @@ def test_compare_job_runs_every_method_and_logs_parent_and_children(ray_local, t
     assert len(client.get_metric_history(child.info.run_id, "test_greedy/overall")) == 3
     arts = {a.path for a in client.list_artifacts(out["run_id"])}
     assert {"compare_table.csv", "bucket_gains.csv", "compare.png"} <= arts
+
+
+@pytest.mark.slow
+def test_a_crashed_run_is_reported_and_the_others_kept(ray_local, tmp_path, monkeypatch):
+    import relift_ray.compare as compare
+
+    made = compare.method_config
+
+    def failing_rl(cfg, method, seed):
+        out = made(cfg, method, seed)
+        if method == "rl":
+            out.train.fail_at_step = 1
+        return out
+
+    monkeypatch.setattr(compare, "method_config", failing_rl)
+    cfg = load_config("jobs/configs/compare_toy.yaml", [
+        f"output_dir={tmp_path}", "name=crash", "train.steps=2", "algo.batch_size=4",
+        "algo.n_samples=2", "algo.buffer_size=2", "compare.methods=rl,relift",
+        "compare.seeds=1", "compare.eval_every=0", "compare.eval_k=1",
+        "compare.bucket_samples=1", "data.max_test_questions=20"])
+    out = compare.run(cfg)
+    assert out["failed"] == ["rl seed 1"]
+    assert [r["method"] for r in out["results"]] == ["relift"]
+    text = (tmp_path / "crash" / "compare_table.txt").read_text()
+    assert "FAILED runs (left out of the table): rl seed 1" in text
+    from mlflow.tracking import MlflowClient
+    run = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(out["run_id"])
+    assert run.data.tags["failed_runs"] == "rl seed 1" and run.info.status == "FINISHED"
