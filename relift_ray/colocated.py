@@ -35,6 +35,24 @@ def single_process_group() -> None:
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
 
 
+def test_accuracy(gen, rewarder, test_qs: list[Question], max_new_tokens: int, eval_k: int,
+                  seed: int, greedy_scores: dict | None = None) -> dict:
+    """Greedy and avg@``eval_k`` (temperature 0.6) test accuracy, per question and summarized;
+    ``greedy_scores`` reuses a greedy pass already made with the same weights."""
+    if greedy_scores is None:
+        greedy_scores = question_scores([gen], [rewarder], test_qs, max_new_tokens=max_new_tokens)
+    sampled_scores = question_scores(
+        [gen], [rewarder], test_qs, n=eval_k, temperature=EVAL_TEMPERATURE,
+        max_new_tokens=max_new_tokens, seed=seed) if eval_k else {}
+    return {"greedy": summarize(test_qs, greedy_scores), "greedy_scores": greedy_scores,
+            "sampled": summarize(test_qs, sampled_scores) if eval_k else {},
+            "sampled_scores": sampled_scores}
+
+
+def device_of(cfg: RunConfig) -> str:
+    return "cuda" if cfg.cluster.use_gpu else "cpu"
+
+
 def run_colocated(cfg: RunConfig, model_path: str, train_qs: list[Question],
                   test_qs: list[Question], *, eval_every: int = 0, eval_k: int = 0,
                   threads: int = 1, log=None) -> dict:
@@ -54,19 +72,20 @@ def run_colocated(cfg: RunConfig, model_path: str, train_qs: list[Question],
         torch.set_num_threads(threads)  # runs side by side must not oversubscribe the cores
     torch.manual_seed(cfg.train.seed)
     single_process_group()
-    device = "cuda" if cfg.cluster.use_gpu else "cpu"
     tok = AutoTokenizer.from_pretrained(model_path)
     rewarder = RewardWorker(cfg.data.answer_extraction, cfg.cluster.reward_timeout_s)
     try:
-        gen = HFGenerator(model_path, device=device, dtype=cfg.model.dtype)
+        gen = HFGenerator(model_path, device=device_of(cfg), dtype=cfg.model.dtype)
         sched = Scheduler(cfg, train_qs, tok, [gen], [rewarder])
         learner = Learner(cfg, model_path, world=1)
         max_tokens = cfg.algo.max_new_tokens
 
         def greedy(step: int) -> dict:
-            scores = question_scores([gen], [rewarder], test_qs, max_new_tokens=max_tokens)
-            return {"step": step, **summarize(test_qs, scores)}
+            nonlocal last_scores
+            last_scores = question_scores([gen], [rewarder], test_qs, max_new_tokens=max_tokens)
+            return {"step": step, **summarize(test_qs, last_scores)}
 
+        last_scores: dict = {}
         curve = [greedy(0)]
         history = []
         for step in range(1, cfg.train.steps + 1):
@@ -89,17 +108,13 @@ def run_colocated(cfg: RunConfig, model_path: str, train_qs: list[Question],
                 log(f"[{cfg.name}] step {step}/{cfg.train.steps} reward "
                     f"{m.get('reward_mean', float('nan')):.3f} buffer {m.get('buffer_size', 0)} "
                     f"sft steps {m.get('sft_steps', 0)} test {curve[-1]['overall']:.3f}")
-        greedy_scores = question_scores([gen], [rewarder], test_qs, max_new_tokens=max_tokens)
-        sampled_scores = question_scores(
-            [gen], [rewarder], test_qs, n=eval_k, temperature=EVAL_TEMPERATURE,
-            max_new_tokens=max_tokens, seed=cfg.train.seed) if eval_k else {}
+        # the curve's last point is the greedy evaluation of the final policy
+        final = test_accuracy(gen, rewarder, test_qs, max_tokens, eval_k, cfg.train.seed,
+                              greedy_scores=last_scores)
         state = sched.state_dict()
         return {
             "name": cfg.name, "mode": cfg.algo.mode, "seed": cfg.train.seed,
-            "history": history, "curve": curve,
-            "greedy": summarize(test_qs, greedy_scores), "greedy_scores": greedy_scores,
-            "sampled": summarize(test_qs, sampled_scores) if eval_k else {},
-            "sampled_scores": sampled_scores,
+            "history": history, "curve": curve, **final,
             "sft_steps": state["counters"]["sft_steps"],
             "demos_used_unique": len(state["demos_used"]),
             "demos_used_total": state["counters"]["demos_used_total"],

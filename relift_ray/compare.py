@@ -74,8 +74,9 @@ def _base_task(cfg_dict: dict, model_path: str, test_qs, eval_k: int, n_bucket: 
     at the training temperature (what the buckets are made of)."""
     import torch
 
+    from relift_ray.colocated import device_of, test_accuracy
     from relift_ray.config import _build
-    from relift_ray.evaluation import EVAL_TEMPERATURE, question_scores, summarize
+    from relift_ray.evaluation import question_scores
     from relift_ray.generators.hf import HFGenerator
     from relift_ray.rewards import RewardWorker
 
@@ -83,17 +84,12 @@ def _base_task(cfg_dict: dict, model_path: str, test_qs, eval_k: int, n_bucket: 
     torch.set_num_threads(threads)
     rewarder = RewardWorker(cfg.data.answer_extraction, cfg.cluster.reward_timeout_s)
     try:
-        gen = HFGenerator(model_path, device="cuda" if cfg.cluster.use_gpu else "cpu",
-                          dtype=cfg.model.dtype)
+        gen = HFGenerator(model_path, device=device_of(cfg), dtype=cfg.model.dtype)
         t = cfg.algo.max_new_tokens
-        greedy = question_scores([gen], [rewarder], test_qs, max_new_tokens=t)
-        sampled = question_scores([gen], [rewarder], test_qs, n=eval_k,
-                                  temperature=EVAL_TEMPERATURE, max_new_tokens=t, seed=0)
-        bucket = question_scores([gen], [rewarder], test_qs, n=n_bucket,
-                                 temperature=cfg.algo.temperature, max_new_tokens=t, seed=1)
-        return {"greedy": summarize(test_qs, greedy), "greedy_scores": greedy,
-                "sampled": summarize(test_qs, sampled), "sampled_scores": sampled,
-                "pass_rates": bucket}
+        pass_rates = question_scores([gen], [rewarder], test_qs, n=n_bucket,
+                                     temperature=cfg.algo.temperature, max_new_tokens=t, seed=1)
+        return {**test_accuracy(gen, rewarder, test_qs, t, eval_k, seed=0),
+                "pass_rates": pass_rates}
     finally:
         rewarder.close()
 

@@ -158,26 +158,23 @@ class Learner:
         mixed_nll = []
         for chunk, sft_chunk in zip(order.chunk(k), sft_chunks):
             if sft_chunk:
-                # mode=mixed: RL rows and demonstration rows in one forward pass (ZeRO reduces
-                # each gradient once per backward), loss = RL loss + coef * SFT loss
-                rows = [samples[i] for i in chunk.tolist()]
-                mb = to_tensors(rows + sft_chunk, self.pad_id, self.device)
-                logp, ent = forward_logprobs(self.engine, mb)
-                n, width = len(rows), mb["mask"].shape[1]
-                old = _fit(logp_old[chunk], width)
-                loss, m = policy_loss(logp[:n], old, mb["adv"][:n], mb["mask"][:n], ent[:n],
-                                      kind=self.a.rl_loss, l_max=self.a.max_new_tokens,
-                                      clip_eps=self.a.clip_eps, entropy_coef=self.a.entropy_coef)
+                # mode=mixed: RL rows, then demonstration rows, in one forward pass (ZeRO
+                # reduces each gradient once per backward); loss = RL + coef * SFT
+                mb = to_tensors([samples[i] for i in chunk.tolist()] + sft_chunk, self.pad_id,
+                                self.device)
+            else:
+                mb = {key: v[chunk] for key, v in t.items()}
+            n = len(chunk)
+            logp, ent = forward_logprobs(self.engine, mb)
+            loss, m = policy_loss(logp[:n], _fit(logp_old[chunk], logp.shape[1]), mb["adv"][:n],
+                                  mb["mask"][:n], ent[:n], kind=self.a.rl_loss,
+                                  l_max=self.a.max_new_tokens, clip_eps=self.a.clip_eps,
+                                  entropy_coef=self.a.entropy_coef)
+            if sft_chunk:
                 s_loss, sm = sft_loss(logp[n:], mb["mask"][n:], ent[n:],
                                       alpha=self.a.sft_entropy_coef)
                 loss = loss + self.a.mixed_sft_coef * s_loss
                 mixed_nll.append(sm["sft_nll"])
-            else:
-                mb = {key: v[chunk] for key, v in t.items()}
-                logp, ent = forward_logprobs(self.engine, mb)
-                loss, m = policy_loss(logp, logp_old[chunk], mb["adv"], mb["mask"], ent,
-                                      kind=self.a.rl_loss, l_max=self.a.max_new_tokens,
-                                      clip_eps=self.a.clip_eps, entropy_coef=self.a.entropy_coef)
             self.engine.backward(loss)
             m["grad_norm"] = self._step("rl", self.a.grad_clip)
             m["loss"] = loss.item()

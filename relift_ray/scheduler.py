@@ -206,8 +206,7 @@ class Scheduler:
             if self.cfg.uses_buffer:
                 sft = self._buffer_and_sft(step, fed)
             elif self.a.mode == "mixed":  # this step's demonstrations join the RL loss
-                with_demo = [q.id for q in fed if q.demo]
-                self.counters["fed_without_demo"] += len(fed) - len(with_demo)
+                with_demo = self._with_demo(fed)
                 sft, mixed = (self._sft_samples(step, with_demo) if with_demo else ()), True
             batch = TrainBatch(step=step, rl=self._rl_samples(groups), sft=sft,
                                weight_version=step - 1, sft_mixed=mixed,
@@ -263,9 +262,14 @@ class Scheduler:
         return tuple(Sample(c.prompt_ids, c.response_ids, float(adv[i, j]), g.question.id)
                      for i, g in enumerate(groups) for j, c in enumerate(g.completions))
 
-    def _buffer_and_sft(self, step: int, fed: list[Question]) -> tuple[Sample, ...]:
+    def _with_demo(self, fed: list[Question]) -> list[str]:
+        """Ids of the fed questions that have a demonstration; the others are only counted."""
         with_demo = [q.id for q in fed if q.demo]
-        self.counters["fed_without_demo"] += len(fed) - len(with_demo)  # counted, not buffered
+        self.counters["fed_without_demo"] += len(fed) - len(with_demo)
+        return with_demo
+
+    def _buffer_and_sft(self, step: int, fed: list[Question]) -> tuple[Sample, ...]:
+        with_demo = self._with_demo(fed)
         for qid in with_demo:
             self.table.get(qid).times_buffered += 1
         self.buffer.push(with_demo)
