@@ -32,12 +32,28 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    train: str = "toy"  # "toy" or a data file (see relift_ray.data)
-    format: str = "auto"  # auto | jsonl | gsm8k | math | parquet
+    train: str = "toy"  # "toy", a data file (.jsonl/.json/.parquet) or hf://owner/name[/glob]
+    format: str = "auto"  # auto | jsonl | gsm8k | math | luffy (= parquet); see relift_ray.data
     test: str = "toy"  # held-out evaluation split ("toy" = the toy task's test split)
-    max_prompt_tokens: int = 1024  # longer prompts are dropped and counted
+    max_prompt_tokens: int = 1024  # longer prompts (after the template) are dropped and counted
     max_test_questions: int = 0  # >0: evaluate on an evenly spaced subset of this size
     answer_extraction: str = "boxed"  # whole | after_think | boxed (what the verifier sees)
+    # Prompting: auto = the tokenizer's chat template when it has one, else the plain template.
+    prompt_template: str = "auto"  # auto | chat | plain
+    plain_template: str = "{prompt}"  # plain: the text around the question
+    system_prompt: str = ""  # "" / none, luffy (the LUFFY/ReLIFT <think> prompt), or the text itself
+    chat_template: str = ""  # a .jinja file (or Jinja text) replacing the tokenizer's template
+    strip_think_prefix: bool = True  # drop a demo's leading "<think>\n" when the prompt ends with it
+    # Field names of the plain jsonl format.
+    prompt_field: str = "prompt"
+    answer_field: str = "answer"
+    demo_field: str = "demo"
+    id_field: str = "id"
+
+    @property
+    def fields(self):
+        from relift_ray.data import Fields
+        return Fields(self.prompt_field, self.answer_field, self.demo_field, self.id_field)
 
 
 @dataclass
@@ -175,7 +191,8 @@ PRESETS: dict[str, dict] = {
 
 _CHOICES = {
     "model.dtype": {"float32", "bfloat16"},
-    "data.format": {"auto", "jsonl", "gsm8k", "math", "parquet"},
+    "data.format": {"auto", "jsonl", "gsm8k", "math", "luffy", "parquet"},
+    "data.prompt_template": {"auto", "chat", "plain"},
     "data.answer_extraction": {"whole", "after_think", "boxed"},
     "algo.mode": {"relift", "rl", "sft", "sft_then_rl", "mixed"},
     "algo.sft_trigger": {"buffer_full", "every_k", "every_step"},
@@ -210,6 +227,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         if flat[key] < 0:
             raise ConfigError(f"{key}={flat[key]!r}: must be >= 0")
     a = cfg.algo
+    if "{prompt}" not in cfg.data.plain_template:
+        raise ConfigError(f"data.plain_template={cfg.data.plain_template!r}: must contain {{prompt}}")
     if a.top_p > 1:
         raise ConfigError(f"algo.top_p={a.top_p}: must be in (0, 1]")
     if a.mode != "sft" and a.batch_size * a.n_samples < cfg.cluster.num_learners * a.minibatches:
@@ -265,8 +284,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected dotted.key=value")
         key, value = item.split("=", 1)
-        _set_dotted(merged, key.strip(), yaml.safe_load(value))
+        _set_dotted(merged, key.strip(), _Override(value))
     return validate(_build(RunConfig, merged, prefix=""))
+
+
+class _Override(str):
+    """A command-line value: text fields take it as written, the others as YAML reads it
+    (so data.plain_template="Q: {prompt}" stays text)."""
+
+    @property
+    def parsed(self):
+        try:
+            return yaml.safe_load(str(self))
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override value {str(self)!r}: not valid YAML ({e})") from None
 
 
 def _merge(into: dict, other: dict) -> None:
@@ -299,6 +330,8 @@ def _build(cls, tree: dict, prefix: str):
     for name, value in tree.items():
         hint = hints[name]
         key = prefix + name
+        if isinstance(value, _Override):
+            value = str(value) if hint is str else value.parsed
         if dataclasses.is_dataclass(hint):
             kwargs[name] = _build(hint, value, key + ".")
         else:

@@ -51,20 +51,26 @@ def resolve_model(cfg: RunConfig, log=print) -> str:
 
 
 def load_data(cfg: RunConfig, tokenizer, log=print):
-    from relift_ray.data import load_questions
+    """(training questions, test questions, training questions dropped for a long prompt),
+    with each prompt rendered for the model (chat template or plain, see relift_ray.data)."""
+    from relift_ray.data import load_chat_template, load_questions, render_prompts
 
-    train = load_questions(cfg.data.train, cfg.data.format, "train")
-    test = load_questions(cfg.data.test, cfg.data.format, "test")
-    kept = [q for q in train
-            if len(tokenizer(q.prompt, add_special_tokens=False)["input_ids"])
-            <= cfg.data.max_prompt_tokens]
-    if len(kept) < len(train):
-        log(f"[data] dropped {len(train) - len(kept)} of {len(train)} training questions whose "
-            f"prompt exceeds data.max_prompt_tokens={cfg.data.max_prompt_tokens}")
-    limit = cfg.data.max_test_questions
+    d = cfg.data
+    load_chat_template(tokenizer, d.chat_template)
+    train = load_questions(d.train, d.format, "train", d.fields)
+    test = load_questions(d.test, d.format, "test", d.fields)
+    kept, dropped = render_prompts(train, tokenizer, d)
+    if dropped:
+        log(f"[data] dropped {dropped} of {len(train)} training questions whose prompt exceeds "
+            f"data.max_prompt_tokens={d.max_prompt_tokens}")
+    test, test_dropped = render_prompts(test, tokenizer, d)
+    if test_dropped:
+        log(f"[data] dropped {test_dropped} test questions whose prompt exceeds "
+            f"data.max_prompt_tokens={d.max_prompt_tokens}")
+    limit = d.max_test_questions
     if 0 < limit < len(test):  # evenly spaced: the mix of levels and sources is kept
         test = [test[i * len(test) // limit] for i in range(limit)]
-    return kept, test, len(train) - len(kept)
+    return kept, test, dropped
 
 
 def run(cfg: RunConfig) -> dict:

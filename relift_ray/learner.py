@@ -300,10 +300,9 @@ def save_checkpoint(learner: Learner, scheduler, step: int, rank: int, config: d
         if rank == 0:  # an HF-format copy of the policy: loadable by from_pretrained
             learner.engine.module.save_pretrained(d / "policy")
     if rank == 0:
-        src = Path(config["model_path"])
-        for f in src.iterdir():  # tokenizer files travel with the policy
-            if "token" in f.name or f.name in ("special_tokens_map.json", "chat_template.jinja"):
-                shutil.copy(f, d / "policy" / f.name)
+        # the tokenizer travels with the policy (model_path may be a local dir or a hub id)
+        from transformers import AutoTokenizer
+        AutoTokenizer.from_pretrained(config["model_path"]).save_pretrained(d / "policy")
         state = ray.get(scheduler.state_dict.remote())
         (d / "scheduler_state.pkl").write_bytes(pickle.dumps(state))
         (d / "meta.json").write_text(json.dumps({"step": step}))

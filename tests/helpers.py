@@ -1,6 +1,10 @@
 """In-process stand-ins used by the tests: scripted generators and reward workers, a slow
 scoring function for the reward-timeout test."""
+import os
 import time
+from pathlib import Path
+
+import pytest
 
 from relift_ray.records import Completion
 
@@ -40,3 +44,12 @@ def slow_reward(response, truth, extraction):
     if "HANG" in response:
         time.sleep(60)
     return (1.0 if response.strip() == truth else 0.0), "ok"
+
+
+# The public math sets live outside the repository (never copied in): ../shared/data beside the
+# checkout, as on the developers' machines and in CI, or wherever RELIFT_SHARED_DATA points.
+SHARED = Path(os.environ.get("RELIFT_SHARED_DATA")
+              or Path(__file__).resolve().parent.parent.parent / "shared" / "data")
+needs_shared = pytest.mark.skipif(not SHARED.exists(), reason=(
+    f"the public data sets are kept outside the repo and {SHARED} is not beside this checkout "
+    "(CI and dev machines have it; set RELIFT_SHARED_DATA to run this test elsewhere)"))

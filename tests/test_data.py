@@ -5,14 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from relift_ray.data import DataError, load_questions
+from helpers import SHARED, needs_shared
+from relift_ray.config import load_config
+from relift_ray.data import (LUFFY_SYSTEM_PROMPT, DataError, load_questions, render_prompts)
 from relift_ray.rewards import math_reward
 from relift_ray.toy import task
-
-# The public math sets live outside the repository (never copied in): ../shared/data beside the
-# checkout, as on the developers' machines and in CI, or wherever RELIFT_SHARED_DATA points.
-SHARED = Path(os.environ.get("RELIFT_SHARED_DATA")
-              or Path(__file__).resolve().parent.parent.parent / "shared" / "data")
 
 
 def test_toy_splits_are_disjoint_and_cover_all_levels():
@@ -58,12 +55,149 @@ def test_missing_file(tmp_path):
         load_questions(str(tmp_path / "nope.jsonl"))
 
 
-@pytest.mark.skipif(not SHARED.exists(), reason=(
-    f"the public data sets are kept outside the repo and {SHARED} is not beside this checkout "
-    "(CI and dev machines have it; set RELIFT_SHARED_DATA to run this test elsewhere)"))
+@needs_shared
 def test_gsm8k_and_math_from_shared_data():
     gsm = load_questions(str(SHARED / "eval" / "gsm8k" / "test.jsonl"))
     assert len(gsm) > 1000 and all(q.demo and q.answer for q in gsm[:50])
     assert math_reward(gsm[0].demo, gsm[0].answer, "boxed")[0] == 1.0
     m = load_questions(str(SHARED / "eval" / "math500" / "test.jsonl"))
     assert len(m) == 500 and m[0].level in range(1, 6)
+
+
+# ---------------------------------------------------------------- LUFFY/ReLIFT parquet
+
+def write_parquet(tmp_path, rows, name="d.parquet"):
+    import pandas as pd
+    p = tmp_path / name
+    pd.DataFrame(rows).to_parquet(p)
+    return p
+
+
+def luffy_row(i, truth="4", target="<think>\nadd</think>\n\\boxed{4}", user="2+2?"):
+    return {"data_source": "toyset", "target": target,
+            "prompt": [{"role": "system", "content": "sys"}, {"role": "user", "content": user}],
+            "reward_model": {"ground_truth": truth, "style": "rule"},
+            "extra_info": {"index": i, "split": "train"}}
+
+
+def test_luffy_parquet_rows(tmp_path):
+    p = write_parquet(tmp_path, [luffy_row(0), luffy_row(1, truth="5"), luffy_row(1)])
+    q0, q1, q2 = load_questions(str(p))
+    assert q0.messages == (("system", "sys"), ("user", "2+2?"))
+    assert (q0.id, q0.prompt, q0.answer, q0.source) == ("toyset-0", "2+2?", "4", "toyset")
+    assert q0.demo.startswith("<think>\n")
+    assert q1.answer == "5"
+    assert q2.id == "toyset-1#3"  # a repeated index still gets its own record
+
+
+@pytest.mark.parametrize("row, message", [
+    ({**luffy_row(0), "prompt": []}, r"row 2: field 'prompt' must be a non-empty list"),
+    ({**luffy_row(0), "prompt": [{"role": "user"}]}, r"row 2: field 'prompt' message 0 needs"),
+    ({**luffy_row(0), "reward_model": {"style": "rule"}},
+     r"row 2: field 'reward_model.ground_truth' is missing"),
+])
+def test_luffy_malformed_rows(tmp_path, row, message):
+    p = write_parquet(tmp_path, [luffy_row(0), row])
+    with pytest.raises(DataError, match=r"d\.parquet: " + message):
+        load_questions(str(p), "luffy")
+
+
+@needs_shared
+def test_relift_validation_bundle():
+    qs = load_questions(str(SHARED / "eval" / "bundles" / "relift_valid.parquet"))
+    assert len(qs) == 1987 and len({q.id for q in qs}) == 1987
+    assert {q.source for q in qs} == {"aime", "aime25", "amc", "math", "olympiad_bench"}
+    assert qs[0].messages[0] == ("system", LUFFY_SYSTEM_PROMPT)  # our copy is the released text
+    assert qs[0].answer == "204" and qs[0].demo is None
+
+
+def test_plain_jsonl_with_configured_field_names(tmp_path):
+    p = write(tmp_path, [{"q": "1+1?", "gold": 2, "key": "a"}, {"q": "2+2?", "gold": 4}])
+    cfg = load_config(None, ["data.prompt_field=q", "data.answer_field=gold", "data.id_field=key"])
+    a, b = load_questions(str(p), "jsonl", fields=cfg.data.fields)
+    assert (a.id, a.prompt, a.answer, a.demo) == ("a", "1+1?", "2", None)
+    assert b.id == "d-2"
+    with pytest.raises(DataError, match=r"row 1: field 'prompt' is missing"):
+        load_questions(str(p), "jsonl")
+
+
+def test_json_list_and_math_answer_field(tmp_path):
+    p = tmp_path / "amc.json"
+    p.write_text(json.dumps([{"problem": "x?", "answer": 142.0}, {"problem": "y?", "answer": 0.5}]))
+    a, b = load_questions(str(p))
+    assert (a.prompt, a.answer, b.answer) == ("x?", "142", "0.5")
+
+
+def test_hub_dataset_ids_read_the_downloaded_files(tmp_path, monkeypatch):
+    import huggingface_hub
+    snap = tmp_path / "snap"
+    (snap / "main").mkdir(parents=True)
+    write(snap / "main", [{"question": "q1", "answer": "r #### 3"}], "train.jsonl")
+    write(snap / "main", [{"question": "q2", "answer": "r #### 4"}], "test.jsonl")
+    calls = []
+
+    def fake_snapshot(repo, repo_type, allow_patterns):
+        calls.append((repo, repo_type, allow_patterns))
+        return str(snap)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    (q,) = load_questions("hf://openai/gsm8k/main/test*")
+    assert calls == [("openai/gsm8k", "dataset", "main/test*")]
+    assert (q.prompt, q.answer) == ("q2", "4")
+    assert len(load_questions("hf://openai/gsm8k")) == 2
+    with pytest.raises(DataError, match="hf://openai: a hub dataset is hf://owner/name"):
+        load_questions("hf://openai")
+
+
+# ---------------------------------------------------------------- prompts
+
+THINK_TEMPLATE = ("{% for m in messages %}[{{ m.role }}]{{ m.content }}\n{% endfor %}"
+                  "{% if add_generation_prompt %}[assistant]<think>\n{% endif %}")
+
+
+def tok_with_template(template=THINK_TEMPLATE):
+    from relift_ray.toy.tokenizer import build_tokenizer
+    tok = build_tokenizer()
+    tok.chat_template = template
+    return tok
+
+
+def data_cfg(*overrides):
+    return load_config(None, list(overrides)).data
+
+
+def test_chat_template_with_system_prompt_and_think_prefix():
+    q = task.make_questions("train")[0]
+    q = type(q)(id="a", prompt="1+2", answer="3", demo="<think>\n1+2=3</think>\n\\boxed{3}")
+    (r,), dropped = render_prompts([q], tok_with_template(), data_cfg("data.system_prompt=luffy"))
+    assert dropped == 0
+    assert r.prompt == f"[system]{LUFFY_SYSTEM_PROMPT}\n[user]1+2\n[assistant]<think>\n"
+    assert r.demo == "1+2=3</think>\n\\boxed{3}"  # the prompt opened the thought already
+    (kept,), _ = render_prompts([q], tok_with_template(),
+                                data_cfg("data.strip_think_prefix=false"))
+    assert kept.prompt == "[user]1+2\n[assistant]<think>\n" and kept.demo == q.demo
+
+
+def test_messages_from_the_data_are_kept_and_plain_template():
+    from relift_ray.records import Question
+    q = Question(id="a", prompt="u", answer="1", messages=(("system", "S"), ("user", "u")))
+    (r,), _ = render_prompts([q], tok_with_template(), data_cfg("data.system_prompt=luffy"))
+    assert r.prompt == "[system]S\n[user]u\n[assistant]<think>\n"
+    plain = data_cfg("data.prompt_template=plain", "data.plain_template=Q: {prompt}\nA:")
+    (r,), _ = render_prompts([Question(id="b", prompt="2+2", answer="4")], tok_with_template(),
+                             plain)
+    assert r.prompt == "Q: 2+2\nA:"
+
+
+def test_long_prompts_are_dropped_and_counted():
+    from relift_ray.records import Question
+    qs = [Question(id=str(n), prompt="1" * n, answer="1") for n in (5, 30, 60)]
+    kept, dropped = render_prompts(qs, tok_with_template(),
+                                   data_cfg("data.prompt_template=plain", "data.max_prompt_tokens=30"))
+    assert [q.id for q in kept] == ["5", "30"] and dropped == 1
+
+
+def test_chat_template_needs_a_template():
+    from relift_ray.toy.tokenizer import build_tokenizer
+    with pytest.raises(DataError, match="no chat template"):
+        render_prompts(task.make_questions("test")[:1], build_tokenizer(),
+                       data_cfg("data.prompt_template=chat"))
