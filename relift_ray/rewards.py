@@ -50,14 +50,16 @@ def extract_answer(response: str, extraction: str = "boxed") -> str | None:
     raise ValueError(f"answer extraction {extraction!r}: must be one of {EXTRACTIONS}")
 
 
-def math_reward(response: str, truth: str, extraction: str = "boxed") -> tuple[float, str]:
-    """(reward in {0, 1}, status) for one response; runs math-verify without its own timeout."""
+def math_reward(response: str, truth: str, extraction: str = "boxed",
+                exact_match: bool = True) -> tuple[float, str]:
+    """(reward in {0, 1}, status) for one response; runs math-verify without its own timeout.
+    ``exact_match=False`` sends even a character-for-character match through math-verify."""
     from math_verify import parse, verify
 
     part = extract_answer(response, extraction)
     if part is None:
         return 0.0, NO_ANSWER
-    if part == f"\\boxed{{{truth}}}" or part.strip() == truth.strip():
+    if exact_match and (part == f"\\boxed{{{truth}}}" or part.strip() == truth.strip()):
         return 1.0, OK  # character-for-character the ground truth: no parsing needed
     pred = parse(part, parsing_timeout=None)
     if not pred:
