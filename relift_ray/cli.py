@@ -1,4 +1,4 @@
-"""Command line: `relift train|compare [--config FILE] [dotted.key=value ...]`."""
+"""Command line: `relift train|compare|evaluate [--config FILE] [dotted.key=value ...]`."""
 from __future__ import annotations
 
 import argparse
@@ -6,9 +6,12 @@ import sys
 from pathlib import Path
 
 CONFIGS = Path(__file__).resolve().parent.parent / "jobs" / "configs"
-DEFAULTS = {"train": CONFIGS / "toy_relift.yaml", "compare": CONFIGS / "compare_toy.yaml"}
+DEFAULTS = {"train": CONFIGS / "toy_relift.yaml", "compare": CONFIGS / "compare_toy.yaml",
+            "evaluate": CONFIGS / "eval.yaml"}
 WHAT = {"train": "Train with ReLIFT (or rl / sft / ... by algo.mode) on Ray.",
-        "compare": "RL vs SFT vs SFT-then-RL vs ReLIFT and the paper's ablations, side by side."}
+        "compare": "RL vs SFT vs SFT-then-RL vs ReLIFT and the paper's ablations, side by side.",
+        "evaluate": "A model or checkpoint (eval.model=...) on the paper's math benchmarks: "
+                    "avg@k at temperature 0.6."}
 
 
 def command_main(command: str, argv: list[str]) -> int:
@@ -25,6 +28,8 @@ def command_main(command: str, argv: list[str]) -> int:
         cfg = load_config(args.config, args.overrides)
         if command == "train":
             from relift_ray.driver import run
+        elif command == "evaluate":
+            from relift_ray.eval_job import run
         else:
             from relift_ray.compare import run
         run(cfg)
@@ -41,6 +46,7 @@ def train_main(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] not in DEFAULTS:
-        print("usage: relift {train,compare} [--config FILE] [key=value ...]", file=sys.stderr)
+        print("usage: relift {train,compare,evaluate} [--config FILE] [key=value ...]",
+              file=sys.stderr)
         return 2
     return command_main(argv[0], argv[1:])

@@ -61,6 +61,7 @@ def run_colocated(cfg: RunConfig, model_path: str, train_qs: list[Question],
     the accuracy curve, per-question test scores, demonstration counts, wall time."""
     from transformers import AutoTokenizer
 
+    from relift_ray.data import prepare_tokenizer
     from relift_ray.generators.hf import HFGenerator
     from relift_ray.learner import Learner
     from relift_ray.rewards import RewardWorker
@@ -73,9 +74,11 @@ def run_colocated(cfg: RunConfig, model_path: str, train_qs: list[Question],
     torch.manual_seed(cfg.train.seed)
     single_process_group()
     tok = AutoTokenizer.from_pretrained(model_path)
+    prepare_tokenizer(tok, cfg)
     rewarder = RewardWorker(cfg.data.answer_extraction, cfg.cluster.reward_timeout_s)
     try:
-        gen = HFGenerator(model_path, device=device_of(cfg), dtype=cfg.model.dtype)
+        gen = HFGenerator(model_path, device=device_of(cfg), dtype=cfg.model.dtype,
+                          eos_token=cfg.model.eos_token)
         sched = Scheduler(cfg, train_qs, tok, [gen], [rewarder])
         learner = Learner(cfg, model_path, world=1)
         max_tokens = cfg.algo.max_new_tokens

@@ -109,6 +109,10 @@ class ClusterConfig:
     reward_cpus: float = 0.25
     scheduler_cpus: float = 0.25
     reward_timeout_s: float = 5.0  # hard limit per answer, enforced from outside math-verify
+    # torch threads in each generator and learner on CPU (0 = Ray's default: as many as the
+    # actor's whole CPUs, so 1 for fractional actors). Generation and training alternate, so
+    # giving each the node's cores is usually faster.
+    torch_threads: int = 0
 
 
 @dataclass
@@ -135,6 +139,22 @@ class CompareConfig:
 
 
 @dataclass
+class EvalConfig:
+    """The evaluation job (``relift evaluate``): the paper's protocol on the math benchmarks."""
+    model: str = ""  # HF model dir / hub id, a checkpoint, or a run's folder ("" = model.path)
+    benchmarks: list = field(default_factory=lambda: [
+        "math500", "aime24", "aime25", "amc", "minerva", "olympiadbench", "gsm8k"])
+    data_dir: str = ""  # folder with the ../shared/data layout ("" = $RELIFT_EVAL_DATA or that)
+    k: dict = field(default_factory=dict)  # samples per question by benchmark (default: paper's)
+    max_questions: int = 0  # >0: only the first N questions of each benchmark (a slice)
+    temperature: float = 0.6
+    top_p: float = 1.0
+    max_new_tokens: int = 0  # 0 = algo.max_new_tokens
+    chunk_questions: int = 8  # questions per generator call (the progress granularity)
+    seed: int = 0
+
+
+@dataclass
 class RunConfig:
     name: str = "relift"  # run name: also the Ray Train run name, so re-running resumes it
     output_dir: str = "runs"  # checkpoints, tables and the default MLflow store live here
@@ -145,6 +165,7 @@ class RunConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     @property
     def storage_path(self) -> str:
@@ -206,13 +227,15 @@ _POSITIVE = ["algo.batch_size", "algo.n_samples", "algo.max_new_tokens", "algo.m
              "cluster.num_reward_workers", "cluster.reward_timeout_s", "data.max_prompt_tokens",
              "algo.lr", "algo.sft_lr", "algo.grad_clip", "algo.sft_grad_clip",
              "algo.top_p", "cluster.num_cpus", "algo.sft_every",
-             "compare.parallel", "compare.threads", "compare.bucket_samples"]
+             "compare.parallel", "compare.threads", "compare.bucket_samples",
+             "eval.chunk_questions", "eval.top_p"]
 _NON_NEGATIVE = ["algo.temperature", "algo.entropy_coef", "algo.sft_entropy_coef",
                  "algo.weight_decay", "algo.clip_eps", "train.max_failures",
                  "cluster.learner_cpus", "cluster.generator_cpus", "cluster.reward_cpus",
-                 "cluster.scheduler_cpus", "tracking.eval_every", "tracking.eval_samples",
+                 "cluster.scheduler_cpus", "cluster.torch_threads", "tracking.eval_every", "tracking.eval_samples",
                  "algo.sft_first_steps", "algo.mixed_sft_coef", "compare.eval_every",
-                 "compare.eval_k", "data.max_test_questions"]
+                 "compare.eval_k", "data.max_test_questions", "eval.max_questions",
+                 "eval.temperature", "eval.max_new_tokens"]
 
 
 def validate(cfg: RunConfig) -> RunConfig:
@@ -252,6 +275,18 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"compare.seeds={c.seeds!r}: must be integers")
     if not 0 < c.sft_then_rl_fraction < 1:
         raise ConfigError(f"compare.sft_then_rl_fraction={c.sft_then_rl_fraction}: must be in (0, 1)")
+    from relift_ray.benchmarks import BENCHMARKS
+    e = cfg.eval
+    unknown = [b for b in list(e.benchmarks) + list(e.k) if b not in BENCHMARKS]
+    if unknown:
+        raise ConfigError(f"eval.benchmarks / eval.k: unknown benchmark {unknown[0]!r} "
+                          f"(known: {', '.join(BENCHMARKS)})")
+    bad_k = {b: k for b, k in e.k.items() if not (isinstance(k, int) and k > 0)}
+    if bad_k:
+        raise ConfigError(f"eval.k.{next(iter(bad_k))}={next(iter(bad_k.values()))!r}: "
+                          f"must be a positive integer")
+    if e.top_p > 1:
+        raise ConfigError(f"eval.top_p={e.top_p}: must be in (0, 1]")
     if not cfg.name or "/" in cfg.name:
         raise ConfigError(f"name={cfg.name!r}: must be a non-empty name without '/'")
     return cfg
@@ -273,6 +308,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: the top level must be a mapping")
+    tree = _with_extends(tree, Path(path)) if path is not None else tree
     preset = tree.pop("preset", None)
     merged: dict = {}
     if preset is not None:
@@ -286,6 +322,29 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         key, value = item.split("=", 1)
         _set_dotted(merged, key.strip(), _Override(value))
     return validate(_build(RunConfig, merged, prefix=""))
+
+
+def _with_extends(tree: dict, path: Path, seen: tuple = ()) -> dict:
+    """``extends: other.yaml`` (relative to this file): that file's tree, overridden by this one."""
+    parent = tree.pop("extends", None)
+    if parent is None:
+        return tree
+    base_path = (path.parent / str(parent)).resolve()
+    if base_path in seen:
+        raise ConfigError(f"{path}: extends={parent}: circular")
+    try:
+        base = yaml.safe_load(base_path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: extends={parent}: {base_path} does not exist") from None
+    if not isinstance(base, dict):
+        raise ConfigError(f"{base_path}: the top level must be a mapping")
+    base = _with_extends(base, base_path, seen + (base_path,))
+    merged = dict(base)
+    if "preset" in tree and "preset" in base and tree["preset"] != base["preset"]:
+        raise ConfigError(f"{path}: preset={tree['preset']!r} differs from the extended "
+                          f"{base_path.name}'s preset={base['preset']!r}")
+    _merge(merged, tree)
+    return merged
 
 
 class _Override(str):
@@ -369,6 +428,10 @@ def _coerce(key: str, hint, value):
         if isinstance(value, list):
             return list(value)
         raise ConfigError(f"{key}={value!r}: expected a list")
+    if hint is dict:
+        if isinstance(value, dict):
+            return {k: v.parsed if isinstance(v, _Override) else v for k, v in value.items()}
+        raise ConfigError(f"{key}={value!r}: expected a mapping, e.g. {{aime24: 32}}")
     return value
 
 

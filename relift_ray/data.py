@@ -295,6 +295,15 @@ def render_prompts(questions: list[Question], tokenizer, dcfg) -> tuple[list[Que
     return out, dropped
 
 
+def prepare_tokenizer(tokenizer, cfg) -> None:
+    """The run's tokenizer settings: ``data.chat_template`` and ``model.eos_token``."""
+    load_chat_template(tokenizer, cfg.data.chat_template)
+    if cfg.model.eos_token:
+        if tokenizer.convert_tokens_to_ids(cfg.model.eos_token) in (None, tokenizer.unk_token_id):
+            raise DataError(f"model.eos_token={cfg.model.eos_token!r}: not a token of this tokenizer")
+        tokenizer.eos_token = cfg.model.eos_token
+
+
 def load_chat_template(tokenizer, template: str) -> None:
     """``data.chat_template``: a .jinja file (or inline Jinja text) replacing the tokenizer's."""
     if not template:

@@ -47,16 +47,19 @@ def resolve_model(cfg: RunConfig, log=print) -> str:
     if cfg.model.path == "toy":
         from relift_ray.toy.base import build_base_model, default_cache
         return build_base_model(default_cache(), log=log)
+    from relift_ray.models import SMOLLM2, smollm2_path
+    if cfg.model.path == SMOLLM2:
+        return smollm2_path(log=log)
     return cfg.model.path
 
 
 def load_data(cfg: RunConfig, tokenizer, log=print):
     """(training questions, test questions, training questions dropped for a long prompt),
     with each prompt rendered for the model (chat template or plain, see relift_ray.data)."""
-    from relift_ray.data import load_chat_template, load_questions, render_prompts
+    from relift_ray.data import load_questions, prepare_tokenizer, render_prompts
 
     d = cfg.data
-    load_chat_template(tokenizer, d.chat_template)
+    prepare_tokenizer(tokenizer, cfg)
     train = load_questions(d.train, d.format, "train", d.fields)
     test = load_questions(d.test, d.format, "test", d.fields)
     kept, dropped = render_prompts(train, tokenizer, d)
@@ -110,7 +113,8 @@ def run(cfg: RunConfig) -> dict:
         device = "cuda" if c.use_gpu else "cpu"
         generators = [ray.remote(HFGenerator).options(
             name=f"generator-{i}", num_cpus=c.generator_cpus, num_gpus=1 if c.use_gpu else 0)
-            .remote(model_path, device=device, dtype=cfg.model.dtype)
+            .remote(model_path, device=device, dtype=cfg.model.dtype,
+                    threads=c.torch_threads, eos_token=cfg.model.eos_token)
             for i in range(c.num_generators)]
         scheduler = ray.remote(Scheduler).options(
             name="scheduler", num_cpus=c.scheduler_cpus, max_concurrency=c.num_learners + 4

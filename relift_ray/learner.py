@@ -218,6 +218,8 @@ def train_loop_per_worker(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     scheduler, generators = config["scheduler"], config["generators"]
     torch.manual_seed(cfg.train.seed + rank)
+    if cfg.cluster.torch_threads and not cfg.cluster.use_gpu:
+        torch.set_num_threads(cfg.cluster.torch_threads)
 
     # Resume: weights are loaded before DeepSpeed builds its fp32 partitions from them.
     model_path, start, ckpt_dir = config["model_path"], 0, None

@@ -95,3 +95,66 @@ def test_ablation_values_are_checked():
         load_config(overrides=["algo.mode=sft_then_rl"])
     cfg = load_config(overrides=["algo.mode=sft_then_rl", "algo.sft_first_steps=30"])
     assert [cfg.is_sft_step(s) for s in (1, 30, 31)] == [True, True, False]
+
+
+# ---------------------------------------------------------------- the paper's settings
+
+PAPER_CONFIGS = {
+    "paper.yaml": "RoadQAQ/Qwen2.5-Math-7B-16k-think",
+    "paper_qwen_math_1_5b.yaml": "RoadQAQ/Qwen2.5-Math-1.5B-16k-think",
+    "paper_qwen_7b.yaml": "RoadQAQ/Qwen2.5-7B-think",
+    "paper_llama_8b.yaml": "meta-llama/Llama-3.1-8B",
+}
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("name, model", PAPER_CONFIGS.items())
+def test_paper_configs_load_and_carry_the_released_defaults(name, model):
+    cfg = load_config(REPO / "jobs" / "configs" / name)
+    a = cfg.algo
+    assert cfg.model.path == model and cfg.model.dtype == "bfloat16"
+    assert (a.mode, a.batch_size, a.n_samples, a.temperature) == ("relift", 128, 8, 1.0)
+    assert (cfg.data.max_prompt_tokens, a.max_new_tokens) == (1024, 8192)
+    assert (a.lr, a.sft_lr, a.buffer_size, a.grad_clip, a.sft_grad_clip) == (1e-6, 1e-6, 128, 0.7, 1.0)
+    assert (a.rl_loss, a.entropy_coef, a.minibatches) == ("relift", 0.001, 2)
+    assert cfg.data.system_prompt == "luffy" and cfg.data.answer_extraction == "after_think"
+    assert cfg.data.train.startswith("hf://") and cfg.cluster.use_gpu
+    assert cfg.name.startswith("paper-relift-")
+
+
+def test_llama_think_template_renders_with_the_think_opening():
+    from relift_ray.data import LUFFY_SYSTEM_PROMPT, load_chat_template, render_prompts
+    from relift_ray.records import Question
+    from relift_ray.toy.tokenizer import build_tokenizer
+
+    cfg = load_config(REPO / "jobs" / "configs" / "paper_llama_8b.yaml")
+    tok = build_tokenizer()
+    load_chat_template(tok, str(REPO / cfg.data.chat_template))
+    (q,), _ = render_prompts([Question(id="a", prompt="1+1", answer="2",
+                                       demo="<think>\nsum</think> \\boxed{2}")], tok, cfg.data)
+    assert q.prompt.startswith(f"<bos><|start_header_id|>system<|end_header_id|>\n\n"
+                               f"{LUFFY_SYSTEM_PROMPT}<|eot_id|>")
+    assert q.prompt.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n<think>\n")
+    assert q.demo == "sum</think> \\boxed{2}"
+
+
+def test_extends_merges_and_reports_bad_parents(tmp_path):
+    (tmp_path / "base.yaml").write_text("preset: toy\nname: base\nalgo: {lr: 0.5, batch_size: 8}\n")
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\nname: child\nalgo: {lr: 0.25}\n")
+    cfg = load_config(tmp_path / "child.yaml")
+    assert (cfg.name, cfg.algo.lr, cfg.algo.batch_size, cfg.algo.max_new_tokens) == (
+        "child", 0.25, 8, 48)
+    (tmp_path / "orphan.yaml").write_text("extends: nope.yaml\n")
+    with pytest.raises(ConfigError, match=r"orphan.yaml: extends=nope.yaml: .* does not exist"):
+        load_config(tmp_path / "orphan.yaml")
+    (tmp_path / "loop.yaml").write_text("extends: loop.yaml\n")
+    with pytest.raises(ConfigError, match="circular"):
+        load_config(tmp_path / "loop.yaml")
+
+
+def test_text_overrides_stay_text():
+    cfg = load_config(None, ["data.plain_template=Q: {prompt}\nA:", "algo.lr=2e-5",
+                             "data.system_prompt=luffy"])
+    assert cfg.data.plain_template == "Q: {prompt}\nA:" and cfg.algo.lr == 2e-5
+    with pytest.raises(ConfigError, match=r"data.plain_template='Q:': must contain \{prompt\}"):
+        load_config(None, ["data.plain_template=Q:"])

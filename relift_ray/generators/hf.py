@@ -12,7 +12,7 @@ from relift_ray.records import Completion, Question, SamplingParams
 
 class HFGenerator:
     def __init__(self, model_path: str, device: str = "cpu", dtype: str = "float32",
-                 max_batch: int = 256, threads: int = 0):
+                 max_batch: int = 256, threads: int = 0, eos_token: str = ""):
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
@@ -22,6 +22,8 @@ class HFGenerator:
         self.device = device
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.tokenizer.padding_side = "left"  # generation continues from the prompt's end
+        if eos_token:  # e.g. <|eot_id|> for a chat template that ends turns with it
+            self.tokenizer.eos_token = eos_token
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(

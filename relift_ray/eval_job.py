@@ -1,0 +1,247 @@
+"""The evaluation job: a model or checkpoint on the paper's math benchmarks.
+
+    relift evaluate eval.model=runs/ray_train/toy-relift eval.benchmarks=gsm8k eval.max_questions=50
+
+The paper's protocol: ``k`` samples per question at temperature 0.6, top_p 1 (avg@32 for AIME
+and AMC, one sample for MATH-500, OlympiadBench, Minerva and GSM8K; ``eval.k`` overrides),
+scored by the reward pool (math-verify in worker processes with a hard time limit). Generator
+and reward actors are the training job's own. Prompts follow the run's ``data`` settings
+(chat template, system prompt, answer extraction), so a model is evaluated the way it trains.
+
+Writes ``<output_dir>/<name>/eval_results.csv`` (avg@k, pass@k per benchmark and the average),
+``eval_questions.csv`` (per question: correct samples, a sample response) and
+``eval_table.txt``; logs the same to an MLflow run; prints progress and the table.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from relift_ray.actors import call_all, is_actor
+from relift_ray.config import RunConfig
+from relift_ray.data import DataError
+from relift_ray.records import Question, SamplingParams
+
+
+def resolve_model_path(spec: str) -> str:
+    """An HF model folder as is; a checkpoint (``<ckpt>/policy``); a run's folder (its newest
+    checkpoint's policy); anything that is not a local path is taken as a hub id."""
+    path = Path(spec).expanduser()
+    if not path.exists():
+        if spec.startswith((".", "/", "~")) or spec.count("/") != 1:
+            raise DataError(f"eval.model={spec}: no such folder, and not a hub id (owner/name)")
+        return spec  # a hub id: from_pretrained downloads it (or reads the HF cache)
+    if (path / "config.json").exists():
+        return str(path)
+    if (path / "policy" / "config.json").exists():
+        return str(path / "policy")
+    checkpoints = [p.parent.parent for p in path.rglob("policy/config.json")]
+    if not checkpoints:
+        raise DataError(f"eval.model={spec}: neither a model folder (config.json), a checkpoint "
+                        f"(policy/) nor a run folder holding checkpoints")
+    return str(max(checkpoints, key=_checkpoint_step) / "policy")
+
+
+def _checkpoint_step(ckpt: Path) -> tuple[int, float]:
+    meta = ckpt / "meta.json"
+    step = json.loads(meta.read_text()).get("step", -1) if meta.exists() else -1
+    return step, ckpt.stat().st_mtime
+
+
+def benchmark_k(cfg: RunConfig, name: str) -> int:
+    from relift_ray.benchmarks import BENCHMARKS
+    return int(cfg.eval.k.get(name, BENCHMARKS[name].k))
+
+
+def _stream(generators: list, jobs: list[tuple]):
+    """Run generate(*job) over the generators; yield (job index, result) as each finishes."""
+    if not is_actor(generators[0]):
+        for i, job in enumerate(jobs):
+            yield i, generators[i % len(generators)].generate(*job)
+        return
+    import ray
+    queue = list(range(len(jobs)))[::-1]
+    running = {}
+    for g in generators:
+        if queue:
+            i = queue.pop()
+            running[g.generate.remote(*jobs[i])] = (i, g)
+    while running:
+        (done,), _ = ray.wait(list(running), num_returns=1)
+        i, g = running.pop(done)
+        if queue:
+            j = queue.pop()
+            running[g.generate.remote(*jobs[j])] = (j, g)
+        yield i, ray.get(done)
+
+
+def evaluate_benchmarks(generators: list, rewarders: list, suites: list[tuple[str, list, int]],
+                        *, temperature: float = 0.6, top_p: float = 1.0,
+                        max_new_tokens: int = 1024, chunk: int = 8, seed: int = 0,
+                        log=print) -> tuple[list[dict], list[dict]]:
+    """suites: [(benchmark, questions, k)] -> (per-question rows, per-benchmark summary rows)."""
+    jobs, owners = [], []
+    for name, qs, k in suites:
+        for start in range(0, len(qs), chunk):
+            params = SamplingParams(n=k, temperature=temperature, top_p=top_p,
+                                    max_new_tokens=max_new_tokens, seed=seed + len(jobs))
+            jobs.append((qs[start:start + chunk], params))
+            owners.append(name)
+    total = {name: len(qs) for name, qs, _ in suites}
+    done_q: dict[str, int] = defaultdict(int)
+    seconds: dict[str, float] = defaultdict(float)
+    rows: list[dict] = []
+    t0 = last_log = time.perf_counter()
+    t_prev = t0
+    for i, groups in _stream(generators, jobs):
+        name, (qs, params) = owners[i], jobs[i]
+        pairs = [(c.text, q.answer) for q, group in zip(qs, groups) for c in group]
+        r = len(rewarders)
+        size = -(-len(pairs) // r)
+        parts = [(pairs[j * size:(j + 1) * size],) for j in range(r)]
+        scored = [x for part in call_all(rewarders, "score", parts) for x in part]
+        at = 0
+        for q, group in zip(qs, groups):
+            res = scored[at:at + len(group)]
+            at += len(group)
+            correct = sum(rw > 0 for rw, _ in res)
+            rows.append({"benchmark": name, "id": q.id, "answer": q.answer, "k": len(group),
+                         "correct": correct, "avg": correct / len(group),
+                         "no_answer": sum(st == "no_answer" for _, st in res),
+                         "mean_tokens": sum(len(c.response_ids) for c in group) / len(group),
+                         "response_0": group[0].text[:500]})
+        now = time.perf_counter()
+        seconds[name] += now - t_prev
+        t_prev = now
+        done_q[name] += len(qs)
+        finished = done_q[name] == total[name]
+        if finished or now - last_log > 10:
+            last_log = now
+            acc = [x["avg"] for x in rows if x["benchmark"] == name]
+            left = sum(total.values()) - sum(done_q.values())
+            rate = sum(done_q.values()) / (now - t0)
+            log(f"[eval] {name}: {done_q[name]}/{total[name]} questions, avg so far "
+                f"{sum(acc) / len(acc):.3f} | all: {left} questions left, "
+                f"eta {left / max(rate, 1e-9):.0f} s")
+    return rows, summarize(rows, [s[0] for s in suites], seconds)
+
+
+def summarize(rows: list[dict], names: list[str], seconds: dict | None = None) -> list[dict]:
+    """One row per benchmark (avg@k, pass@k, no-answer rate, mean response tokens) and an
+    'average' row (the mean of the benchmarks' avg@k, as the paper averages)."""
+    out = []
+    for name in names:
+        rs = [r for r in rows if r["benchmark"] == name]
+        if not rs:
+            continue
+        samples = sum(r["k"] for r in rs)
+        out.append({"benchmark": name, "questions": len(rs), "k": rs[0]["k"],
+                    "avg_at_k": sum(r["avg"] for r in rs) / len(rs),
+                    "pass_at_k": sum(r["correct"] > 0 for r in rs) / len(rs),
+                    "no_answer_rate": sum(r["no_answer"] for r in rs) / samples,
+                    "mean_tokens": sum(r["mean_tokens"] * r["k"] for r in rs) / samples,
+                    "seconds": round((seconds or {}).get(name, 0.0), 1)})
+    if len(out) > 1:
+        out.append({"benchmark": "average", "questions": sum(r["questions"] for r in out),
+                    "k": "", "avg_at_k": sum(r["avg_at_k"] for r in out) / len(out),
+                    "pass_at_k": sum(r["pass_at_k"] for r in out) / len(out),
+                    "no_answer_rate": "", "mean_tokens": "", "seconds": ""})
+    return out
+
+
+def format_table(summary: list[dict]) -> str:
+    lines = [f"{'benchmark':<15}{'questions':>10}{'k':>4}{'avg@k':>9}{'pass@k':>9}"
+             f"{'no answer':>11}{'tokens':>9}"]
+    for r in summary:
+        extra = (f"{r['no_answer_rate']:>11.3f}{r['mean_tokens']:>9.1f}"
+                 if r["no_answer_rate"] != "" else "")
+        lines.append(f"{r['benchmark']:<15}{r['questions']:>10}{str(r['k']):>4}"
+                     f"{100 * r['avg_at_k']:>8.1f}%{100 * r['pass_at_k']:>8.1f}%{extra}")
+    return "\n".join(lines)
+
+
+def load_suites(cfg: RunConfig, tokenizer, log=print) -> list[tuple[str, list[Question], int]]:
+    """The configured benchmarks with prompts rendered for the model."""
+    from relift_ray.benchmarks import load_benchmark
+    from relift_ray.data import render_prompts
+
+    suites = []
+    for name in cfg.eval.benchmarks:
+        qs = load_benchmark(name, cfg.eval.data_dir, cfg.eval.max_questions)
+        kept, dropped = render_prompts(qs, tokenizer, cfg.data)
+        if dropped:
+            log(f"[eval] {name}: dropped {dropped} questions whose prompt exceeds "
+                f"data.max_prompt_tokens={cfg.data.max_prompt_tokens}")
+        suites.append((name, kept, benchmark_k(cfg, name)))
+    return suites
+
+
+def run(cfg: RunConfig) -> dict:
+    import ray
+    from transformers import AutoTokenizer
+
+    from relift_ray.data import prepare_tokenizer
+    from relift_ray.driver import init_ray, resolve_model
+    from relift_ray.generators.hf import HFGenerator
+    from relift_ray.rewards import RewardWorker
+    from relift_ray.tracking import Tracker, write_csv
+
+    t_start = time.time()
+    cfg.output_dir = str(Path(cfg.output_dir).expanduser().resolve())
+    model = resolve_model_path(cfg.eval.model) if cfg.eval.model else resolve_model(cfg)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    prepare_tokenizer(tokenizer, cfg)
+    suites = load_suites(cfg, tokenizer)
+    max_tokens = cfg.eval.max_new_tokens or cfg.algo.max_new_tokens
+    plan = ", ".join(f"{n} {len(q)}x{k}" for n, q, k in suites)
+    print(f"[eval] model {model}: {plan} (questions x samples), temperature "
+          f"{cfg.eval.temperature}, top_p {cfg.eval.top_p}, up to {max_tokens} new tokens",
+          flush=True)
+
+    init_ray(cfg)
+    c = cfg.cluster
+    tracker = Tracker(cfg.mlflow_uri, cfg.tracking.experiment, f"eval-{cfg.name}",
+                      tags={"job": "evaluate", "model": model}, artifact_root=cfg.artifact_root)
+    tracker.log_config(cfg)
+    status, actors = "FAILED", []
+    try:
+        rewarders = [ray.remote(RewardWorker).options(name=f"eval-reward-{i}",
+                                                      num_cpus=c.reward_cpus)
+                     .remote(cfg.data.answer_extraction, c.reward_timeout_s)
+                     for i in range(c.num_reward_workers)]
+        generators = [ray.remote(HFGenerator).options(
+            name=f"eval-generator-{i}", num_cpus=c.generator_cpus,
+            num_gpus=1 if c.use_gpu else 0)
+            .remote(model, device="cuda" if c.use_gpu else "cpu", dtype=cfg.model.dtype,
+                    threads=c.torch_threads, eos_token=cfg.model.eos_token)
+            for i in range(c.num_generators)]
+        actors = [*rewarders, *generators]
+        rows, summary = evaluate_benchmarks(
+            generators, rewarders, suites, temperature=cfg.eval.temperature,
+            top_p=cfg.eval.top_p, max_new_tokens=max_tokens, chunk=cfg.eval.chunk_questions,
+            seed=cfg.eval.seed, log=lambda line: print(line, flush=True))
+        table = format_table(summary)
+        out = Path(cfg.output_dir) / cfg.name
+        out.mkdir(parents=True, exist_ok=True)
+        write_csv(summary, out / "eval_results.csv")
+        write_csv(rows, out / "eval_questions.csv")
+        (out / "eval_table.txt").write_text(table + "\n")
+        for r in summary:
+            tracker.log_metrics({f"eval/{r['benchmark']}/avg_at_k": r["avg_at_k"],
+                                 f"eval/{r['benchmark']}/pass_at_k": r["pass_at_k"]})
+        for f in ("eval_results.csv", "eval_questions.csv", "eval_table.txt"):
+            tracker.mlflow.log_artifact(str(out / f))
+        reward_stats = ray.get([r.get_stats.remote() for r in rewarders])
+        tracker.log_metrics({"reward_timeouts": sum(s["timeouts"] for s in reward_stats),
+                             "eval_seconds": time.time() - t_start})
+        print(f"[eval] {model}\n{table}\n[eval] results in {out} (MLflow run "
+              f"{tracker.run_id}, {time.time() - t_start:.0f} s)", flush=True)
+        status = "FINISHED"
+        return {"model": model, "summary": summary, "rows": rows, "output": str(out),
+                "run_id": tracker.run_id, "seconds": time.time() - t_start}
+    finally:
+        tracker.end(status)
+        for a in actors:
+            ray.kill(a)
