@@ -45,8 +45,12 @@ def train_main(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "serve":
+        from relift_ray.serve import serve_main
+        return serve_main(argv[1:])
     if not argv or argv[0] not in DEFAULTS:
-        print("usage: relift {train,compare,evaluate} [--config FILE] [key=value ...]",
+        print("usage: relift {train,compare,evaluate} [--config FILE] [key=value ...]\n"
+              "       relift serve --model PATH [--backend transformers|vllm] [--port 8000]",
               file=sys.stderr)
         return 2
     return command_main(argv[0], argv[1:])

