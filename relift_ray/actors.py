@@ -16,3 +16,11 @@ def call_all(objs: list, method: str, args: list[tuple]) -> list:
         import ray
         return ray.get([getattr(o, method).remote(*a) for o, a in zip(objs, args)])
     return [getattr(o, method)(*a) for o, a in zip(objs, args)]
+
+
+def score_all(rewarders: list, pairs: list[tuple[str, str]]) -> list[tuple[float, str]]:
+    """[(response, truth)] scored over the reward workers in equal slices, in order."""
+    size = -(-len(pairs) // len(rewarders))
+    outs = call_all(rewarders, "score", [(pairs[i * size:(i + 1) * size],)
+                                         for i in range(len(rewarders))])
+    return [x for out in outs for x in out]

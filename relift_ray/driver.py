@@ -76,6 +76,27 @@ def load_data(cfg: RunConfig, tokenizer, log=print):
     return kept, test, dropped
 
 
+def start_workers(cfg: RunConfig, model_path: str, prefix: str = "") -> tuple[list, list]:
+    """The reward workers and generators of a job, as Ray actors named ``<prefix>reward-i``
+    and ``<prefix>generator-i`` (readable in the dashboard)."""
+    import ray
+
+    from relift_ray.generators.hf import HFGenerator
+    from relift_ray.rewards import RewardWorker
+
+    c = cfg.cluster
+    rewarders = [ray.remote(RewardWorker).options(name=f"{prefix}reward-{i}",
+                                                  num_cpus=c.reward_cpus)
+                 .remote(cfg.data.answer_extraction, c.reward_timeout_s)
+                 for i in range(c.num_reward_workers)]
+    generators = [ray.remote(HFGenerator).options(
+        name=f"{prefix}generator-{i}", num_cpus=c.generator_cpus, num_gpus=1 if c.use_gpu else 0)
+        .remote(model_path, device="cuda" if c.use_gpu else "cpu", dtype=cfg.model.dtype,
+                threads=c.torch_threads, eos_token=cfg.model.eos_token)
+        for i in range(c.num_generators)]
+    return rewarders, generators
+
+
 def run(cfg: RunConfig) -> dict:
     import ray
     from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
@@ -84,9 +105,7 @@ def run(cfg: RunConfig) -> dict:
     from transformers import AutoTokenizer
 
     from relift_ray.evaluation import evaluate
-    from relift_ray.generators.hf import HFGenerator
     from relift_ray.learner import train_loop_per_worker
-    from relift_ray.rewards import RewardWorker
     from relift_ray.scheduler import Scheduler
     from relift_ray.tracking import Tracker, write_csv
 
@@ -107,15 +126,7 @@ def run(cfg: RunConfig) -> dict:
     status, actors = "FAILED", []
     try:
         # Actors: plain classes made remote here, each with a readable name in the dashboard.
-        rewarders = [ray.remote(RewardWorker).options(name=f"reward-{i}", num_cpus=c.reward_cpus)
-                     .remote(cfg.data.answer_extraction, c.reward_timeout_s)
-                     for i in range(c.num_reward_workers)]
-        device = "cuda" if c.use_gpu else "cpu"
-        generators = [ray.remote(HFGenerator).options(
-            name=f"generator-{i}", num_cpus=c.generator_cpus, num_gpus=1 if c.use_gpu else 0)
-            .remote(model_path, device=device, dtype=cfg.model.dtype,
-                    threads=c.torch_threads, eos_token=cfg.model.eos_token)
-            for i in range(c.num_generators)]
+        rewarders, generators = start_workers(cfg, model_path)
         scheduler = ray.remote(Scheduler).options(
             name="scheduler", num_cpus=c.scheduler_cpus, max_concurrency=c.num_learners + 4
         ).remote(cfg, train_qs, tokenizer, generators, rewarders)

@@ -19,7 +19,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from relift_ray.actors import call_all, is_actor
+from relift_ray.actors import is_actor, score_all
 from relift_ray.config import RunConfig
 from relift_ray.data import DataError
 from relift_ray.records import Question, SamplingParams
@@ -98,10 +98,7 @@ def evaluate_benchmarks(generators: list, rewarders: list, suites: list[tuple[st
     for i, groups in _stream(generators, jobs):
         name, (qs, params) = owners[i], jobs[i]
         pairs = [(c.text, q.answer) for q, group in zip(qs, groups) for c in group]
-        r = len(rewarders)
-        size = -(-len(pairs) // r)
-        parts = [(pairs[j * size:(j + 1) * size],) for j in range(r)]
-        scored = [x for part in call_all(rewarders, "score", parts) for x in part]
+        scored = score_all(rewarders, pairs)
         at = 0
         for q, group in zip(qs, groups):
             res = scored[at:at + len(group)]
@@ -183,9 +180,7 @@ def run(cfg: RunConfig) -> dict:
     from transformers import AutoTokenizer
 
     from relift_ray.data import prepare_tokenizer
-    from relift_ray.driver import init_ray, resolve_model
-    from relift_ray.generators.hf import HFGenerator
-    from relift_ray.rewards import RewardWorker
+    from relift_ray.driver import init_ray, resolve_model, start_workers
     from relift_ray.tracking import Tracker, write_csv
 
     t_start = time.time()
@@ -201,22 +196,12 @@ def run(cfg: RunConfig) -> dict:
           flush=True)
 
     init_ray(cfg)
-    c = cfg.cluster
     tracker = Tracker(cfg.mlflow_uri, cfg.tracking.experiment, f"eval-{cfg.name}",
                       tags={"job": "evaluate", "model": model}, artifact_root=cfg.artifact_root)
     tracker.log_config(cfg)
     status, actors = "FAILED", []
     try:
-        rewarders = [ray.remote(RewardWorker).options(name=f"eval-reward-{i}",
-                                                      num_cpus=c.reward_cpus)
-                     .remote(cfg.data.answer_extraction, c.reward_timeout_s)
-                     for i in range(c.num_reward_workers)]
-        generators = [ray.remote(HFGenerator).options(
-            name=f"eval-generator-{i}", num_cpus=c.generator_cpus,
-            num_gpus=1 if c.use_gpu else 0)
-            .remote(model, device="cuda" if c.use_gpu else "cpu", dtype=cfg.model.dtype,
-                    threads=c.torch_threads, eos_token=cfg.model.eos_token)
-            for i in range(c.num_generators)]
+        rewarders, generators = start_workers(cfg, model, prefix="eval-")
         actors = [*rewarders, *generators]
         rows, summary = evaluate_benchmarks(
             generators, rewarders, suites, temperature=cfg.eval.temperature,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from relift_ray.actors import call_all
+from relift_ray.actors import call_all, score_all
 from relift_ray.records import Question, SamplingParams
 
 EVAL_TEMPERATURE = 0.6  # the paper's sampling temperature for avg@k
@@ -29,10 +29,7 @@ def question_scores(generators: list, rewarders: list, questions: list[Question]
         for q, group in zip(chunk, out):
             pairs += [(c.text, q.answer) for c in group]
             ids += [q.id] * len(group)
-    r = len(rewarders)
-    size = -(-len(pairs) // r)
-    scored = call_all(rewarders, "score", [(pairs[i * size:(i + 1) * size],) for i in range(r)])
-    rewards = [x for s in scored for x, _ in s]
+    rewards = [x for x, _ in score_all(rewarders, pairs)]
     per = defaultdict(list)
     for qid, rew in zip(ids, rewards):
         per[qid].append(rew)

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from relift_ray.actors import call_all
+from relift_ray.actors import call_all, score_all
 from relift_ray.algo import group_advantages
 from relift_ray.config import RunConfig
 from relift_ray.records import Question, Sample, SamplingParams, ScoredGroup, TrainBatch
@@ -250,11 +250,7 @@ class Scheduler:
                         "reward_no_answer": sum(s == "no_answer" for s in statuses)}
 
     def _score(self, pairs: list[tuple[str, str]]) -> list[tuple[float, str]]:
-        k = len(self.rewarders)
-        size = -(-len(pairs) // k)
-        chunks = [pairs[i * size:(i + 1) * size] for i in range(k)]
-        outs = call_all(self.rewarders, "score", [(c,) for c in chunks])
-        return [r for out in outs for r in out]
+        return score_all(self.rewarders, pairs)
 
     def _rl_samples(self, groups: list[ScoredGroup]) -> tuple[Sample, ...]:
         rewards = torch.tensor([g.rewards for g in groups], dtype=torch.float32)

@@ -1,7 +1,5 @@
 """Data readers: the toy task's splits, data files, and errors naming file, row and field."""
 import json
-import os
-from pathlib import Path
 
 import pytest
 
