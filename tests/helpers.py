@@ -52,4 +52,4 @@ SHARED = Path(os.environ.get("RELIFT_SHARED_DATA")
               or Path(__file__).resolve().parent.parent.parent / "shared" / "data")
 needs_shared = pytest.mark.skipif(not SHARED.exists(), reason=(
     f"the public data sets are kept outside the repo and {SHARED} is not beside this checkout "
-    "(CI and dev machines have it; set RELIFT_SHARED_DATA to run this test elsewhere)"))
+    "(the developers' machines have it there; set RELIFT_SHARED_DATA to run this test elsewhere)"))
