@@ -40,10 +40,17 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def policy_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor,
                 mask: torch.Tensor, entropy: torch.Tensor, *, kind: str = "relift",
                 l_max: int = 8192, clip_eps: float = 0.2,
-                entropy_coef: float = 0.001) -> tuple[torch.Tensor, dict]:
-    """RL loss of one (mini)batch. advantages [B] (one per sequence), the rest [B, T]."""
+                entropy_coef: float = 0.001,
+                is_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """RL loss of one (mini)batch. advantages [B] (one per sequence), the rest [B, T].
+
+    ``is_weight`` [B, T] (no gradient): the importance-sampling correction for the sampler /
+    learner mismatch (``tis_weights``); each token's policy-gradient term is multiplied by it.
+    """
     mask = mask.float()
     ratio = torch.exp(logp - logp_old)
+    if is_weight is not None:
+        ratio = ratio * is_weight.detach()
     adv = advantages.unsqueeze(-1)
     if kind == "relift":
         pg = -(adv * ratio * mask).sum() / l_max
@@ -71,3 +78,33 @@ def sft_loss(logp: torch.Tensor, mask: torch.Tensor, entropy: torch.Tensor,
     nll = masked_mean(-logp, mask)
     ent = masked_mean(entropy, mask)
     return nll - alpha * ent, {"sft_nll": nll.detach().item(), "sft_entropy": ent.detach().item()}
+
+
+def tis_weights(logp_old: torch.Tensor, behavior_logp: torch.Tensor, mask: torch.Tensor,
+                cap: float = 2.0) -> torch.Tensor:
+    """Truncated importance sampling: min(pi_learner(t) / pi_sampler(t), cap) per token.
+
+    The sampler (vLLM, bf16 kernels) and the learner give the same tokens slightly different
+    probabilities; the RL gradient assumes the learner's. Weighting each token by this ratio,
+    truncated at ``cap``, corrects for it with bounded variance. Padding positions get 1.
+    """
+    w = torch.exp(logp_old - behavior_logp).clamp(max=cap)
+    return torch.where(mask.bool(), w, torch.ones_like(w))
+
+
+def logprob_mismatch(learner_logp: torch.Tensor, sampler_logp: torch.Tensor,
+                     mask: torch.Tensor) -> dict:
+    """How far the sampler's log-probs of the sampled tokens are from the learner's.
+
+    Returns mean and max |difference| per token, the token-mean of the probability ratio
+    exp(learner - sampler) and the largest per-sequence |sum of differences| (the log of that
+    sequence's importance ratio).
+    """
+    m = mask.float()
+    d = (learner_logp - sampler_logp) * m
+    n = m.sum().clamp(min=1)
+    return {"logprob_abs_diff_mean": float(d.abs().sum() / n),
+            "logprob_abs_diff_max": float(d.abs().max()) if m.any() else 0.0,
+            "prob_ratio_mean": float((torch.exp(d) * m).sum() / n),
+            "seq_log_ratio_abs_max": float(d.sum(-1).abs().max()) if m.any() else 0.0,
+            "tokens": int(m.sum())}

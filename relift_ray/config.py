@@ -84,6 +84,10 @@ class AlgoConfig:
     buffer_feed: str = "hardest"  # hardest (pass rate 0) | non_hardest (pass rate > 0)
     sft_first_steps: int = 0  # mode=sft_then_rl: offline SFT steps before RL starts
     mixed_sft_coef: float = 1.0  # mode=mixed: weight of the SFT term added to the RL loss
+    # Sampler/learner mismatch (vLLM samples with its own kernels): tis multiplies each token's
+    # policy-gradient term by min(pi_learner / pi_sampler, is_cap) (needs the vLLM backend).
+    is_correction: str = "none"  # none | tis
+    is_cap: float = 2.0
 
 
 @dataclass
@@ -92,8 +96,25 @@ class TrainConfig:
     seed: int = 1
     checkpoint_every: int = 10  # steps between checkpoints (the last step always checkpoints)
     zero_stage: int = 2  # DeepSpeed ZeRO stage
+    gradient_checkpointing: bool = False  # recompute activations in backward (long sequences)
     max_failures: int = 2  # Ray Train restarts of the learner group after a worker dies
     fail_at_step: int = -1  # testing: learner rank 1 dies once at this step (-1 = never)
+
+
+@dataclass
+class GeneratorConfig:
+    backend: str = "transformers"  # transformers (CPU or GPU) | vllm (GPU, pip install .[gpu])
+    # vLLM only:
+    tensor_parallel_size: int = 1  # GPUs per engine
+    gpu_memory_utilization: float = 0.5  # of each GPU for weights + KV cache
+    max_model_len: int = 0  # 0 = the model's own limit
+    enforce_eager: bool = False  # skip CUDA graphs (faster start, slower decode)
+    # object_store (a CPU state dict through Ray) | ipc (colocated, CUDA IPC) | nccl (own GPUs)
+    weight_sync: str = "object_store"
+    colocate: bool = False  # generators share the learners' GPUs; they sleep while learners train
+    bucket_mb: int = 512  # weights are sent in packed buckets of this size
+    sync_timeout_s: float = 300.0  # watchdog: a transfer slower than this fails the step
+    logprob_check: bool = True  # at start-up, compare vLLM's and the learner's log-probs
 
 
 @dataclass
@@ -163,6 +184,7 @@ class RunConfig:
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -220,6 +242,9 @@ _CHOICES = {
     "algo.buffer_feed": {"hardest", "non_hardest"},
     "algo.rl_loss": {"relift", "grpo"},
     "train.zero_stage": {0, 1, 2, 3},
+    "algo.is_correction": {"none", "tis"},
+    "generator.backend": {"transformers", "vllm"},
+    "generator.weight_sync": {"object_store", "ipc", "nccl"},
 }
 _POSITIVE = ["algo.batch_size", "algo.n_samples", "algo.max_new_tokens", "algo.minibatches",
              "algo.buffer_size", "algo.sft_batch_size", "train.steps", "train.checkpoint_every",
@@ -228,7 +253,9 @@ _POSITIVE = ["algo.batch_size", "algo.n_samples", "algo.max_new_tokens", "algo.m
              "algo.lr", "algo.sft_lr", "algo.grad_clip", "algo.sft_grad_clip",
              "algo.top_p", "cluster.num_cpus", "algo.sft_every",
              "compare.parallel", "compare.threads", "compare.bucket_samples",
-             "eval.chunk_questions", "eval.top_p"]
+             "eval.chunk_questions", "eval.top_p", "algo.is_cap",
+             "generator.tensor_parallel_size", "generator.gpu_memory_utilization",
+             "generator.bucket_mb", "generator.sync_timeout_s"]
 _NON_NEGATIVE = ["algo.temperature", "algo.entropy_coef", "algo.sft_entropy_coef",
                  "algo.weight_decay", "algo.clip_eps", "train.max_failures",
                  "cluster.learner_cpus", "cluster.generator_cpus", "cluster.reward_cpus",
@@ -289,6 +316,24 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"eval.top_p={e.top_p}: must be in (0, 1]")
     if not cfg.name or "/" in cfg.name:
         raise ConfigError(f"name={cfg.name!r}: must be a non-empty name without '/'")
+    g = cfg.generator
+    if g.backend == "vllm" and not cfg.cluster.use_gpu:
+        raise ConfigError("generator.backend=vllm: needs cluster.use_gpu=true (vLLM runs on GPUs)")
+    if g.backend != "vllm":
+        for key, bad in (("generator.weight_sync", g.weight_sync != "object_store"),
+                         ("generator.colocate", g.colocate),
+                         ("algo.is_correction", cfg.algo.is_correction != "none")):
+            if bad:
+                raise ConfigError(f"{key}={cfg.flat()[key]!r}: needs generator.backend=vllm")
+    if g.colocate and g.weight_sync == "nccl":
+        raise ConfigError("generator.weight_sync=nccl with generator.colocate=true: colocated "
+                          "generators share the learners' GPUs, use weight_sync=ipc")
+    if g.weight_sync == "ipc" and not g.colocate:
+        raise ConfigError("generator.weight_sync=ipc: needs generator.colocate=true (CUDA IPC "
+                          "works only between processes on the same GPU)")
+    if g.gpu_memory_utilization > 1:
+        raise ConfigError(f"generator.gpu_memory_utilization={g.gpu_memory_utilization}: "
+                          f"must be in (0, 1]")
     return cfg
 
 

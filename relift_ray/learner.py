@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from relift_ray.algo import policy_loss, sft_loss, token_logprobs
+from relift_ray.algo import policy_loss, sft_loss, tis_weights, token_logprobs
 from relift_ray.config import RunConfig, _build
 from relift_ray.records import Sample
 
@@ -74,8 +74,15 @@ def to_tensors(samples: list[Sample], pad_id: int, device) -> dict:
         attn[i, :len(seq)] = 1
         mask[i, len(s.prompt_ids) - 1:len(seq) - 1] = 1
     adv = torch.tensor([s.advantage for s in samples])
-    return {k: v.to(device) for k, v in
-            {"ids": ids, "attn": attn, "mask": mask, "adv": adv}.items()}
+    out = {"ids": ids, "attn": attn, "mask": mask, "adv": adv}
+    if samples and all(len(s.behavior_logprobs) == len(s.response_ids) > 0 for s in samples):
+        # the sampler's log-probs sit where mask is 1 (the positions predicting the response)
+        blp = torch.zeros((len(seqs), width - 1))
+        for i, s in enumerate(samples):
+            start = len(s.prompt_ids) - 1
+            blp[i, start:start + len(s.response_ids)] = torch.tensor(s.behavior_logprobs)
+        out["blp"] = blp
+    return {k: v.to(device) for k, v in out.items()}
 
 
 def _fit(x: torch.Tensor, width: int) -> torch.Tensor:
@@ -112,6 +119,10 @@ class Learner:
             else torch.device("cpu")
         model = AutoModelForCausalLM.from_pretrained(model_path,
                                                      dtype=getattr(torch, cfg.model.dtype))
+        if cfg.train.gradient_checkpointing:
+            model.config.use_cache = False
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False})
         self.pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
         self.opt = TwoPhaseAdamW(model.parameters(), {
             "rl": {"lr": self.a.lr, "weight_decay": self.a.weight_decay},
@@ -166,10 +177,21 @@ class Learner:
                 mb = {key: v[chunk] for key, v in t.items()}
             n = len(chunk)
             logp, ent = forward_logprobs(self.engine, mb)
-            loss, m = policy_loss(logp[:n], _fit(logp_old[chunk], logp.shape[1]), mb["adv"][:n],
+            old = _fit(logp_old[chunk], logp.shape[1])
+            is_w = None
+            if self.a.is_correction == "tis":
+                if "blp" not in t:
+                    raise RuntimeError("algo.is_correction=tis: the RL samples carry no sampler "
+                                       "log-probs (generator.backend must be vllm)")
+                is_w = tis_weights(old, _fit(t["blp"][chunk], logp.shape[1]),
+                                   mb["mask"][:n], cap=self.a.is_cap)
+            loss, m = policy_loss(logp[:n], old, mb["adv"][:n],
                                   mb["mask"][:n], ent[:n], kind=self.a.rl_loss,
                                   l_max=self.a.max_new_tokens, clip_eps=self.a.clip_eps,
-                                  entropy_coef=self.a.entropy_coef)
+                                  entropy_coef=self.a.entropy_coef, is_weight=is_w)
+            if is_w is not None:
+                m["is_weight_mean"] = float((is_w * mb["mask"][:n]).sum()
+                                            / mb["mask"][:n].sum().clamp(min=1))
             if sft_chunk:
                 s_loss, sm = sft_loss(logp[n:], mb["mask"][n:], ent[n:],
                                       alpha=self.a.sft_entropy_coef)

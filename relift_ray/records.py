@@ -34,6 +34,7 @@ class Completion:
     prompt_ids: tuple[int, ...]
     response_ids: tuple[int, ...]  # ends with EOS when the model stopped by itself
     weight_version: int  # the policy version that sampled it
+    logprobs: tuple[float, ...] = ()  # per response token, from the sampler (vLLM); () if not kept
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class Sample:
     response_ids: tuple[int, ...]
     advantage: float = 0.0  # RL only
     question_id: str = ""
+    behavior_logprobs: tuple[float, ...] = ()  # the sampler's per-token log-probs (vLLM), if kept
 
 
 @dataclass(frozen=True)

@@ -255,7 +255,8 @@ class Scheduler:
     def _rl_samples(self, groups: list[ScoredGroup]) -> tuple[Sample, ...]:
         rewards = torch.tensor([g.rewards for g in groups], dtype=torch.float32)
         adv = group_advantages(rewards, normalize_std=self.a.rl_loss == "grpo")
-        return tuple(Sample(c.prompt_ids, c.response_ids, float(adv[i, j]), g.question.id)
+        return tuple(Sample(c.prompt_ids, c.response_ids, float(adv[i, j]), g.question.id,
+                            behavior_logprobs=c.logprobs)
                      for i, g in enumerate(groups) for j, c in enumerate(g.completions))
 
     def _with_demo(self, fed: list[Question]) -> list[str]:

@@ -29,4 +29,7 @@ def make_generator(backend: str, model_path: str, **kwargs) -> Generator:
     if backend == "transformers":
         from relift_ray.generators.hf import HFGenerator
         return HFGenerator(model_path, **kwargs)
-    raise ValueError(f"generator backend {backend!r} is not available (transformers)")
+    if backend == "vllm":
+        from relift_ray.generators.vllm_gen import VLLMGenerator
+        return VLLMGenerator(model_path, **kwargs)
+    raise ValueError(f"generator backend {backend!r} is not available (transformers | vllm)")

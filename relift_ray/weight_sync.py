@@ -1,0 +1,199 @@
+"""Learner -> generator weight sync on GPUs, through vLLM's weight-transfer API.
+
+Three paths, chosen by ``generator.weight_sync``:
+
+- ``object_store`` (any backend, CPU too): rank 0 puts a CPU state dict in Ray's object store
+  once; each generator loads it (``learner.publish``). Simple, and slow for big models.
+- ``ipc`` (vLLM, learner and generator on the same GPU): the learner's CUDA tensors are packed
+  into buckets of ``generator.bucket_mb`` and handed over as CUDA IPC handles; nothing leaves
+  the GPU. ``IPCWeightSync``.
+- ``nccl`` (vLLM on GPUs of their own): the learner's rank 0 joins one NCCL group with every
+  generator worker and broadcasts packed buckets. ``NCCLWeightSync``.
+
+Every transfer runs under a watchdog (``generator.sync_timeout_s``): a transfer that hangs (a
+generator that died, a NCCL group that never formed) fails the step with ``WeightSyncTimeout``
+naming the version and the phase, instead of hanging the job. Every sync is versioned: after it,
+each generator reports the version it holds and a mismatch is an error.
+
+Generators are either in-process objects (tests, a colocated learner) or Ray actor handles; the
+calls below work on both. Under ZeRO-3 the parameters are gathered one at a time while they are
+packed, so the full model never has to fit on one GPU at once.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import asdict
+
+
+class WeightSyncTimeout(RuntimeError):
+    """A weight transfer did not finish within generator.sync_timeout_s."""
+
+
+def with_deadline(fn, seconds: float, what: str):
+    """Run ``fn()`` in a thread; raise ``WeightSyncTimeout`` if it has not returned in time.
+
+    A hung NCCL call cannot be cancelled from Python; the step fails with a clear error and the
+    worker exits, so Ray Train restarts the group from its last checkpoint.
+    """
+    box: dict = {}
+
+    def run():
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # re-raised in the caller's thread
+            box["error"] = e
+
+    t = threading.Thread(target=run, name=f"weight-sync:{what}", daemon=True)
+    t.start()
+    t.join(seconds)
+    if t.is_alive():
+        raise WeightSyncTimeout(
+            f"{what} did not finish in {seconds:g} s (generator.sync_timeout_s): a generator "
+            f"may have died or not joined the transfer group; NCCL_DEBUG=INFO shows where it "
+            f"stopped")
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+def call(gen, method: str, *args, timeout: float | None = None):
+    """``gen.method(*args)`` on an in-process generator or a Ray actor handle."""
+    fn = getattr(gen, method)
+    if hasattr(fn, "remote"):
+        import ray
+        return ray.get(fn.remote(*args), timeout=timeout)
+    return fn(*args)
+
+
+def call_all(gens: list, method: str, *args) -> list:
+    """The same call on every generator; Ray handles run concurrently."""
+    fns = [getattr(g, method) for g in gens]
+    if fns and hasattr(fns[0], "remote"):
+        import ray
+        return ray.get([f.remote(*args) for f in fns])
+    return [f(*args) for f in fns]
+
+
+def named_weights(module, zero3: bool = False):
+    """(name, full tensor) for each parameter and buffer the HF state dict holds, in order.
+    Under ZeRO-3 each parameter is gathered while it is read, then released."""
+    if zero3:
+        import deepspeed
+        for name, p in module.named_parameters():
+            with deepspeed.zero.GatheredParameters([p]):
+                yield name, p.data
+    else:
+        for name, p in module.named_parameters():
+            yield name, p.data
+
+
+def weights_nbytes(module) -> int:
+    """Bytes of the full model (ZeRO-3 partitions report their full size through ds_numel)."""
+    return sum(getattr(p, "ds_numel", p.numel()) * p.element_size()
+               for p in module.parameters())
+
+
+def bucket_bytes_for(module_or_tensors, bucket_mb: int) -> int:
+    """The packed bucket size: generator.bucket_mb, or the largest tensor if that is bigger
+    (a tensor is never split across buckets; a 7B model's embedding alone is over 1 GiB)."""
+    tensors = (module_or_tensors.parameters() if hasattr(module_or_tensors, "parameters")
+               else module_or_tensors)
+    largest = max((getattr(t, "ds_numel", t.numel()) * t.element_size() for t in tensors),
+                  default=0)
+    return max(bucket_mb * 2 ** 20, largest)
+
+
+def _check_versions(got: list, version: int) -> None:
+    if set(got) != {version}:
+        raise RuntimeError(f"generators hold weight versions {got} after the sync, "
+                           f"expected {version}")
+
+
+class IPCWeightSync:
+    """Colocated: the learner and the generators share GPUs; buckets go over CUDA IPC."""
+
+    def __init__(self, generators: list, bucket_mb: int = 512, timeout_s: float = 300.0):
+        self.generators = generators
+        self.bucket_mb = bucket_mb
+        self.timeout_s = timeout_s
+
+    def send(self, module, version: int, zero3: bool = False) -> dict:
+        from vllm.distributed.weight_transfer.ipc_engine import (
+            IPCTrainerSendWeightsArgs, IPCWeightTransferEngine)
+
+        def push(info):
+            call_all(self.generators, "update_weights", {"update_info": asdict(info)})
+
+        def run():
+            call_all(self.generators, "start_weight_update")
+            IPCWeightTransferEngine.trainer_send_weights(
+                named_weights(module, zero3),
+                IPCTrainerSendWeightsArgs(
+                    send_mode=push, packed=True,
+                    packed_buffer_size_bytes=bucket_bytes_for(module, self.bucket_mb)))
+            call_all(self.generators, "finish_weight_update")
+            return call_all(self.generators, "set_version", version)
+
+        t0 = time.perf_counter()
+        got = with_deadline(run, self.timeout_s, f"weight sync of version {version} (ipc)")
+        _check_versions(got, version)
+        return {"weight_sync_seconds": time.perf_counter() - t0,
+                "weight_sync_bytes": weights_nbytes(module)}
+
+
+class NCCLWeightSync:
+    """Generators on GPUs of their own: one NCCL group (learner rank 0 + every generator
+    worker), packed buckets broadcast from rank 0."""
+
+    def __init__(self, generators: list, master_address: str, master_port: int,
+                 workers_per_generator: int = 1, timeout_s: float = 300.0):
+        self.generators = generators
+        self.timeout_s = timeout_s
+        self.world = 1 + len(generators) * workers_per_generator
+        self.init_info = {"master_address": master_address, "master_port": master_port,
+                          "world_size": self.world}
+        self.group = None
+
+    def connect(self) -> None:
+        """Rendezvous: the generators join (asynchronously) while the trainer joins here."""
+        import ray
+        from vllm.distributed.weight_transfer.nccl_engine import NCCLWeightTransferEngine
+
+        def run():
+            refs = [g.init_weight_transfer_engine.remote(
+                {"init_info": dict(self.init_info, rank_offset=1 + i)})
+                for i, g in enumerate(self.generators)]
+            self.group = NCCLWeightTransferEngine.trainer_init(self.init_info)
+            ray.get(refs)
+
+        with_deadline(run, self.timeout_s, f"NCCL weight-sync group of {self.world} ranks")
+
+    def send(self, module, version: int, zero3: bool = False) -> dict:
+        import ray
+        from vllm.distributed.weight_transfer.nccl_engine import (
+            NCCLTrainerSendWeightsArgs, NCCLWeightTransferEngine)
+
+        names, dtypes, shapes = [], [], []
+        for name, p in module.named_parameters():
+            names.append(name)
+            dtypes.append(str(p.dtype).split(".")[-1])
+            shapes.append(list(getattr(p, "ds_shape", p.shape)))
+
+        def run():
+            call_all(self.generators, "start_weight_update")
+            info = {"update_info": {"names": names, "dtype_names": dtypes, "shapes": shapes,
+                                    "packed": True}}
+            refs = [g.update_weights.remote(info) for g in self.generators]
+            NCCLWeightTransferEngine.trainer_send_weights(
+                named_weights(module, zero3),
+                NCCLTrainerSendWeightsArgs(group=self.group, packed=True))
+            ray.get(refs)
+            call_all(self.generators, "finish_weight_update")
+            return call_all(self.generators, "set_version", version)
+
+        t0 = time.perf_counter()
+        got = with_deadline(run, self.timeout_s, f"weight sync of version {version} (nccl)")
+        _check_versions(got, version)
+        return {"weight_sync_seconds": time.perf_counter() - t0,
+                "weight_sync_bytes": weights_nbytes(module)}

@@ -1,0 +1,42 @@
+"""GPU tests: the vLLM backend, weight sync and DeepSpeed on CUDA.
+
+They skip without CUDA (and the vLLM ones without vLLM: ``pip install .[gpu]``) and must be run
+whenever a GPU is available:  ``python -m pytest tests/gpu -v``.
+"""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent.parent))  # tests/helpers.py
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="GPU test: no CUDA device here")
+    for item in items:
+        if "tests/gpu/" in str(item.fspath).replace("\\", "/"):
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def toy_model(tmp_path_factory):
+    """The toy base model (pretrained on levels 1-2), from $RELIFT_CACHE or built once."""
+    from relift_ray.toy.base import build_base_model
+    cache = os.environ.get("RELIFT_CACHE") or str(tmp_path_factory.mktemp("relift_cache"))
+    return build_base_model(cache)
+
+
+@pytest.fixture(scope="session")
+def dist_world1():
+    """A one-rank NCCL process group, as Ray Train gives each learner worker."""
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29531")
+        torch.cuda.set_device(0)
+        dist.init_process_group("nccl", rank=0, world_size=1)
+    yield
