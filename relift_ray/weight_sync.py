@@ -127,12 +127,14 @@ class IPCWeightSync:
 
         def run():
             call_all(self.generators, "start_weight_update")
-            IPCWeightTransferEngine.trainer_send_weights(
-                named_weights(module, zero3),
-                IPCTrainerSendWeightsArgs(
-                    send_mode=push, packed=True,
-                    packed_buffer_size_bytes=bucket_bytes_for(module, self.bucket_mb)))
-            call_all(self.generators, "finish_weight_update")
+            try:
+                IPCWeightTransferEngine.trainer_send_weights(
+                    named_weights(module, zero3),
+                    IPCTrainerSendWeightsArgs(
+                        send_mode=push, packed=True,
+                        packed_buffer_size_bytes=bucket_bytes_for(module, self.bucket_mb)))
+            finally:  # an update left open blocks every later one
+                call_all(self.generators, "finish_weight_update")
             return call_all(self.generators, "set_version", version)
 
         t0 = time.perf_counter()

@@ -163,6 +163,7 @@ def main() -> None:
     ap.add_argument("--out", default="bench_gpu.json")
     ap.add_argument("--layers", type=int, default=22)
     ap.add_argument("--skip-graphs", action="store_true")
+    ap.add_argument("--only-sync", action="store_true", help="vLLM start + weight sync only")
     args = ap.parse_args()
     OUT_PATH[0] = args.out
     RESULTS["device"] = torch.cuda.get_device_name(0)
@@ -175,6 +176,8 @@ def main() -> None:
     import torch.distributed as dist
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29533")
+    for k, v in (("LOCAL_RANK", "0"), ("RANK", "0"), ("WORLD_SIZE", "1")):
+        os.environ.setdefault(k, v)  # what Ray Train sets in each learner worker
     try:
         import vllm
         RESULTS["vllm"] = vllm.__version__
@@ -188,9 +191,13 @@ def main() -> None:
             RESULTS["sleep_mode_error"] = f"{type(e).__name__}: {e}"
             gen = make_generator("vllm", model_path, **kw)
         RESULTS["vllm_start_eager_s"] = round(time.perf_counter() - t0, 1)
-        bench_generation(gen, 256, 512, "eager", _tag="_eager")
-        bench_generation(gen, 32, 512, "eager", _tag="_eager_b32")
+        if not args.only_sync:
+            bench_generation(gen, 256, 512, "eager", _tag="_eager")
+            bench_generation(gen, 32, 512, "eager", _tag="_eager_b32")
         bench_sync(gen, model_path)
+        if args.only_sync:
+            Path(args.out).write_text(json.dumps(RESULTS, indent=1))
+            return
         if "sleep_mode_error" not in RESULTS:
             bench_sleep(gen)
         del gen

@@ -26,8 +26,14 @@ class VLLMGenerator:
                  max_model_len: int = 0, eos_token: str = "", seed: int = 0,
                  enable_sleep_mode: bool = False, weight_transfer: str = "ipc",
                  enforce_eager: bool = False, bucket_mb: int = 512, **_ignored):
+        import os
+
         from vllm import LLM
 
+        if weight_transfer == "ipc":
+            # CUDA IPC handles carry torch types that vLLM's msgpack channel to its engine
+            # process only passes with pickle; both ends are this job's own processes
+            os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
         kwargs = dict(model=model_path, tensor_parallel_size=tensor_parallel_size,
                       dtype=dtype, gpu_memory_utilization=gpu_memory_utilization, seed=seed,
                       enable_sleep_mode=enable_sleep_mode, enforce_eager=enforce_eager,
@@ -114,12 +120,15 @@ class VLLMGenerator:
                 f"was started with {self.weight_transfer!r} (generator.weight_sync)")
         device = torch.device("cuda", torch.cuda.current_device())
         self.start_weight_update()
-        IPCWeightTransferEngine.trainer_send_weights(
-            ((k, v.to(device, non_blocking=True)) for k, v in state_dict.items()),
-            IPCTrainerSendWeightsArgs(send_mode=lambda info: self.update_weights(
-                {"update_info": asdict(info)}), packed=True,
-                packed_buffer_size_bytes=bucket_bytes_for(state_dict.values(), self.bucket_mb)))
-        self.finish_weight_update()
+        try:
+            IPCWeightTransferEngine.trainer_send_weights(
+                ((k, v.to(device, non_blocking=True)) for k, v in state_dict.items()),
+                IPCTrainerSendWeightsArgs(send_mode=lambda info: self.update_weights(
+                    {"update_info": asdict(info)}), packed=True,
+                    packed_buffer_size_bytes=bucket_bytes_for(state_dict.values(),
+                                                              self.bucket_mb)))
+        finally:  # an update left open blocks every later one
+            self.finish_weight_update()
         return self.set_version(version)
 
     # ------------------------------------------------------------------ colocation

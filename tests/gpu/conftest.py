@@ -37,6 +37,8 @@ def dist_world1():
     if not dist.is_initialized():
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", "29531")
+        for k, v in (("LOCAL_RANK", "0"), ("RANK", "0"), ("WORLD_SIZE", "1")):
+            os.environ.setdefault(k, v)  # what Ray Train sets in each worker
         torch.cuda.set_device(0)
         dist.init_process_group("nccl", rank=0, world_size=1)
     yield

@@ -62,8 +62,10 @@ def test_generate_matches_the_interface_and_solves_easy_questions(gen):
             assert c.question_id == q.id and c.weight_version == 0
             assert len(c.logprobs) == len(c.response_ids) > 0
             assert all(lp <= 0 for lp in c.logprobs)
-    # the n samples of a question are sampled with seeds of their own, not copied
-    assert any(len({c.response_ids for c in g}) > 1 for g in out)
+    # the n samples of a question are sampled with seeds of their own, not copied (on level 4,
+    # where the toy model is unsure; on level 1 it is near-deterministic)
+    hard = gen.generate(_questions(4), SamplingParams(n=4, temperature=1.0, max_new_tokens=40))
+    assert any(len({c.response_ids for c in g}) > 1 for g in hard)
     greedy = gen.generate(qs, SamplingParams(n=1, temperature=0.0, max_new_tokens=40))
     right = sum(f"\\boxed{{{q.answer}}}" in g[0].text.replace(" ", "") for q, g in zip(qs, greedy))
     assert right >= len(qs) // 2, [g[0].text for g in greedy[:3]]
