@@ -89,12 +89,50 @@ def start_workers(cfg: RunConfig, model_path: str, prefix: str = "") -> tuple[li
                                                   num_cpus=c.reward_cpus)
                  .remote(cfg.data.answer_extraction, c.reward_timeout_s)
                  for i in range(c.num_reward_workers)]
-    generators = [ray.remote(HFGenerator).options(
-        name=f"{prefix}generator-{i}", num_cpus=c.generator_cpus, num_gpus=1 if c.use_gpu else 0)
-        .remote(model_path, device="cuda" if c.use_gpu else "cpu", dtype=cfg.model.dtype,
-                threads=c.torch_threads, eos_token=cfg.model.eos_token)
-        for i in range(c.num_generators)]
+    g = cfg.generator
+    if g.backend == "vllm":
+        generators = [_vllm_actor(cfg, model_path, f"{prefix}generator-{i}")
+                      for i in range(c.num_generators)]
+    else:
+        generators = [ray.remote(HFGenerator).options(
+            name=f"{prefix}generator-{i}", num_cpus=c.generator_cpus,
+            num_gpus=1 if c.use_gpu else 0)
+            .remote(model_path, device="cuda" if c.use_gpu else "cpu", dtype=cfg.model.dtype,
+                    threads=c.torch_threads, eos_token=cfg.model.eos_token)
+            for i in range(c.num_generators)]
     return rewarders, generators
+
+
+# GPU share of a colocated generator (the learner worker on the same GPU takes the rest)
+COLOCATED_GENERATOR_GPU = 0.4
+
+
+def _vllm_actor(cfg: RunConfig, model_path: str, name: str):
+    """One vLLM engine as a Ray actor. Tensor parallel engines (tensor_parallel_size > 1) take
+    no GPU themselves: vLLM places its workers with Ray in a placement group of that size."""
+    import ray
+
+    from relift_ray.generators.vllm_gen import VLLMGenerator
+
+    g, c = cfg.generator, cfg.cluster
+    tp = g.tensor_parallel_size
+    gpus = COLOCATED_GENERATOR_GPU if g.colocate else (1 if tp == 1 else 0)
+    return ray.remote(VLLMGenerator).options(
+        name=name, num_cpus=c.generator_cpus, num_gpus=gpus).remote(
+        model_path, tensor_parallel_size=tp, dtype=cfg.model.dtype,
+        gpu_memory_utilization=g.gpu_memory_utilization, max_model_len=g.max_model_len,
+        eos_token=cfg.model.eos_token, seed=cfg.train.seed, enable_sleep_mode=g.colocate,
+        weight_transfer="nccl" if g.weight_sync == "nccl" else "ipc",
+        enforce_eager=g.enforce_eager, bucket_mb=g.bucket_mb,
+        **({"distributed_executor_backend": "ray"} if tp > 1 else {}))
+
+
+def learner_resources(cfg: RunConfig) -> dict:
+    """Each learner worker's Ray resources: a whole GPU, or what a colocated generator leaves."""
+    res = {"CPU": cfg.cluster.learner_cpus}
+    if cfg.cluster.use_gpu:
+        res["GPU"] = 1 - COLOCATED_GENERATOR_GPU if cfg.generator.colocate else 1
+    return res
 
 
 def run(cfg: RunConfig) -> dict:
@@ -143,7 +181,7 @@ def run(cfg: RunConfig) -> dict:
                                "scheduler": scheduler, "generators": generators,
                                "mlflow_uri": cfg.mlflow_uri, "mlflow_run_id": tracker.run_id},
             scaling_config=ScalingConfig(num_workers=c.num_learners, use_gpu=c.use_gpu,
-                                         resources_per_worker={"CPU": c.learner_cpus}),
+                                         resources_per_worker=learner_resources(cfg)),
             run_config=TrainRunConfig(
                 name=cfg.name, storage_path=cfg.storage_path,
                 failure_config=FailureConfig(max_failures=cfg.train.max_failures),

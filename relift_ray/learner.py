@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from relift_ray.algo import policy_loss, sft_loss, tis_weights, token_logprobs
+from relift_ray.algo import (logprob_mismatch, policy_loss, sft_loss, tis_weights,
+                             token_logprobs)
 from relift_ray.config import RunConfig, _build
 from relift_ray.records import Sample
 
@@ -108,17 +109,20 @@ def _set_clip(engine, value: float) -> None:
 class Learner:
     """One learner worker's model, optimizer and updates; usable without Ray Train in tests."""
 
-    def __init__(self, cfg: RunConfig, model_path: str, world: int = 1):
+    def __init__(self, cfg: RunConfig, model_path: str, world: int = 1, rank: int = 0):
         import deepspeed
         from transformers import AutoModelForCausalLM
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # a bar per weight load floods the job logs
-        self.cfg, self.a = cfg, cfg.algo
+        self.cfg, self.a, self.rank = cfg, cfg.algo, rank
         self.device = torch.device("cuda", torch.cuda.current_device()) if cfg.cluster.use_gpu \
             else torch.device("cpu")
         model = AutoModelForCausalLM.from_pretrained(model_path,
                                                      dtype=getattr(torch, cfg.model.dtype))
+        # training mode: HF models recompute activations (gradient checkpointing) only when
+        # training; the models we train have no dropout, so nothing else changes
+        model.train()
         if cfg.train.gradient_checkpointing:
             model.config.use_cache = False
             model.gradient_checkpointing_enable(
@@ -204,6 +208,9 @@ class Learner:
                 out[f"rl/{key}"] += v / k
         if mixed_nll:
             out["rl/mixed_sft_nll"] = sum(mixed_nll) / len(mixed_nll)
+        if "blp" in t:  # the sampler (vLLM) vs this learner, on the same sampled tokens
+            mm = logprob_mismatch(logp_old, t["blp"], t["mask"])
+            out.update({f"mismatch/{key}": v for key, v in mm.items()})
         return dict(out)
 
     def sft_update(self, samples: list[Sample]) -> dict:
@@ -214,6 +221,24 @@ class Learner:
         m["sft_grad_norm"] = self._step("sft", self.a.sft_grad_clip)
         m["sft_loss"] = loss.item()
         return {f"sft/{k}": v for k, v in m.items()}
+
+    def weight_sync(self, generators: list):
+        """The vLLM weight-transfer path of this run, built once (the NCCL group forms at the
+        first sync: rank 0's node address, a free port)."""
+        if getattr(self, "_sync", None) is None:
+            from relift_ray import weight_sync as ws
+            g = self.cfg.generator
+            if g.weight_sync == "ipc":
+                self._sync = ws.IPCWeightSync(generators, g.bucket_mb, g.sync_timeout_s)
+            else:
+                import ray
+                port = ws.free_port() if self.rank == 0 else 0
+                self._sync = ws.NCCLWeightSync(
+                    generators, ray.util.get_node_ip_address(), port,
+                    workers_per_generator=g.tensor_parallel_size, timeout_s=g.sync_timeout_s)
+                if self.rank == 0:
+                    self._sync.connect()
+        return self._sync
 
     def gathered(self):
         """Context in which every parameter is whole (a no-op below ZeRO-3, where each rank
@@ -251,7 +276,7 @@ def train_loop_per_worker(config: dict) -> None:
         ckpt.to_directory(ckpt_dir)
         start = json.loads((Path(ckpt_dir) / "meta.json").read_text())["step"]
         model_path = str(Path(ckpt_dir) / "policy")
-    learner = Learner(cfg, model_path, world)
+    learner = Learner(cfg, model_path, world, rank)
     # The scheduler and the generators go back to exactly this checkpoint (or to the start):
     # after a crash Ray Train may restart from an older checkpoint than the newest.
     if ckpt_dir:
@@ -290,6 +315,12 @@ def train_loop_per_worker(config: dict) -> None:
         if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
             checkpoint = save_checkpoint(learner, scheduler, step, rank, config)
         if rank == 0:
+            if step == start + 1 and "mismatch/logprob_abs_diff_mean" in metrics:
+                _say(f"[learner] sampler vs learner log-probs of step {step}'s "
+                     f"{metrics['mismatch/tokens']} tokens: mean |diff| "
+                     f"{metrics['mismatch/logprob_abs_diff_mean']:.2e}, max "
+                     f"{metrics['mismatch/logprob_abs_diff_max']:.2e} "
+                     f"(algo.is_correction={cfg.algo.is_correction})")
             _progress(step, cfg.train.steps, metrics)
             if tracker:
                 tracker.log(step, metrics)
@@ -301,16 +332,29 @@ def train_loop_per_worker(config: dict) -> None:
 
 
 def publish(learner: Learner, generators: list, version: int, rank: int) -> float:
-    """Rank 0 puts the weights in the object store once; every generator loads that object."""
+    """Send the weights of version ``version`` to every generator (generator.weight_sync):
+    ``object_store``: rank 0 puts one CPU state dict in the object store and every generator
+    loads it; ``ipc`` / ``nccl``: vLLM's weight-transfer API (relift_ray.weight_sync), every rank
+    taking part. Colocated generators are woken first (weights, then KV cache)."""
     import ray
 
+    g = learner.cfg.generator
+    zero3 = learner.cfg.train.zero_stage == 3
     t0 = time.perf_counter()
-    sd = learner.full_state_dict() if (rank == 0 or learner.cfg.train.zero_stage == 3) else None
-    if rank == 0:
-        ref = ray.put(sd)
-        got = ray.get([g.load_weights.remote(version, ref) for g in generators])
-        if set(got) != {version}:
-            raise RuntimeError(f"generators loaded versions {got}, expected {version}")
+    if g.weight_sync == "object_store":
+        sd = learner.full_state_dict() if (rank == 0 or zero3) else None
+        if rank == 0:
+            ref = ray.put(sd)
+            got = ray.get([gen.load_weights.remote(version, ref) for gen in generators])
+            if set(got) != {version}:
+                raise RuntimeError(f"generators loaded versions {got}, expected {version}")
+        return time.perf_counter() - t0
+    from relift_ray.weight_sync import _on_all
+    if g.colocate and rank == 0:
+        _on_all(generators, "wake_up", ["weights"])
+    learner.weight_sync(generators).send(learner.engine.module, version, zero3, rank)
+    if g.colocate and rank == 0:
+        _on_all(generators, "wake_up", ["kv_cache"])
     return time.perf_counter() - t0
 
 

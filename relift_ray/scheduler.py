@@ -225,6 +225,8 @@ class Scheduler:
                                  seed=self.cfg.train.seed * 1_000_003 + step * 101 + i)
                   for i in range(k)]
         outs = call_all(self.generators, "generate", [(c, p) for c, p in zip(chunks, params)])
+        if self.cfg.generator.colocate:  # the learners train on these GPUs next
+            call_all(self.generators, "sleep", [(1,)] * k)
         by_q = {}
         for chunk, out in zip(chunks, outs):
             by_q.update({q.id: comps for q, comps in zip(chunk, out)})

@@ -25,6 +25,8 @@ import threading
 import time
 from dataclasses import asdict
 
+from relift_ray.actors import call_all
+
 
 class WeightSyncTimeout(RuntimeError):
     """A weight transfer did not finish within generator.sync_timeout_s."""
@@ -57,22 +59,16 @@ def with_deadline(fn, seconds: float, what: str):
     return box.get("value")
 
 
-def call(gen, method: str, *args, timeout: float | None = None):
-    """``gen.method(*args)`` on an in-process generator or a Ray actor handle."""
-    fn = getattr(gen, method)
-    if hasattr(fn, "remote"):
-        import ray
-        return ray.get(fn.remote(*args), timeout=timeout)
-    return fn(*args)
+def _on_all(gens: list, method: str, *args) -> list:
+    """The same call on every generator (Ray handles run concurrently)."""
+    return call_all(gens, method, [args] * len(gens))
 
 
-def call_all(gens: list, method: str, *args) -> list:
-    """The same call on every generator; Ray handles run concurrently."""
-    fns = [getattr(g, method) for g in gens]
-    if fns and hasattr(fns[0], "remote"):
-        import ray
-        return ray.get([f.remote(*args) for f in fns])
-    return [f(*args) for f in fns]
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
 
 
 def named_weights(module, zero3: bool = False):
@@ -118,15 +114,20 @@ class IPCWeightSync:
         self.bucket_mb = bucket_mb
         self.timeout_s = timeout_s
 
-    def send(self, module, version: int, zero3: bool = False) -> dict:
+    def send(self, module, version: int, zero3: bool = False, rank: int = 0) -> dict:
+        """Every learner rank calls this (each shares a GPU with a generator: vLLM gathers
+        the ranks' IPC handles by GPU); rank 0 alone drives the generators."""
         from vllm.distributed.weight_transfer.ipc_engine import (
             IPCTrainerSendWeightsArgs, IPCWeightTransferEngine)
 
         def push(info):
-            call_all(self.generators, "update_weights", {"update_info": asdict(info)})
+            _on_all(self.generators, "update_weights", {"update_info": asdict(info)})
+
+        lead = rank == 0
 
         def run():
-            call_all(self.generators, "start_weight_update")
+            if lead:
+                _on_all(self.generators, "start_weight_update")
             try:
                 IPCWeightTransferEngine.trainer_send_weights(
                     named_weights(module, zero3),
@@ -134,8 +135,9 @@ class IPCWeightSync:
                         send_mode=push, packed=True,
                         packed_buffer_size_bytes=bucket_bytes_for(module, self.bucket_mb)))
             finally:  # an update left open blocks every later one
-                call_all(self.generators, "finish_weight_update")
-            return call_all(self.generators, "set_version", version)
+                if lead:
+                    _on_all(self.generators, "finish_weight_update")
+            return _on_all(self.generators, "set_version", version) if lead else [version]
 
         t0 = time.perf_counter()
         got = with_deadline(run, self.timeout_s, f"weight sync of version {version} (ipc)")
@@ -171,10 +173,17 @@ class NCCLWeightSync:
 
         with_deadline(run, self.timeout_s, f"NCCL weight-sync group of {self.world} ranks")
 
-    def send(self, module, version: int, zero3: bool = False) -> dict:
+    def send(self, module, version: int, zero3: bool = False, rank: int = 0) -> dict:
+        """Every learner rank calls this; under ZeRO-3 the others take part in gathering each
+        parameter, and rank 0 broadcasts it."""
         import ray
         from vllm.distributed.weight_transfer.nccl_engine import (
             NCCLTrainerSendWeightsArgs, NCCLWeightTransferEngine)
+
+        if rank != 0:
+            for _ in named_weights(module, zero3) if zero3 else ():
+                pass
+            return {}
 
         names, dtypes, shapes = [], [], []
         for name, p in module.named_parameters():
@@ -183,7 +192,7 @@ class NCCLWeightSync:
             shapes.append(list(getattr(p, "ds_shape", p.shape)))
 
         def run():
-            call_all(self.generators, "start_weight_update")
+            _on_all(self.generators, "start_weight_update")
             info = {"update_info": {"names": names, "dtype_names": dtypes, "shapes": shapes,
                                     "packed": True}}
             refs = [g.update_weights.remote(info) for g in self.generators]
@@ -191,8 +200,8 @@ class NCCLWeightSync:
                 named_weights(module, zero3),
                 NCCLTrainerSendWeightsArgs(group=self.group, packed=True))
             ray.get(refs)
-            call_all(self.generators, "finish_weight_update")
-            return call_all(self.generators, "set_version", version)
+            _on_all(self.generators, "finish_weight_update")
+            return _on_all(self.generators, "set_version", version)
 
         t0 = time.perf_counter()
         got = with_deadline(run, self.timeout_s, f"weight sync of version {version} (nccl)")

@@ -1,14 +1,23 @@
 #!/usr/bin/env bash
-# The GPU checks in one go (what a lent GPU machine runs): tests/gpu, then the benchmark.
-# Packages not on the machine arrive as parts of one archive in .whl/*/part.* (see README).
-export PYTHONUNBUFFERED=1 DS_ACCELERATOR=cuda VLLM_LOGGING_LEVEL=WARNING VLLM_USE_FLASHINFER_SAMPLER=0
-OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT" /tmp/parts
-cp .whl/*/part.* /tmp/parts/ 2>/dev/null; ls -la /tmp/parts
-if [ ! -d /tmp/site/vllm ]; then
-  cat /tmp/parts/part.* | python3 -c "import sys,tarfile; tarfile.open(fileobj=sys.stdin.buffer, mode='r|xz').extractall('/tmp/site')" || exit 3
+# The GPU checks in one go: tests/gpu, then scripts/bench_gpu.py (figures to $OUT/bench.json).
+#   On a GPU machine with `pip install -e ".[gpu]"` done:   bash scripts/gpu_check.sh
+#   On one without network: carry the archive that scripts/pack_gpu_wheels.sh makes (its parts
+#   in .whl/*/part.*, extra wheels in .whl/*/*.whl); it is unpacked into /tmp/site first.
+export PYTHONUNBUFFERED=1 DS_ACCELERATOR=cuda VLLM_LOGGING_LEVEL=WARNING
+# the archive leaves flashinfer out (its sampler is optional); a full install may keep it
+python3 -c "import flashinfer" 2>/dev/null || export VLLM_USE_FLASHINFER_SAMPLER=0
+OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
+if ls .whl/*/part.* >/dev/null 2>&1; then
+  mkdir -p /tmp/parts && cp .whl/*/part.* /tmp/parts/ && ls -la /tmp/parts
+  if [ ! -d /tmp/site/vllm ]; then
+    cat /tmp/parts/part.* | python3 -c "import sys,tarfile; tarfile.open(fileobj=sys.stdin.buffer, mode='r|xz').extractall('/tmp/site')" || exit 3
+  fi
 fi
-ls .whl/*/*.whl >/dev/null 2>&1 && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*/*.whl 2>&1 | grep -v WARNING
-export PYTHONPATH=/tmp/site:$PWD RELIFT_CACHE=$PWD/.whl/c/cache
+if ls .whl/*/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*/*.whl 2>&1 | grep -v WARNING
+fi
+[ -d /tmp/site ] && export PYTHONPATH=/tmp/site:$PWD || export PYTHONPATH=$PWD
+[ -d .whl/c/cache ] && export RELIFT_CACHE=${RELIFT_CACHE:-$PWD/.whl/c/cache}
 NV=$(python3 -c "import glob,os,site; print(':'.join(sorted(glob.glob(os.path.join(site.getsitepackages()[0], 'nvidia', '*', 'lib')))))")
 export LD_LIBRARY_PATH=$NV:${LD_LIBRARY_PATH:-}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv

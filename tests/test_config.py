@@ -158,3 +158,27 @@ def test_text_overrides_stay_text():
     assert cfg.data.plain_template == "Q: {prompt}\nA:" and cfg.algo.lr == 2e-5
     with pytest.raises(ConfigError, match=r"data.plain_template='Q:': must contain \{prompt\}"):
         load_config(None, ["data.plain_template=Q:"])
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["generator.backend=vllm"], "generator.backend=vllm: needs cluster.use_gpu=true"),
+    (["generator.weight_sync=nccl"], "generator.weight_sync='nccl': needs generator.backend=vllm"),
+    (["algo.is_correction=tis"], "algo.is_correction='tis': needs generator.backend=vllm"),
+    (["generator.backend=vllm", "cluster.use_gpu=true", "generator.weight_sync=ipc"],
+     "generator.weight_sync=ipc: needs generator.colocate=true"),
+    (["generator.backend=vllm", "cluster.use_gpu=true", "generator.weight_sync=nccl",
+      "generator.colocate=true"], "use weight_sync=ipc"),
+    (["generator.backend=sglang"], "generator.backend='sglang': must be one of"),
+    (["generator.gpu_memory_utilization=1.5"], r"generator.gpu_memory_utilization=1.5: must be in"),
+])
+def test_gpu_generator_settings_are_checked(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides=overrides)
+
+
+def test_gpu_generator_settings_that_go_together_load():
+    cfg = load_config(overrides=["generator.backend=vllm", "cluster.use_gpu=true",
+                                 "generator.weight_sync=ipc", "generator.colocate=true",
+                                 "algo.is_correction=tis", "train.zero_stage=3",
+                                 "train.gradient_checkpointing=true"])
+    assert cfg.generator.colocate and cfg.algo.is_cap == 2.0 and cfg.train.zero_stage == 3

@@ -1,4 +1,6 @@
 """Learner pieces that need no cluster: the two-phase optimizer and the batch tensors."""
+import math
+
 import pytest
 import torch
 
@@ -124,3 +126,52 @@ def test_separate_sft_step_uses_the_sft_learning_rate(tiny_model):
     assert m["learner_updates"] == 1 and "sft/sft_nll" in m
     moved = [((learner.full_state_dict()[k] - v).abs().max().item()) for k, v in ref.items()]
     assert max(moved) == pytest.approx(0.003, rel=1e-3)  # Adam's first step: lr * sign
+
+
+def test_tis_correction_weights_each_token_by_the_learner_sampler_ratio(tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    from relift_ray.learner import forward_logprobs
+    from relift_ray.records import TrainBatch
+
+    copy = AutoModelForCausalLM.from_pretrained(tiny_model)
+    adv = (1.0, -0.5)
+    plain = [Sample(s.prompt_ids, s.response_ids, a, "a") for s, a in zip(RL, adv)]
+    t = to_tensors(plain, 0, "cpu")
+    with torch.no_grad():
+        logp, _ = forward_logprobs(copy, t)
+    # a sampler that gave every sampled token twice the learner's probability: weight 1/2
+    sampled = []
+    for i, s in enumerate(plain):
+        start = len(s.prompt_ids) - 1
+        own = logp[i, start:start + len(s.response_ids)]
+        sampled.append(Sample(s.prompt_ids, s.response_ids, s.advantage, "a",
+                              behavior_logprobs=tuple((own + math.log(2)).tolist())))
+    learner = _learner(tiny_model)
+    learner.a.is_correction = "tis"  # set after validation: that needs the vLLM backend
+    m = learner.train_step(TrainBatch(step=1, rl=tuple(sampled)))
+    tokens = [len(s.response_ids) for s in plain]
+    # first minibatch: ratio 1, so pg = -sum_i A_i * sum_t w / L_max with w = 0.5, L_max = 4
+    expected = -sum(a * 0.5 * n for a, n in zip(adv, tokens)) / 4
+    assert m["rl/pg_loss"] == pytest.approx(expected, rel=1e-5)
+    assert m["rl/is_weight_mean"] == pytest.approx(0.5, rel=1e-5)
+    # the mismatch figures logged each step: every token off by log 2
+    assert m["mismatch/logprob_abs_diff_mean"] == pytest.approx(math.log(2), rel=1e-5)
+    assert m["mismatch/tokens"] == sum(tokens)
+    # the samples of the transformers backend carry no sampler log-probs: a clear error
+    with pytest.raises(RuntimeError, match="algo.is_correction=tis: .*no sampler log-probs"):
+        learner.train_step(TrainBatch(step=2, rl=tuple(plain)))
+
+
+def test_gradient_checkpointing_gives_the_same_update(tiny_model):
+    from relift_ray.records import TrainBatch
+    batch = TrainBatch(step=1, rl=tuple(Sample(s.prompt_ids, s.response_ids, a, "a")
+                                        for s, a in zip(RL, (1.0, -1.0))))
+    a = _learner(tiny_model)
+    b = _learner(tiny_model, **{"train.gradient_checkpointing": "true"})
+    assert b.engine.module.is_gradient_checkpointing and not a.engine.module.is_gradient_checkpointing
+    assert b.engine.module.training  # HF checkpoints activations only in training mode
+    ma, mb = a.train_step(batch), b.train_step(batch)
+    assert ma["rl/loss"] == pytest.approx(mb["rl/loss"], rel=1e-5)
+    sa, sb = a.full_state_dict(), b.full_state_dict()
+    assert all(torch.allclose(sa[k], sb[k], atol=1e-6) for k in sa)

@@ -25,7 +25,8 @@ class VLLMGenerator:
                  dtype: str = "bfloat16", gpu_memory_utilization: float = 0.5,
                  max_model_len: int = 0, eos_token: str = "", seed: int = 0,
                  enable_sleep_mode: bool = False, weight_transfer: str = "ipc",
-                 enforce_eager: bool = False, bucket_mb: int = 512, **_ignored):
+                 enforce_eager: bool = False, bucket_mb: int = 512,
+                 distributed_executor_backend: str | None = None):
         import os
 
         from vllm import LLM
@@ -40,6 +41,8 @@ class VLLMGenerator:
                       weight_transfer_config={"backend": weight_transfer})
         if max_model_len:
             kwargs["max_model_len"] = max_model_len
+        if distributed_executor_backend:
+            kwargs["distributed_executor_backend"] = distributed_executor_backend
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self.eos_id = (self.tokenizer.convert_tokens_to_ids(eos_token) if eos_token
@@ -140,6 +143,8 @@ class VLLMGenerator:
         self.asleep = True
 
     def wake_up(self, tags: list[str] | None = None) -> None:
+        if not self.asleep:  # colocated runs wake before every sync; the first finds it awake
+            return
         self.llm.wake_up(tags)
         if tags is None or "kv_cache" in tags:
             self.asleep = False
