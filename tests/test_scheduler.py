@@ -250,3 +250,26 @@ def test_state_round_trip_includes_the_offline_sampler():
     t.load_state_dict(saved)
     tgen.weight_version = 1
     assert [x.question_id for x in t.next_batch(2).sft] == [x.question_id for x in b2.sft]
+
+
+def test_colocated_generators_sleep_after_generating_and_logprobs_reach_the_samples():
+    class SleepyGenerator(ScriptedGenerator):
+        def sleep(self, level):
+            self.calls.append(("sleep", level))
+
+        def generate(self, questions, params):
+            out = super().generate(questions, params)
+            return [[Completion(c.question_id, c.text, c.prompt_ids, c.response_ids,
+                                c.weight_version, logprobs=(-0.5, -0.25)) for c in group]
+                    for group in out]
+
+    from relift_ray.records import Completion
+    s, gen = make({})
+    s.cfg.generator.colocate = True  # validation wants vLLM and a GPU for this; the logic doesn't
+    gen.__class__ = SleepyGenerator
+    b = step(s, gen, 1)
+    assert gen.calls[-1] == ("sleep", 1)  # asleep while the learners train
+    assert all(x.behavior_logprobs == (-0.5, -0.25) for x in b.rl)
+    s2, gen2 = make({})  # not colocated: never put to sleep
+    step(s2, gen2, 1)
+    assert all(c[0] != "sleep" for c in gen2.calls)
