@@ -154,6 +154,7 @@ class NCCLWeightSync:
                  workers_per_generator: int = 1, timeout_s: float = 300.0):
         self.generators = generators
         self.timeout_s = timeout_s
+        self.per_generator = workers_per_generator
         self.world = 1 + len(generators) * workers_per_generator
         self.init_info = {"master_address": master_address, "master_port": master_port,
                           "world_size": self.world}
@@ -166,7 +167,7 @@ class NCCLWeightSync:
 
         def run():
             refs = [g.init_weight_transfer_engine.remote(
-                {"init_info": dict(self.init_info, rank_offset=1 + i)})
+                {"init_info": dict(self.init_info, rank_offset=1 + i * self.per_generator)})
                 for i, g in enumerate(self.generators)]
             self.group = NCCLWeightTransferEngine.trainer_init(self.init_info)
             ray.get(refs)
