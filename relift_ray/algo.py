@@ -102,9 +102,8 @@ def logprob_mismatch(learner_logp: torch.Tensor, sampler_logp: torch.Tensor,
     """
     m = mask.float()
     d = (learner_logp - sampler_logp) * m
-    n = m.sum().clamp(min=1)
-    return {"logprob_abs_diff_mean": float(d.abs().sum() / n),
+    return {"logprob_abs_diff_mean": float(masked_mean(d.abs(), m)),
             "logprob_abs_diff_max": float(d.abs().max()) if m.any() else 0.0,
-            "prob_ratio_mean": float((torch.exp(d) * m).sum() / n),
+            "prob_ratio_mean": float(masked_mean(torch.exp(d), m)),
             "seq_log_ratio_abs_max": float(d.sum(-1).abs().max()) if m.any() else 0.0,
             "tokens": int(m.sum())}

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from relift_ray.algo import (logprob_mismatch, policy_loss, sft_loss, tis_weights,
+from relift_ray.algo import (logprob_mismatch, masked_mean, policy_loss, sft_loss, tis_weights,
                              token_logprobs)
 from relift_ray.config import RunConfig, _build
 from relift_ray.records import Sample
@@ -194,8 +194,7 @@ class Learner:
                                   l_max=self.a.max_new_tokens, clip_eps=self.a.clip_eps,
                                   entropy_coef=self.a.entropy_coef, is_weight=is_w)
             if is_w is not None:
-                m["is_weight_mean"] = float((is_w * mb["mask"][:n]).sum()
-                                            / mb["mask"][:n].sum().clamp(min=1))
+                m["is_weight_mean"] = float(masked_mean(is_w, mb["mask"][:n]))
             if sft_chunk:
                 s_loss, sm = sft_loss(logp[n:], mb["mask"][n:], ent[n:],
                                       alpha=self.a.sft_entropy_coef)
@@ -338,6 +337,8 @@ def publish(learner: Learner, generators: list, version: int, rank: int) -> floa
     taking part. Colocated generators are woken first (weights, then KV cache)."""
     import ray
 
+    from relift_ray.weight_sync import check_versions, on_all
+
     g = learner.cfg.generator
     zero3 = learner.cfg.train.zero_stage == 3
     t0 = time.perf_counter()
@@ -345,16 +346,14 @@ def publish(learner: Learner, generators: list, version: int, rank: int) -> floa
         sd = learner.full_state_dict() if (rank == 0 or zero3) else None
         if rank == 0:
             ref = ray.put(sd)
-            got = ray.get([gen.load_weights.remote(version, ref) for gen in generators])
-            if set(got) != {version}:
-                raise RuntimeError(f"generators loaded versions {got}, expected {version}")
+            check_versions(ray.get([gen.load_weights.remote(version, ref)
+                                    for gen in generators]), version)
         return time.perf_counter() - t0
-    from relift_ray.weight_sync import _on_all
     if g.colocate and rank == 0:
-        _on_all(generators, "wake_up", ["weights"])
+        on_all(generators, "wake_up", ["weights"])
     learner.weight_sync(generators).send(learner.engine.module, version, zero3, rank)
     if g.colocate and rank == 0:
-        _on_all(generators, "wake_up", ["kv_cache"])
+        on_all(generators, "wake_up", ["kv_cache"])
     return time.perf_counter() - t0
 
 

@@ -59,7 +59,7 @@ def with_deadline(fn, seconds: float, what: str):
     return box.get("value")
 
 
-def _on_all(gens: list, method: str, *args) -> list:
+def on_all(gens: list, method: str, *args) -> list:
     """The same call on every generator (Ray handles run concurrently)."""
     return call_all(gens, method, [args] * len(gens))
 
@@ -72,22 +72,22 @@ def free_port() -> int:
 
 
 def named_weights(module, zero3: bool = False):
-    """(name, full tensor) for each parameter and buffer the HF state dict holds, in order.
-    Under ZeRO-3 each parameter is gathered while it is read, then released."""
-    if zero3:
-        import deepspeed
-        for name, p in module.named_parameters():
-            with deepspeed.zero.GatheredParameters([p]):
-                yield name, p.data
-    else:
-        for name, p in module.named_parameters():
+    """(name, full tensor) for each parameter, in order. Under ZeRO-3 each parameter is
+    gathered while it is read, then released (all ranks must iterate together)."""
+    import deepspeed
+    for name, p in module.named_parameters():
+        with deepspeed.zero.GatheredParameters([p], enabled=zero3):
             yield name, p.data
 
 
+def _full_nbytes(t) -> int:
+    # a ZeRO-3 partition reports its whole tensor's size through ds_numel
+    return getattr(t, "ds_numel", t.numel()) * t.element_size()
+
+
 def weights_nbytes(module) -> int:
-    """Bytes of the full model (ZeRO-3 partitions report their full size through ds_numel)."""
-    return sum(getattr(p, "ds_numel", p.numel()) * p.element_size()
-               for p in module.parameters())
+    """Bytes of the full model."""
+    return sum(_full_nbytes(p) for p in module.parameters())
 
 
 def bucket_bytes_for(module_or_tensors, bucket_mb: int) -> int:
@@ -95,12 +95,31 @@ def bucket_bytes_for(module_or_tensors, bucket_mb: int) -> int:
     (a tensor is never split across buckets; a 7B model's embedding alone is over 1 GiB)."""
     tensors = (module_or_tensors.parameters() if hasattr(module_or_tensors, "parameters")
                else module_or_tensors)
-    largest = max((getattr(t, "ds_numel", t.numel()) * t.element_size() for t in tensors),
-                  default=0)
-    return max(bucket_mb * 2 ** 20, largest)
+    return max(bucket_mb * 2 ** 20, max(map(_full_nbytes, tensors), default=0))
 
 
-def _check_versions(got: list, version: int) -> None:
+def ipc_send(generators: list, named, bucket_bytes: int, lead: bool = True) -> None:
+    """One update of the generators' engines over CUDA IPC: ``named`` (name, CUDA tensor)
+    pairs packed into buckets. Only the lead (rank 0) drives the engines; the other ranks'
+    handles reach them through vLLM's all-gather."""
+    from vllm.distributed.weight_transfer.ipc_engine import (
+        IPCTrainerSendWeightsArgs, IPCWeightTransferEngine)
+
+    def push(info):
+        on_all(generators, "update_weights", {"update_info": asdict(info)})
+
+    if lead:
+        on_all(generators, "start_weight_update")
+    try:
+        IPCWeightTransferEngine.trainer_send_weights(
+            named, IPCTrainerSendWeightsArgs(send_mode=push, packed=True,
+                                             packed_buffer_size_bytes=bucket_bytes))
+    finally:  # an update left open blocks every later one
+        if lead:
+            on_all(generators, "finish_weight_update")
+
+
+def check_versions(got: list, version: int) -> None:
     if set(got) != {version}:
         raise RuntimeError(f"generators hold weight versions {got} after the sync, "
                            f"expected {version}")
@@ -117,31 +136,16 @@ class IPCWeightSync:
     def send(self, module, version: int, zero3: bool = False, rank: int = 0) -> dict:
         """Every learner rank calls this (each shares a GPU with a generator: vLLM gathers
         the ranks' IPC handles by GPU); rank 0 alone drives the generators."""
-        from vllm.distributed.weight_transfer.ipc_engine import (
-            IPCTrainerSendWeightsArgs, IPCWeightTransferEngine)
-
-        def push(info):
-            _on_all(self.generators, "update_weights", {"update_info": asdict(info)})
-
         lead = rank == 0
 
         def run():
-            if lead:
-                _on_all(self.generators, "start_weight_update")
-            try:
-                IPCWeightTransferEngine.trainer_send_weights(
-                    named_weights(module, zero3),
-                    IPCTrainerSendWeightsArgs(
-                        send_mode=push, packed=True,
-                        packed_buffer_size_bytes=bucket_bytes_for(module, self.bucket_mb)))
-            finally:  # an update left open blocks every later one
-                if lead:
-                    _on_all(self.generators, "finish_weight_update")
-            return _on_all(self.generators, "set_version", version) if lead else [version]
+            ipc_send(self.generators, named_weights(module, zero3),
+                     bucket_bytes_for(module, self.bucket_mb), lead)
+            return on_all(self.generators, "set_version", version) if lead else [version]
 
         t0 = time.perf_counter()
         got = with_deadline(run, self.timeout_s, f"weight sync of version {version} (ipc)")
-        _check_versions(got, version)
+        check_versions(got, version)
         return {"weight_sync_seconds": time.perf_counter() - t0,
                 "weight_sync_bytes": weights_nbytes(module)}
 
@@ -182,8 +186,9 @@ class NCCLWeightSync:
             NCCLTrainerSendWeightsArgs, NCCLWeightTransferEngine)
 
         if rank != 0:
-            for _ in named_weights(module, zero3) if zero3 else ():
-                pass
+            if zero3:  # take part in gathering each parameter that rank 0 broadcasts
+                for _ in named_weights(module, zero3=True):
+                    pass
             return {}
 
         names, dtypes, shapes = [], [], []
@@ -193,7 +198,7 @@ class NCCLWeightSync:
             shapes.append(list(getattr(p, "ds_shape", p.shape)))
 
         def run():
-            _on_all(self.generators, "start_weight_update")
+            on_all(self.generators, "start_weight_update")
             info = {"update_info": {"names": names, "dtype_names": dtypes, "shapes": shapes,
                                     "packed": True}}
             refs = [g.update_weights.remote(info) for g in self.generators]
@@ -201,11 +206,11 @@ class NCCLWeightSync:
                 named_weights(module, zero3),
                 NCCLTrainerSendWeightsArgs(group=self.group, packed=True))
             ray.get(refs)
-            _on_all(self.generators, "finish_weight_update")
-            return _on_all(self.generators, "set_version", version)
+            on_all(self.generators, "finish_weight_update")
+            return on_all(self.generators, "set_version", version)
 
         t0 = time.perf_counter()
         got = with_deadline(run, self.timeout_s, f"weight sync of version {version} (nccl)")
-        _check_versions(got, version)
+        check_versions(got, version)
         return {"weight_sync_seconds": time.perf_counter() - t0,
                 "weight_sync_bytes": weights_nbytes(module)}

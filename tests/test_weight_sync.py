@@ -10,7 +10,7 @@ import torch
 from relift_ray.algo import logprob_mismatch, policy_loss, tis_weights
 from relift_ray.learner import to_tensors
 from relift_ray.records import Sample
-from relift_ray.weight_sync import (WeightSyncTimeout, _on_all, bucket_bytes_for,
+from relift_ray.weight_sync import (WeightSyncTimeout, on_all, bucket_bytes_for,
                                     named_weights, weights_nbytes, with_deadline)
 
 
@@ -88,11 +88,11 @@ def test_call_all_on_local_generators_and_ray_actors(ray_local):
             return v
 
     gens = [_Gen(), _Gen()]
-    assert _on_all(gens, "set_version", 4) == [4, 4]
-    _on_all(gens, "start_weight_update")
+    assert on_all(gens, "set_version", 4) == [4, 4]
+    on_all(gens, "start_weight_update")
     assert [g.calls for g in gens] == [["start"], ["start"]]
     actors = [ray_local.remote(_Gen).options(num_cpus=0.01).remote() for _ in range(2)]
-    assert _on_all(actors, "set_version", 9) == [9, 9]
+    assert on_all(actors, "set_version", 9) == [9, 9]
     for a in actors:
         ray_local.kill(a)
 

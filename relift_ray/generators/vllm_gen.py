@@ -15,8 +15,6 @@ vLLM is imported inside the methods: the CPU install never needs it (``pip insta
 """
 from __future__ import annotations
 
-from dataclasses import asdict
-
 from relift_ray.records import Completion, Question, SamplingParams
 
 
@@ -112,26 +110,16 @@ class VLLMGenerator:
         """The object-store path: a CPU state dict (one ``ray.put`` by the learner) goes to this
         GPU, then into the engine by CUDA IPC in buckets of ``bucket_mb``."""
         import torch
-        from vllm.distributed.weight_transfer.ipc_engine import (
-            IPCTrainerSendWeightsArgs, IPCWeightTransferEngine)
 
-        from relift_ray.weight_sync import bucket_bytes_for
+        from relift_ray.weight_sync import bucket_bytes_for, ipc_send
 
         if self.weight_transfer != "ipc":
             raise RuntimeError(
                 f"load_weights needs the engine's weight transfer backend 'ipc', this engine "
                 f"was started with {self.weight_transfer!r} (generator.weight_sync)")
         device = torch.device("cuda", torch.cuda.current_device())
-        self.start_weight_update()
-        try:
-            IPCWeightTransferEngine.trainer_send_weights(
-                ((k, v.to(device, non_blocking=True)) for k, v in state_dict.items()),
-                IPCTrainerSendWeightsArgs(send_mode=lambda info: self.update_weights(
-                    {"update_info": asdict(info)}), packed=True,
-                    packed_buffer_size_bytes=bucket_bytes_for(state_dict.values(),
-                                                              self.bucket_mb)))
-        finally:  # an update left open blocks every later one
-            self.finish_weight_update()
+        ipc_send([self], ((k, v.to(device, non_blocking=True)) for k, v in state_dict.items()),
+                 bucket_bytes_for(state_dict.values(), self.bucket_mb))
         return self.set_version(version)
 
     # ------------------------------------------------------------------ colocation
