@@ -6,9 +6,36 @@ handles in a job and plain objects in a unit test; ``call_all`` fans a method ou
 """
 from __future__ import annotations
 
+from relift_ray.records import Reward
+
 
 def is_actor(obj) -> bool:
     return type(obj).__name__ == "ActorHandle"
+
+
+def in_actor() -> bool:
+    """Whether this code runs inside a Ray actor."""
+    import sys
+    if "ray" not in sys.modules:
+        return False
+    import ray
+    return ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
+
+
+def actor_pid(actor) -> int:
+    """The process id of a Ray actor."""
+    import os
+
+    import ray
+    return ray.get(actor.__ray_call__.remote(lambda self: os.getpid()))
+
+
+def call(obj, method: str, *args, **kwargs):
+    """One call on a plain object or a Ray actor (waiting for the result)."""
+    if is_actor(obj):
+        import ray
+        return ray.get(getattr(obj, method).remote(*args, **kwargs))
+    return getattr(obj, method)(*args, **kwargs)
 
 
 def call_all(objs: list, method: str, args: list[tuple]) -> list:
@@ -18,7 +45,7 @@ def call_all(objs: list, method: str, args: list[tuple]) -> list:
     return [getattr(o, method)(*a) for o, a in zip(objs, args)]
 
 
-def score_all(rewarders: list, pairs: list[tuple[str, str]]) -> list[tuple[float, str]]:
+def score_all(rewarders: list, pairs: list[tuple[str, str]]) -> list[Reward]:
     """[(response, truth)] scored over the reward workers in equal slices, in order."""
     size = -(-len(pairs) // len(rewarders))
     outs = call_all(rewarders, "score", [(pairs[i * size:(i + 1) * size],)

@@ -1,9 +1,9 @@
 """One whole run inside one process: the scheduler, one generator, one reward worker and a
 single learner, colocated on the same CPU (or GPU).
 
-The same classes as a distributed run (``Scheduler``, ``HFGenerator``, ``RewardWorker``,
-``Learner`` under DeepSpeed, ``Learner.train_step``), without actors between them: weights go
-from the learner to the generator by a direct ``load_weights`` call. The comparison job runs
+The same classes and the same step as a distributed run (``Scheduler``, ``HFGenerator``,
+``RewardWorker``, ``Learner`` under DeepSpeed, ``learner_step``), without actors between
+them: the ``InProcessPublisher`` hands the weights to the generator object directly. The comparison job runs
 many short runs side by side, each of them this function inside one Ray task, so the start-up
 of an actor topology is not paid per run.
 
@@ -17,6 +17,7 @@ import time
 
 import torch
 
+from relift_ray import chaos
 from relift_ray.config import RunConfig
 from relift_ray.evaluation import EVAL_TEMPERATURE, question_scores, summarize
 from relift_ray.records import Question
@@ -63,9 +64,10 @@ def run_colocated(cfg: RunConfig, model_path: str, train_qs: list[Question],
 
     from relift_ray.data import prepare_tokenizer
     from relift_ray.generators.hf import HFGenerator
-    from relift_ray.learner import Learner
+    from relift_ray.learner import Learner, learner_step
     from relift_ray.rewards import RewardWorker
     from relift_ray.scheduler import Scheduler
+    from relift_ray.weight_sync import make_publisher
 
     log = log or (lambda line: (sys.stdout.write(line + "\n"), sys.stdout.flush()))
     t_start = time.time()
@@ -81,6 +83,7 @@ def run_colocated(cfg: RunConfig, model_path: str, train_qs: list[Question],
                           eos_token=cfg.model.eos_token)
         sched = Scheduler(cfg, train_qs, tok, [gen], [rewarder])
         learner = Learner(cfg, model_path, world=1)
+        publisher = make_publisher(cfg, [gen])
         max_tokens = cfg.algo.max_new_tokens
 
         def greedy(step: int) -> dict:
@@ -93,16 +96,11 @@ def run_colocated(cfg: RunConfig, model_path: str, train_qs: list[Question],
         history = []
         for step in range(1, cfg.train.steps + 1):
             t0 = time.perf_counter()
-            if step == cfg.train.fail_at_step:  # testing hook, as in the distributed learner
-                raise RuntimeError(f"{cfg.name}: injected failure at step {step}")
-            batch = sched.next_batch(step)
-            m = dict(batch.metrics)
-            m.update(learner.train_step(batch))
-            t1 = time.perf_counter()
-            gen.load_weights(step, learner.full_state_dict())
-            m["weight_sync_seconds"] = time.perf_counter() - t1
+            for kind in chaos.KINDS:  # train.kill: no actors here, the run fails instead
+                if chaos.due(cfg, kind, step):
+                    raise chaos.InjectedFailure(f"{cfg.name}: train.kill {kind}@{step}")
+            m = learner_step(learner, sched, publisher, step)
             m["step_seconds"] = time.perf_counter() - t0
-            m["sft_this_step"] = int(bool(batch.sft))
             m["step"] = step
             history.append(m)
             if (eval_every and step % eval_every == 0) or step == cfg.train.steps:

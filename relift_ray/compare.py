@@ -61,9 +61,7 @@ def method_config(cfg: RunConfig, method: str, seed: int) -> RunConfig:
 def _run_task(cfg_dict: dict, model_path: str, train_qs, test_qs, eval_every: int,
               eval_k: int, threads: int) -> dict:
     from relift_ray.colocated import run_colocated
-    from relift_ray.config import _build
-
-    cfg = _build(RunConfig, cfg_dict, prefix="")
+    cfg = RunConfig.from_dict(cfg_dict)
     return run_colocated(cfg, model_path, train_qs, test_qs, eval_every=eval_every,
                          eval_k=eval_k, threads=threads)
 
@@ -75,12 +73,11 @@ def _base_task(cfg_dict: dict, model_path: str, test_qs, eval_k: int, n_bucket: 
     import torch
 
     from relift_ray.colocated import device_of, test_accuracy
-    from relift_ray.config import _build
     from relift_ray.evaluation import question_scores
     from relift_ray.generators.hf import HFGenerator
     from relift_ray.rewards import RewardWorker
 
-    cfg = _build(RunConfig, cfg_dict, prefix="")
+    cfg = RunConfig.from_dict(cfg_dict)
     torch.set_num_threads(threads)
     rewarder = RewardWorker(cfg.data.answer_extraction, cfg.cluster.reward_timeout_s)
     try:

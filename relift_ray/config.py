@@ -98,7 +98,9 @@ class TrainConfig:
     zero_stage: int = 2  # DeepSpeed ZeRO stage
     gradient_checkpointing: bool = False  # recompute activations in backward (long sequences)
     max_failures: int = 2  # Ray Train restarts of the learner group after a worker dies
-    fail_at_step: int = -1  # testing: learner rank 1 dies once at this step (-1 = never)
+    # testing: actors killed with SIGKILL once, as <actor>@<step> (learner, scheduler,
+    # generator, reward), e.g. [generator@14]; see relift_ray.chaos
+    kill: list = field(default_factory=list)
 
 
 @dataclass
@@ -114,7 +116,6 @@ class GeneratorConfig:
     colocate: bool = False  # generators share the learners' GPUs; they sleep while learners train
     bucket_mb: int = 512  # weights are sent in packed buckets of this size
     sync_timeout_s: float = 300.0  # watchdog: a transfer slower than this fails the step
-    logprob_check: bool = True  # at start-up, compare vLLM's and the learner's log-probs
 
 
 @dataclass
@@ -140,8 +141,6 @@ class ClusterConfig:
 class TrackingConfig:
     tracking_uri: str = ""  # "" = SQLite store <output_dir>/mlflow.db (artifacts beside it)
     experiment: str = "relift_ray"
-    eval_every: int = 0  # steps between test-split evaluations during training (0 = only before/after)
-    eval_samples: int = 0  # >0: also avg@k at temperature 0.6 with this k
 
 
 @dataclass
@@ -211,6 +210,11 @@ class RunConfig:
         return self.algo.mode == "sft" or (self.algo.mode == "sft_then_rl"
                                            and step <= self.algo.sft_first_steps)
 
+    @classmethod
+    def from_dict(cls, tree: dict) -> "RunConfig":
+        """A validated config from ``to_dict()``'s output (how it travels to Ray workers)."""
+        return validate(_build(cls, tree, prefix=""))
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -259,7 +263,7 @@ _POSITIVE = ["algo.batch_size", "algo.n_samples", "algo.max_new_tokens", "algo.m
 _NON_NEGATIVE = ["algo.temperature", "algo.entropy_coef", "algo.sft_entropy_coef",
                  "algo.weight_decay", "algo.clip_eps", "train.max_failures",
                  "cluster.learner_cpus", "cluster.generator_cpus", "cluster.reward_cpus",
-                 "cluster.scheduler_cpus", "cluster.torch_threads", "tracking.eval_every", "tracking.eval_samples",
+                 "cluster.scheduler_cpus", "cluster.torch_threads",
                  "algo.sft_first_steps", "algo.mixed_sft_coef", "compare.eval_every",
                  "compare.eval_k", "data.max_test_questions", "eval.max_questions",
                  "eval.temperature", "eval.max_new_tokens"]
@@ -331,6 +335,11 @@ def validate(cfg: RunConfig) -> RunConfig:
     if g.weight_sync == "ipc" and not g.colocate:
         raise ConfigError("generator.weight_sync=ipc: needs generator.colocate=true (CUDA IPC "
                           "works only between processes on the same GPU)")
+    from relift_ray import chaos
+    try:
+        chaos.parse(cfg.train.kill)
+    except ValueError as e:
+        raise ConfigError(f"train.kill: {e}") from None
     if g.gpu_memory_utilization > 1:
         raise ConfigError(f"generator.gpu_memory_utilization={g.gpu_memory_utilization}: "
                           f"must be in (0, 1]")

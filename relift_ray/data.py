@@ -1,6 +1,7 @@
-"""Training and test questions: the toy task, readers for data files, and prompt building.
+"""Training and test questions: readers for data files and data sources, and prompt building.
 
-``load_questions(spec, fmt, split)`` returns ``Question`` records. ``spec`` is ``toy``, a file
+``load_questions(spec, fmt, split)`` returns ``Question`` records. ``spec`` is a named data
+source (``toy``, see relift_ray.registry) or ``py:module:function`` (called with the split), a file
 (``.jsonl``, ``.json`` holding a list of objects, or ``.parquet``), or a Hugging Face dataset
 ``hf://owner/name[/file-glob]`` (downloaded into the HF cache; needs network access the first
 time). A bad row raises ``DataError`` naming the file, the row (1-based) and the field.
@@ -58,9 +59,10 @@ class Fields:
 
 def load_questions(spec: str, fmt: str = "auto", split: str = "train",
                    fields: Fields = Fields()) -> list[Question]:
-    if spec == "toy":
-        from relift_ray.toy.task import make_questions
-        return make_questions(split)
+    from relift_ray.registry import data_source
+    make = data_source(spec)  # a named source (the toy task) or py:module:function
+    if make is not None:
+        return list(make(split))
     paths = hub_files(spec) if spec.startswith("hf://") else [Path(spec)]
     out: list[Question] = []
     for path in paths:

@@ -44,13 +44,9 @@ def _cluster_running() -> bool:
 
 
 def resolve_model(cfg: RunConfig, log=print) -> str:
-    if cfg.model.path == "toy":
-        from relift_ray.toy.base import build_base_model, default_cache
-        return build_base_model(default_cache(), log=log)
-    from relift_ray.models import SMOLLM2, smollm2_path
-    if cfg.model.path == SMOLLM2:
-        return smollm2_path(log=log)
-    return cfg.model.path
+    """``model.path`` as a loadable model (relift_ray.registry)."""
+    from relift_ray.registry import resolve_model as resolve
+    return resolve(cfg.model.path, log=log)
 
 
 def load_data(cfg: RunConfig, tokenizer, log=print):
@@ -85,8 +81,12 @@ def start_workers(cfg: RunConfig, model_path: str, prefix: str = "") -> tuple[li
     from relift_ray.rewards import RewardWorker
 
     c = cfg.cluster
+    # Every actor comes back: Ray restarts a dead one (max_restarts). Scoring is pure, so Ray
+    # also re-runs the call that was in flight; a generator's call fails instead, and the
+    # scheduler reloads the current weights into the restarted generator before it retries.
     rewarders = [ray.remote(RewardWorker).options(name=f"{prefix}reward-{i}",
-                                                  num_cpus=c.reward_cpus)
+                                                  num_cpus=c.reward_cpus, max_restarts=-1,
+                                                  max_task_retries=-1)
                  .remote(cfg.data.answer_extraction, c.reward_timeout_s)
                  for i in range(c.num_reward_workers)]
     g = cfg.generator
@@ -96,7 +96,7 @@ def start_workers(cfg: RunConfig, model_path: str, prefix: str = "") -> tuple[li
     else:
         generators = [ray.remote(HFGenerator).options(
             name=f"{prefix}generator-{i}", num_cpus=c.generator_cpus,
-            num_gpus=1 if c.use_gpu else 0)
+            num_gpus=1 if c.use_gpu else 0, max_restarts=-1)
             .remote(model_path, device="cuda" if c.use_gpu else "cpu", dtype=cfg.model.dtype,
                     threads=c.torch_threads, eos_token=cfg.model.eos_token)
             for i in range(c.num_generators)]
@@ -118,7 +118,7 @@ def _vllm_actor(cfg: RunConfig, model_path: str, name: str):
     tp = g.tensor_parallel_size
     gpus = COLOCATED_GENERATOR_GPU if g.colocate else (1 if tp == 1 else 0)
     return ray.remote(VLLMGenerator).options(
-        name=name, num_cpus=c.generator_cpus, num_gpus=gpus).remote(
+        name=name, num_cpus=c.generator_cpus, num_gpus=gpus, max_restarts=-1).remote(
         model_path, tensor_parallel_size=tp, dtype=cfg.model.dtype,
         gpu_memory_utilization=g.gpu_memory_utilization, max_model_len=g.max_model_len,
         eos_token=cfg.model.eos_token, seed=cfg.train.seed, enable_sleep_mode=g.colocate,
@@ -165,9 +165,11 @@ def run(cfg: RunConfig) -> dict:
     try:
         # Actors: plain classes made remote here, each with a readable name in the dashboard.
         rewarders, generators = start_workers(cfg, model_path)
+        # a restarted scheduler starts empty; the learner group's restart from its last
+        # checkpoint (the learners' calls fail when it dies) loads that checkpoint's state
         scheduler = ray.remote(Scheduler).options(
-            name="scheduler", num_cpus=c.scheduler_cpus, max_concurrency=c.num_learners + 4
-        ).remote(cfg, train_qs, tokenizer, generators, rewarders)
+            name="scheduler", num_cpus=c.scheduler_cpus, max_concurrency=c.num_learners + 4,
+            max_restarts=-1).remote(cfg, train_qs, tokenizer, generators, rewarders)
         actors = [*rewarders, *generators, scheduler]
 
         eval_tokens = cfg.algo.max_new_tokens

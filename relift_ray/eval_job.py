@@ -14,7 +14,6 @@ Writes ``<output_dir>/<name>/eval_results.csv`` (avg@k, pass@k per benchmark and
 """
 from __future__ import annotations
 
-import json
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -23,31 +22,13 @@ from relift_ray.actors import is_actor, score_all
 from relift_ray.config import RunConfig
 from relift_ray.data import DataError
 from relift_ray.records import Question, SamplingParams
+from relift_ray.registry import resolve_model
 
 
 def resolve_model_path(spec: str) -> str:
-    """An HF model folder as is; a checkpoint (``<ckpt>/policy``); a run's folder (its newest
-    checkpoint's policy); anything that is not a local path is taken as a hub id."""
-    path = Path(spec).expanduser()
-    if not path.exists():
-        if spec.startswith((".", "/", "~")) or spec.count("/") != 1:
-            raise DataError(f"eval.model={spec}: no such folder, and not a hub id (owner/name)")
-        return spec  # a hub id: from_pretrained downloads it (or reads the HF cache)
-    if (path / "config.json").exists():
-        return str(path)
-    if (path / "policy" / "config.json").exists():
-        return str(path / "policy")
-    checkpoints = [p.parent.parent for p in path.rglob("policy/config.json")]
-    if not checkpoints:
-        raise DataError(f"eval.model={spec}: neither a model folder (config.json), a checkpoint "
-                        f"(policy/) nor a run folder holding checkpoints")
-    return str(max(checkpoints, key=_checkpoint_step) / "policy")
-
-
-def _checkpoint_step(ckpt: Path) -> tuple[int, float]:
-    meta = ckpt / "meta.json"
-    step = json.loads(meta.read_text()).get("step", -1) if meta.exists() else -1
-    return step, ckpt.stat().st_mtime
+    """``eval.model``: an HF model folder, a checkpoint, a run folder or a hub id
+    (relift_ray.registry.resolve_model)."""
+    return resolve_model(spec, field="eval.model")
 
 
 def benchmark_k(cfg: RunConfig, name: str) -> int:
@@ -103,10 +84,10 @@ def evaluate_benchmarks(generators: list, rewarders: list, suites: list[tuple[st
         for q, group in zip(qs, groups):
             res = scored[at:at + len(group)]
             at += len(group)
-            correct = sum(rw > 0 for rw, _ in res)
+            correct = sum(r.value > 0 for r in res)
             rows.append({"benchmark": name, "id": q.id, "answer": q.answer, "k": len(group),
                          "correct": correct, "avg": correct / len(group),
-                         "no_answer": sum(st == "no_answer" for _, st in res),
+                         "no_answer": sum(r.no_answer for r in res),
                          "mean_tokens": sum(len(c.response_ids) for c in group) / len(group),
                          "response_0": group[0].text[:500]})
         now = time.perf_counter()
@@ -180,12 +161,12 @@ def run(cfg: RunConfig) -> dict:
     from transformers import AutoTokenizer
 
     from relift_ray.data import prepare_tokenizer
-    from relift_ray.driver import init_ray, resolve_model, start_workers
+    from relift_ray.driver import init_ray, start_workers
     from relift_ray.tracking import Tracker, write_csv
 
     t_start = time.time()
     cfg.output_dir = str(Path(cfg.output_dir).expanduser().resolve())
-    model = resolve_model_path(cfg.eval.model) if cfg.eval.model else resolve_model(cfg)
+    model = resolve_model_path(cfg.eval.model) if cfg.eval.model else resolve_model(cfg.model.path)
     tokenizer = AutoTokenizer.from_pretrained(model)
     prepare_tokenizer(tokenizer, cfg)
     suites = load_suites(cfg, tokenizer)

@@ -29,7 +29,7 @@ def question_scores(generators: list, rewarders: list, questions: list[Question]
         for q, group in zip(chunk, out):
             pairs += [(c.text, q.answer) for c in group]
             ids += [q.id] * len(group)
-    rewards = [x for x, _ in score_all(rewarders, pairs)]
+    rewards = [r.value for r in score_all(rewarders, pairs)]
     per = defaultdict(list)
     for qid, rew in zip(ids, rewards):
         per[qid].append(rew)

@@ -1,19 +1,19 @@
-"""The learner: the per-worker loop of a Ray Train ``TorchTrainer``, under DeepSpeed ZeRO.
+"""The learner: DeepSpeed ZeRO engine, the one learner step, and the Ray Train loop.
 
-Each worker, every step: pull its shard of the step's batch from the scheduler, run the RL
-update (logp_old recomputed here, then ``algo.minibatches`` optimizer steps), run the SFT update
-when the batch carries one (its own AdamW state, lr and clip over the same weights), then rank 0
-publishes the new weights to the generators (one ``ray.put``), and every ``checkpoint_every``
-steps all ranks report a checkpoint: HF weights + scheduler state (rank 0) and each rank's
-optimizer partition. On (re)start the loop resumes from ``ray.train.get_checkpoint()`` and puts
-the scheduler back to the state saved with it, so both sides agree after a crash.
+``Learner`` holds one worker's model and optimizer (``TwoPhaseAdamW``: the released
+algorithm's two AdamW states, RL and SFT, over the same weights) and runs the updates: RL
+(logp_old recomputed here, ``algo.minibatches`` optimizer steps), then SFT when the batch
+carries one. ``learner_step`` is the one step every runner uses: pull this rank's shard from
+the scheduler, update, publish the new weights through the run's ``WeightPublisher``
+(relift_ray.weight_sync). ``train_loop_per_worker`` runs it under Ray Train: it resumes from
+``ray.train.get_checkpoint()`` and puts the scheduler back to the state saved with that same
+checkpoint, so both sides agree after a crash; every ``checkpoint_every`` steps all ranks
+write a checkpoint and report it. ``relift_ray.colocated`` runs the same step in one process.
 """
 from __future__ import annotations
 
 import json
 import os
-import pickle
-import shutil
 import sys
 import tempfile
 import time
@@ -22,9 +22,11 @@ from pathlib import Path
 
 import torch
 
+from relift_ray import chaos
+from relift_ray.actors import call
 from relift_ray.algo import (logprob_mismatch, masked_mean, policy_loss, sft_loss, tis_weights,
                              token_logprobs)
-from relift_ray.config import RunConfig, _build
+from relift_ray.config import RunConfig
 from relift_ray.records import Sample
 
 
@@ -221,24 +223,6 @@ class Learner:
         m["sft_loss"] = loss.item()
         return {f"sft/{k}": v for k, v in m.items()}
 
-    def weight_sync(self, generators: list):
-        """The vLLM weight-transfer path of this run, built once (the NCCL group forms at the
-        first sync: rank 0's node address, a free port)."""
-        if getattr(self, "_sync", None) is None:
-            from relift_ray import weight_sync as ws
-            g = self.cfg.generator
-            if g.weight_sync == "ipc":
-                self._sync = ws.IPCWeightSync(generators, g.bucket_mb, g.sync_timeout_s)
-            else:
-                import ray
-                port = ws.free_port() if self.rank == 0 else 0
-                self._sync = ws.NCCLWeightSync(
-                    generators, ray.util.get_node_ip_address(), port,
-                    workers_per_generator=g.tensor_parallel_size, timeout_s=g.sync_timeout_s)
-                if self.rank == 0:
-                    self._sync.connect()
-        return self._sync
-
     def gathered(self):
         """Context in which every parameter is whole (a no-op below ZeRO-3, where each rank
         holds the full weights); under ZeRO-3 all ranks must enter it together."""
@@ -253,13 +237,42 @@ class Learner:
                     for k, v in self.engine.module.state_dict().items()}
 
 
-# ------------------------------------------------------------------ the Ray Train loop
+# ------------------------------------------------------------------ the step and the loops
+
+def learner_step(learner: Learner, scheduler, publisher, step: int, rank: int = 0,
+                 world: int = 1) -> dict:
+    """The one learner step, for the Ray Train loop and the one-process runner alike:
+
+    1. this rank's shard of step ``step``'s batch from the scheduler (the first rank to ask
+       makes it: questions, rollouts with weight version step-1, rewards, records, buffer);
+    2. the RL update, and the SFT update when the hard buffer filled;
+    3. weights version ``step`` to every generator (``publisher``).
+
+    ``scheduler`` is the scheduler actor or a plain ``Scheduler``. Returns the step's metrics:
+    the scheduler's figures, the learner's, and the seconds of each part."""
+    t0 = time.perf_counter()
+    batch = call(scheduler, "next_batch", step, rank, world)
+    publisher.after_generation()
+    t1 = time.perf_counter()
+    metrics = dict(batch.metrics)
+    metrics.update(learner.train_step(batch))
+    metrics["batch_wait_seconds"] = t1 - t0  # generation, reward, records and the transfer
+    metrics["train_seconds"] = time.perf_counter() - t1
+    metrics["weight_sync_seconds"] = publisher.publish(learner, step)
+    metrics["sft_this_step"] = int(bool(batch.sft))
+    return metrics
+
 
 def train_loop_per_worker(config: dict) -> None:
+    """Each Ray Train worker: resume (or start), then ``learner_step`` until train.steps,
+    checkpointing every train.checkpoint_every steps. Rank 0 logs every step to MLflow and
+    prints the progress line."""
     import ray
     import ray.train
 
-    cfg = _build(RunConfig, config["cfg"], prefix="")
+    from relift_ray.weight_sync import make_publisher
+
+    cfg = RunConfig.from_dict(config["cfg"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     scheduler, generators = config["scheduler"], config["generators"]
@@ -283,84 +296,59 @@ def train_loop_per_worker(config: dict) -> None:
             torch.load(Path(ckpt_dir) / f"optim_rank{rank}.pt", weights_only=False))
     if rank == 0:
         if ckpt_dir:
-            state = pickle.loads((Path(ckpt_dir) / "scheduler_state.pkl").read_bytes())
-            ray.get(scheduler.load_state_dict.remote(state))
-            _say(f"[learner] resumed from the checkpoint of step {start}")
+            state = json.loads((Path(ckpt_dir) / SCHEDULER_STATE).read_text())
+            call(scheduler, "load_state_dict", state)
+            say(f"[learner] resumed from the checkpoint of step {start}")
         else:
-            ray.get(scheduler.reset.remote())
-    publish(learner, generators, start, rank)
+            call(scheduler, "reset")
+    publisher = make_publisher(cfg, generators, rank, scheduler)
+    publisher.publish(learner, start)
     torch.distributed.barrier()  # no rank asks for a batch before the scheduler is restored
     tracker = None
     if rank == 0 and config.get("mlflow_run_id"):
         from relift_ray.tracking import StepLogger
         tracker = StepLogger(config["mlflow_uri"], config["mlflow_run_id"])
 
+    t_prev = time.perf_counter()
     for step in range(start + 1, cfg.train.steps + 1):
-        t0 = time.perf_counter()
-        # 1. pull this rank's shard (the scheduler generates and scores on the first call)
-        batch = ray.get(scheduler.next_batch.remote(step, rank, world))
-        t1 = time.perf_counter()
-        _maybe_fail(cfg, rank, step)
-        # 2. RL update, 3. SFT update when the hard buffer filled
-        metrics = dict(batch.metrics)
-        metrics.update(learner.train_step(batch))
-        metrics["train_seconds"] = time.perf_counter() - t1
-        # 4. publish weights version `step` (on-policy: the next batch samples with them)
-        metrics["weight_sync_seconds"] = publish(learner, generators, step, rank)
-        metrics["step_seconds"] = time.perf_counter() - t0
-        metrics["sft_this_step"] = int(bool(batch.sft))
-        # 5. checkpoint (all ranks: each owns its optimizer partition) and report
-        checkpoint = None
+        if rank == world - 1 and chaos.due(cfg, "learner", step):
+            say(f"[learner] rank {rank}: train.kill learner@{step}: SIGKILL")
+            chaos.kill()
+        metrics = learner_step(learner, scheduler, publisher, step, rank, world)
+        # Ray Train hears from the loop only when there is a checkpoint: it needs nothing
+        # else (the metrics go to MLflow from rank 0), and in Ray Train V2 each report waits
+        # for the controller's next poll (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s by default)
+        # when the previous one is still queued, which reporting every step would pay.
         if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
-            checkpoint = save_checkpoint(learner, scheduler, step, rank, config)
+            t_ckpt = time.perf_counter()
+            ckpt_path = save_checkpoint(learner, scheduler, step, rank, config)
+            ray.train.report({"step": step}, checkpoint=ray.train.Checkpoint.from_directory(ckpt_path),
+                             checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC)
+            metrics["checkpoint_seconds"] = time.perf_counter() - t_ckpt
+        now = time.perf_counter()
+        metrics["step_seconds"] = now - t_prev  # wall time since the previous step ended
+        t_prev = now
         if rank == 0:
             if step == start + 1 and "mismatch/logprob_abs_diff_mean" in metrics:
-                _say(f"[learner] sampler vs learner log-probs of step {step}'s "
-                     f"{metrics['mismatch/tokens']} tokens: mean |diff| "
-                     f"{metrics['mismatch/logprob_abs_diff_mean']:.2e}, max "
-                     f"{metrics['mismatch/logprob_abs_diff_max']:.2e} "
-                     f"(algo.is_correction={cfg.algo.is_correction})")
-            _progress(step, cfg.train.steps, metrics)
+                say(f"[learner] sampler vs learner log-probs of step {step}'s "
+                    f"{metrics['mismatch/tokens']} tokens: mean |diff| "
+                    f"{metrics['mismatch/logprob_abs_diff_mean']:.2e}, max "
+                    f"{metrics['mismatch/logprob_abs_diff_max']:.2e} "
+                    f"(algo.is_correction={cfg.algo.is_correction})")
+            say(progress_line(step, cfg.train.steps, metrics))
             if tracker:
-                tracker.log(step, metrics)
-        # Ray Train gets the headline figures (the full set went to MLflow above)
-        ray.train.report({"step": step, "reward_mean": metrics.get("reward_mean", 0.0),
-                          "sft_steps": metrics.get("sft_steps", 0)}, checkpoint=checkpoint)
-        if checkpoint is not None:
-            shutil.rmtree(checkpoint.path, ignore_errors=True)
+                tracker.log(step, metrics)  # in the background: MLflow is off the step's path
+    if tracker:
+        tracker.close()
 
 
-def publish(learner: Learner, generators: list, version: int, rank: int) -> float:
-    """Send the weights of version ``version`` to every generator (generator.weight_sync):
-    ``object_store``: rank 0 puts one CPU state dict in the object store and every generator
-    loads it; ``ipc`` / ``nccl``: vLLM's weight-transfer API (relift_ray.weight_sync), every rank
-    taking part. Colocated generators are woken first (weights, then KV cache)."""
-    import ray
-
-    from relift_ray.weight_sync import check_versions, on_all
-
-    g = learner.cfg.generator
-    zero3 = learner.cfg.train.zero_stage == 3
-    t0 = time.perf_counter()
-    if g.weight_sync == "object_store":
-        sd = learner.full_state_dict() if (rank == 0 or zero3) else None
-        if rank == 0:
-            ref = ray.put(sd)
-            check_versions(ray.get([gen.load_weights.remote(version, ref)
-                                    for gen in generators]), version)
-        return time.perf_counter() - t0
-    if g.colocate and rank == 0:
-        on_all(generators, "wake_up", ["weights"])
-    learner.weight_sync(generators).send(learner.engine.module, version, zero3, rank)
-    if g.colocate and rank == 0:
-        on_all(generators, "wake_up", ["kv_cache"])
-    return time.perf_counter() - t0
+SCHEDULER_STATE = "scheduler_state.json"
 
 
-def save_checkpoint(learner: Learner, scheduler, step: int, rank: int, config: dict):
-    import ray
-    from ray.train import Checkpoint
-
+def save_checkpoint(learner: Learner, scheduler, step: int, rank: int, config: dict) -> str:
+    """This rank's part of the checkpoint of ``step``, in a fresh folder (Ray Train merges the
+    ranks' folders): each rank's optimizer partition; rank 0 also the HF-format policy with
+    its tokenizer, the scheduler's whole state (JSON) and meta.json."""
     d = Path(tempfile.mkdtemp(prefix=f"relift-save-{rank}-"))
     torch.save(learner.opt.both_state_dicts(), d / f"optim_rank{rank}.pt")
     with learner.gathered():
@@ -370,33 +358,21 @@ def save_checkpoint(learner: Learner, scheduler, step: int, rank: int, config: d
         # the tokenizer travels with the policy (model_path may be a local dir or a hub id)
         from transformers import AutoTokenizer
         AutoTokenizer.from_pretrained(config["model_path"]).save_pretrained(d / "policy")
-        state = ray.get(scheduler.state_dict.remote())
-        (d / "scheduler_state.pkl").write_bytes(pickle.dumps(state))
+        state = call(scheduler, "state_dict")
+        (d / SCHEDULER_STATE).write_text(json.dumps(state))
         (d / "meta.json").write_text(json.dumps({"step": step}))
-    return Checkpoint.from_directory(str(d))
+    return str(d)
 
 
-def _maybe_fail(cfg: RunConfig, rank: int, step: int) -> None:
-    """Testing hook: rank 1 dies once at train.fail_at_step (a marker file makes it once)."""
-    if step != cfg.train.fail_at_step or rank != 1:
-        return
-    marker = Path(cfg.output_dir).resolve() / f"{cfg.name}.failed_at_{step}"
-    if not marker.exists():
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text("injected failure")
-        _say(f"[learner] rank {rank}: injected failure at step {step}")
-        os._exit(1)
-
-
-def _progress(step: int, total: int, m: dict) -> None:
+def progress_line(step: int, total: int, m: dict) -> str:
     b = "/".join(str(m.get(f"bucket_{k}", "-")) for k in ("easy", "medium", "hard", "hardest"))
-    _say(f"[step {step}/{total}] reward {m.get('reward_mean', float('nan')):.3f} | "
-          f"buckets E/M/H/X {b} | buffer {m.get('buffer_size', 0)} | "
-          f"sft steps {m.get('sft_steps', 0)} | demos {m.get('demos_used_unique', 0)} | "
-          f"{m['step_seconds']:.1f}s")
+    return (f"[step {step}/{total}] reward {m.get('reward_mean', float('nan')):.3f} | "
+            f"buckets E/M/H/X {b} | buffer {m.get('buffer_size', 0)} | "
+            f"sft steps {m.get('sft_steps', 0)} | demos {m.get('demos_used_unique', 0)} | "
+            f"{m['step_seconds']:.2f}s")
 
 
-def _say(line: str) -> None:
+def say(line: str) -> None:
     # Ray Train patches print() into its logger, which shows each line twice in job logs
     sys.stdout.write(line + "\n")
     sys.stdout.flush()

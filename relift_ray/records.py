@@ -5,6 +5,7 @@ Frozen dataclasses, pickled by Ray as they are. Imports no Ray.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,30 @@ class Completion:
     response_ids: tuple[int, ...]  # ends with EOS when the model stopped by itself
     weight_version: int  # the policy version that sampled it
     logprobs: tuple[float, ...] = ()  # per response token, from the sampler (vLLM); () if not kept
+
+
+class Reward(NamedTuple):
+    """One scored answer: the reward and how the verifier got there (``Reward.OK``,
+    ``NO_ANSWER``, ``TIMEOUT``, or ``"error: ..."``)."""
+    value: float
+    status: str = "ok"
+
+    OK = "ok"
+    NO_ANSWER = "no_answer"
+    TIMEOUT = "timeout"
+    ERROR = "error"
+
+    @property
+    def timed_out(self) -> bool:
+        return self.status == Reward.TIMEOUT
+
+    @property
+    def no_answer(self) -> bool:
+        return self.status == Reward.NO_ANSWER
+
+    @property
+    def failed(self) -> bool:
+        return self.status.startswith(Reward.ERROR)
 
 
 @dataclass(frozen=True)

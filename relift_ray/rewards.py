@@ -15,9 +15,11 @@ import multiprocessing as mp
 import time
 from dataclasses import dataclass
 
+from relift_ray.records import Reward
+
 EXTRACTIONS = ("whole", "after_think", "boxed")
 
-OK, NO_ANSWER, TIMEOUT, ERROR = "ok", "no_answer", "timeout", "error"
+OK, NO_ANSWER, TIMEOUT, ERROR = Reward.OK, Reward.NO_ANSWER, Reward.TIMEOUT, Reward.ERROR
 
 
 def last_boxed(text: str) -> str | None:
@@ -51,23 +53,23 @@ def extract_answer(response: str, extraction: str = "boxed") -> str | None:
 
 
 def math_reward(response: str, truth: str, extraction: str = "boxed",
-                exact_match: bool = True) -> tuple[float, str]:
-    """(reward in {0, 1}, status) for one response; runs math-verify without its own timeout.
+                exact_match: bool = True) -> Reward:
+    """The reward (0 or 1) and status of one response; runs math-verify without its own timeout.
     ``exact_match=False`` sends even a character-for-character match through math-verify."""
     from math_verify import parse, verify
 
     part = extract_answer(response, extraction)
     if part is None:
-        return 0.0, NO_ANSWER
+        return Reward(0.0, NO_ANSWER)
     if exact_match and (part == f"\\boxed{{{truth}}}" or part.strip() == truth.strip()):
-        return 1.0, OK  # character-for-character the ground truth: no parsing needed
+        return Reward(1.0, OK)  # character-for-character the ground truth: no parsing needed
     pred = parse(part, parsing_timeout=None)
     if not pred:
-        return 0.0, NO_ANSWER
+        return Reward(0.0, NO_ANSWER)
     gold = parse(f"\\boxed{{{truth}}}", parsing_timeout=None)
     if not gold:
         gold = parse(f"${truth}$", parsing_timeout=None)
-    return (1.0 if verify(gold, pred, timeout_seconds=None) else 0.0), OK
+    return Reward(1.0 if verify(gold, pred, timeout_seconds=None) else 0.0, OK)
 
 
 def _child(conn, fn_path: str, extraction: str) -> None:
@@ -81,9 +83,9 @@ def _child(conn, fn_path: str, extraction: str) -> None:
             return
         response, truth = msg
         try:
-            conn.send(fn(response, truth, extraction))
+            conn.send(Reward(*fn(response, truth, extraction)))
         except Exception as e:  # a verifier bug must not kill the worker
-            conn.send((0.0, f"{ERROR}: {type(e).__name__}: {e}"[:200]))
+            conn.send(Reward(0.0, f"{ERROR}: {type(e).__name__}: {e}"[:200]))
 
 
 @dataclass
@@ -126,22 +128,22 @@ class RewardWorker:
         self.stats.restarts += 1
         self._start()
 
-    def score(self, pairs: list[tuple[str, str]]) -> list[tuple[float, str]]:
-        """[(response, truth)] -> [(reward, status)], one answer at a time under the limit."""
+    def score(self, pairs: list[tuple[str, str]]) -> list[Reward]:
+        """[(response, truth)] -> [Reward], one answer at a time under the limit."""
         out = []
         t0 = time.perf_counter()
         for response, truth in pairs:
             self._conn.send((response, truth))
             if self._conn.poll(self.timeout_s):
-                reward, status = self._conn.recv()
+                reward = self._conn.recv()
             else:
-                reward, status = 0.0, TIMEOUT
+                reward = Reward(0.0, TIMEOUT)
                 self._restart()
             self.stats.scored += 1
-            self.stats.timeouts += status == TIMEOUT
-            self.stats.no_answer += status == NO_ANSWER
-            self.stats.errors += status.startswith(ERROR)
-            out.append((reward, status))
+            self.stats.timeouts += reward.timed_out
+            self.stats.no_answer += reward.no_answer
+            self.stats.errors += reward.failed
+            out.append(reward)
         self.stats.seconds += time.perf_counter() - t0
         return out
 

@@ -4,7 +4,14 @@ It is the one owner of training state that is not weights. Each step it samples 
 has the generators produce N completions each, has the reward pool score them, updates every
 question's record, feeds questions whose N rewards are all 0 into the hard buffer (newest
 first), and hands the learners an RL batch plus, when the buffer holds M demonstrations, an SFT
-batch of the M newest (the rest stay). ``state_dict`` / ``load_state_dict`` capture all of it.
+batch of the M newest (the rest stay). ``state_dict`` / ``load_state_dict`` capture all of it
+as plain JSON data (it is saved as JSON with every checkpoint).
+
+A generator actor that dies mid-step is restarted by Ray; the scheduler reloads it with the
+step's weight version (object-store sync keeps a reference to it) and samples its chunk again
+with the same seed. A dead reward worker is retried by Ray itself. The scheduler's own death
+fails the learners' next call, and the learner group restarts from its last checkpoint, which
+puts this state back.
 
 ``QuestionTable``, ``HardBuffer`` and ``Sampler`` are plain data structures. ``Scheduler`` is
 a plain class too: a job makes it the ``scheduler`` actor (threaded, so every learner can wait
@@ -13,13 +20,15 @@ on the same step); tests drive it in-process with in-process generators and rewa
 from __future__ import annotations
 
 import random
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 
 import torch
 
-from relift_ray.actors import call_all, score_all
+from relift_ray import chaos
+from relift_ray.actors import actor_pid, call_all, in_actor, is_actor, score_all
 from relift_ray.algo import group_advantages
 from relift_ray.config import RunConfig
 from relift_ray.records import Question, Sample, SamplingParams, ScoredGroup, TrainBatch
@@ -169,6 +178,7 @@ class Scheduler:
         self.demos_used: set[str] = set()
         self._lock = threading.Lock()
         self._batch: TrainBatch | None = None
+        self._weights: tuple[int, object] | None = None  # (version, object ref), object store
         self._initial = self.state_dict()
 
     def reset(self) -> None:
@@ -187,8 +197,14 @@ class Scheduler:
                 self._batch = self.produce(step)
             return self._batch.shard(rank, world)
 
+    def remember_weights(self, version: int, refs: list) -> None:
+        """The object-store reference of weight version ``version`` (in a list, so Ray passes
+        the reference itself): what a restarted generator loads before it samples again."""
+        self._weights = (version, refs[0])
+
     def produce(self, step: int) -> TrainBatch:
         t0 = time.perf_counter()
+        self._inject_kills(step)
         if self.cfg.is_sft_step(step):
             batch = self._offline_sft_batch(step)
         else:
@@ -224,9 +240,7 @@ class Scheduler:
                                  top_p=self.a.top_p, max_new_tokens=self.a.max_new_tokens,
                                  seed=self.cfg.train.seed * 1_000_003 + step * 101 + i)
                   for i in range(k)]
-        outs = call_all(self.generators, "generate", [(c, p) for c, p in zip(chunks, params)])
-        if self.cfg.generator.colocate:  # the learners train on these GPUs next
-            call_all(self.generators, "sleep", [(1,)] * k)
+        outs = self._generate(chunks, params, step - 1)
         by_q = {}
         for chunk, out in zip(chunks, outs):
             by_q.update({q.id: comps for q, comps in zip(chunk, out)})
@@ -238,21 +252,84 @@ class Scheduler:
         gen_s = time.perf_counter() - t0
         t1 = time.perf_counter()
         pairs = [(c.text, q.answer) for q, group in zip(qs, comps) for c in group]
-        rewards = self._score(pairs)
+        rewards = score_all(self.rewarders, pairs)
         n = self.a.n_samples
-        groups = [ScoredGroup(q, tuple(g), tuple(r for r, _ in rewards[i * n:(i + 1) * n]))
+        groups = [ScoredGroup(q, tuple(g), tuple(r.value for r in rewards[i * n:(i + 1) * n]))
                   for i, (q, g) in enumerate(zip(qs, comps))]
         tokens = sum(len(c.response_ids) for g in comps for c in g)
-        statuses = [s for _, s in rewards]
         return groups, {"weight_version": step - 1, "gen_seconds": gen_s,
                         "gen_tokens_per_s": tokens / max(gen_s, 1e-9),
                         "response_length": tokens / max(len(pairs), 1),
                         "reward_seconds": time.perf_counter() - t1,
-                        "reward_timeouts": sum(s == "timeout" for s in statuses),
-                        "reward_no_answer": sum(s == "no_answer" for s in statuses)}
+                        "reward_timeouts": sum(r.timed_out for r in rewards),
+                        "reward_no_answer": sum(r.no_answer for r in rewards)}
 
-    def _score(self, pairs: list[tuple[str, str]]) -> list[tuple[float, str]]:
-        return score_all(self.rewarders, pairs)
+    # ------------------------------------------------------------ generators that die
+    def _generate(self, chunks: list, params: list, version: int) -> list:
+        """Each generator's completions for its chunk. A generator actor that dies (Ray
+        restarts it: max_restarts) is given weight version ``version`` again and its chunk is
+        sampled again with the same seed, so the step is the one it would have been."""
+        if not self.generators or not is_actor(self.generators[0]):
+            return call_all(self.generators, "generate", list(zip(chunks, params)))
+        import ray
+        refs = [g.generate.remote(c, p) for g, c, p in zip(self.generators, chunks, params)]
+        outs = []
+        for i, ref in enumerate(refs):
+            for attempt in range(GENERATOR_RETRIES + 1):
+                try:
+                    out = ray.get(ref)
+                except ray.exceptions.RayActorError as e:
+                    if attempt == GENERATOR_RETRIES:
+                        raise
+                    self._revive(i, version, e)
+                else:
+                    held = {c.weight_version for group in out for c in group}
+                    if not (held == {0} and version > 0) or attempt == GENERATOR_RETRIES:
+                        outs.append(out)  # a wrong version left here fails the step's check
+                        break
+                    # a call queued while Ray restarted the actor ran on the base weights
+                    self._revive(i, version, RuntimeError("restarted with weight version 0"))
+                ref = self.generators[i].generate.remote(chunks[i], params[i])
+        return outs
+
+    def _revive(self, i: int, version: int, error: Exception) -> None:
+        import ray
+        gen = self.generators[i]
+        _say(f"[scheduler] generator {i} died ({type(error).__name__}); waiting for Ray to "
+             f"restart it, then reloading weight version {version}")
+        deadline = time.monotonic() + GENERATOR_RESTART_TIMEOUT_S
+        while True:
+            try:  # calls queue while Ray restarts the actor
+                held = ray.get(gen.get_version.remote(), timeout=60)
+                break
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"generator {i} did not come back within "
+                                       f"{GENERATOR_RESTART_TIMEOUT_S} s") from error
+                time.sleep(0.5)
+        if held == version:
+            return
+        if version == 0:  # a restart loads the base weights, which are version 0
+            return
+        if self._weights is None or self._weights[0] != version:
+            raise RuntimeError(
+                f"generator {i} restarted holding weight version {held}; this scheduler has no "
+                f"copy of version {version} to reload it with (generator.weight_sync="
+                f"{self.cfg.generator.weight_sync}: only object_store keeps one); the learner "
+                f"group restarts from its checkpoint and republishes") from error
+        ray.get(gen.load_weights.remote(version, self._weights[1]))
+
+    def _inject_kills(self, step: int) -> None:
+        """train.kill (relift_ray.chaos): SIGKILL this scheduler, generator-0 or reward-0."""
+        if not self.cfg.train.kill or not in_actor():
+            return
+        if chaos.due(self.cfg, "scheduler", step):
+            _say(f"[scheduler] train.kill scheduler@{step}: SIGKILL")
+            chaos.kill()
+        for kind, actors in (("generator", self.generators), ("reward", self.rewarders)):
+            if actors and is_actor(actors[0]) and chaos.due(self.cfg, kind, step):
+                _say(f"[scheduler] train.kill {kind}@{step}: SIGKILL {kind}-0")
+                chaos.kill(actor_pid(actors[0]))
 
     def _rl_samples(self, groups: list[ScoredGroup]) -> tuple[Sample, ...]:
         rewards = torch.tensor([g.rewards for g in groups], dtype=torch.float32)
@@ -330,6 +407,15 @@ class Scheduler:
             self.counters = dict(s["counters"])
             self.demos_used = set(s["demos_used"])
             self._batch = None
+
+
+GENERATOR_RETRIES = 3  # a generator may die this many times within one step
+GENERATOR_RESTART_TIMEOUT_S = 600
+
+
+def _say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def _group_metrics(groups: list[ScoredGroup]) -> dict:

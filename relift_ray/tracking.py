@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import math
 import tempfile
+import time
 from pathlib import Path
 
 # the figures exported to the Ray dashboard while a job runs
@@ -58,7 +59,13 @@ class Tracker:
 
 
 class StepLogger:
+    """Per-step metrics to an MLflow run and to Ray gauges, written by a background thread so
+    that MLflow's latency stays off the training step. ``close()`` waits for what is queued."""
+
     def __init__(self, uri: str, run_id: str):
+        import queue
+        import threading
+
         from mlflow.tracking import MlflowClient
         self.client, self.run_id = MlflowClient(uri), run_id
         self.gauges = {}
@@ -68,17 +75,37 @@ class StepLogger:
                            for k in RAY_GAUGES}
         except Exception:  # not inside Ray: MLflow only
             pass
+        self.queue: queue.Queue = queue.Queue()
+        self.error: Exception | None = None
+        self.thread = threading.Thread(target=self._drain, name="mlflow-step-logger",
+                                       daemon=True)
+        self.thread.start()
 
     def log(self, step: int, metrics: dict) -> None:
-        from mlflow.entities import Metric
-        import time
-        now = int(time.time() * 1000)
         clean = _clean(metrics)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step)
-                                                    for k, v in clean.items()])
         for k, g in self.gauges.items():
             if k in clean:
                 g.set(clean[k])
+        self.queue.put((step, int(time.time() * 1000), clean))
+
+    def _drain(self) -> None:
+        from mlflow.entities import Metric
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            step, now, clean = item
+            try:
+                self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step)
+                                                            for k, v in clean.items()])
+            except Exception as e:  # keep training; say so once, at close
+                self.error = self.error or e
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None:
+            print(f"[tracking] some step metrics did not reach MLflow: {self.error}", flush=True)
 
 
 def write_csv(rows: list[dict], path: str | Path) -> None:

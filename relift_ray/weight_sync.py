@@ -1,23 +1,28 @@
-"""Learner -> generator weight sync on GPUs, through vLLM's weight-transfer API.
+"""The weight publisher: how new policy weights reach the generators, and nothing else does.
 
-Three paths, chosen by ``generator.weight_sync``:
+``make_publisher(cfg, generators, ...)`` picks one implementation once, from config; the learner
+step calls ``publisher.after_generation()`` once the step's batch is made and
+``publisher.publish(learner, version)`` after the update. Four paths:
 
-- ``object_store`` (any backend, CPU too): rank 0 puts a CPU state dict in Ray's object store
-  once; each generator loads it (``learner.publish``). Simple, and slow for big models.
-- ``ipc`` (vLLM, learner and generator on the same GPU): the learner's CUDA tensors are packed
-  into buckets of ``generator.bucket_mb`` and handed over as CUDA IPC handles; nothing leaves
-  the GPU. ``IPCWeightSync``.
-- ``nccl`` (vLLM on GPUs of their own): the learner's rank 0 joins one NCCL group with every
-  generator worker and broadcasts packed buckets. ``NCCLWeightSync``.
+- ``InProcessPublisher`` (one-process runs: tests, the comparison job): the generator object
+  loads a CPU copy of the state dict directly.
+- ``ObjectStorePublisher`` (``generator.weight_sync=object_store``; any backend, CPU too): rank 0
+  puts a CPU state dict in Ray's object store once; every generator loads that one object. The
+  scheduler keeps the reference, so a generator that Ray restarted after a crash gets the
+  current weights before it samples again.
+- ``IPCPublisher`` (``ipc``; vLLM sharing the learners' GPUs): the learner's CUDA tensors are
+  packed into buckets of ``generator.bucket_mb`` and handed over as CUDA IPC handles through
+  vLLM's weight-transfer API; nothing leaves the GPU. Engines sleep while the learners train
+  (``after_generation``) and wake, weights first and KV cache after, around each sync.
+- ``NCCLPublisher`` (``nccl``; vLLM on GPUs of their own): learner rank 0 joins one NCCL group
+  with every generator worker and broadcasts packed buckets.
 
-Every transfer runs under a watchdog (``generator.sync_timeout_s``): a transfer that hangs (a
-generator that died, a NCCL group that never formed) fails the step with ``WeightSyncTimeout``
-naming the version and the phase, instead of hanging the job. Every sync is versioned: after it,
-each generator reports the version it holds and a mismatch is an error.
-
-Generators are either in-process objects (tests, a colocated learner) or Ray actor handles; the
-calls below work on both. Under ZeRO-3 the parameters are gathered one at a time while they are
-packed, so the full model never has to fit on one GPU at once.
+Every transfer is versioned (each generator reports the version it holds afterwards; a mismatch
+is an error) and the vLLM paths run under a watchdog (``generator.sync_timeout_s``): a transfer
+that hangs fails the step with ``WeightSyncTimeout`` naming the version and the phase. Under
+ZeRO-3 the parameters are gathered one at a time while they are packed, so the full model never
+has to fit on one GPU at once. Generators are in-process objects or Ray actor handles; the calls
+below work on both. vLLM and DeepSpeed are imported lazily, only on the paths that use them.
 """
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ import threading
 import time
 from dataclasses import asdict
 
-from relift_ray.actors import call_all
+from relift_ray.actors import call, call_all, is_actor
 
 
 class WeightSyncTimeout(RuntimeError):
@@ -214,3 +219,118 @@ class NCCLWeightSync:
         check_versions(got, version)
         return {"weight_sync_seconds": time.perf_counter() - t0,
                 "weight_sync_bytes": weights_nbytes(module)}
+
+
+# ------------------------------------------------------------------ the publisher
+
+class WeightPublisher:
+    """Publishes the learner's weights to the generators; one per learner worker (or run).
+
+    ``publish(learner, version)`` is called by every learner rank (collective under ZeRO-3)
+    and returns, with the seconds it took, once every generator holds the version; ``after_generation()`` by every rank once the step's batch
+    exists. With ``colocate`` (vLLM engines on the learners' GPUs) the engines sleep from
+    ``after_generation`` until the next ``publish``, which wakes their weights, sends, and then
+    wakes their KV cache."""
+
+    def __init__(self, generators: list, rank: int = 0, zero3: bool = False,
+                 colocate: bool = False):
+        self.generators, self.rank, self.zero3 = generators, rank, zero3
+        self.colocate = colocate
+
+    def after_generation(self) -> None:
+        if not self.colocate:
+            return
+        if self.rank == 0:  # free the GPUs for the learners: KV cache dropped, weights to CPU
+            on_all(self.generators, "sleep", 1)
+        _barrier()  # no rank trains before its GPU's engine sleeps
+
+    def publish(self, learner, version: int) -> float:
+        t0 = time.perf_counter()
+        if self.colocate and self.rank == 0:
+            on_all(self.generators, "wake_up", ["weights"])
+        self._send(learner, version)
+        if self.colocate and self.rank == 0:
+            on_all(self.generators, "wake_up", ["kv_cache"])
+        _barrier()  # returns on every rank once the generators hold the version: no rank asks
+        # for the next batch (sampled with this version) before rank 0 has published it
+        return time.perf_counter() - t0
+
+    def _send(self, learner, version: int) -> None:
+        raise NotImplementedError
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+class InProcessPublisher(WeightPublisher):
+    """One process: the generator objects load a CPU copy of the weights directly."""
+
+    def _send(self, learner, version: int) -> None:
+        sd = learner.full_state_dict()
+        check_versions([g.load_weights(version, sd) for g in self.generators], version)
+
+
+class ObjectStorePublisher(WeightPublisher):
+    """Rank 0 puts one CPU state dict in the object store; every generator loads it. The
+    scheduler is told the object's reference, to reload generators that Ray restarts."""
+
+    def __init__(self, generators: list, rank: int = 0, zero3: bool = False,
+                 colocate: bool = False, scheduler=None):
+        super().__init__(generators, rank, zero3, colocate)
+        self.scheduler = scheduler
+
+    def _send(self, learner, version: int) -> None:
+        import ray
+        sd = learner.full_state_dict() if (self.rank == 0 or self.zero3) else None
+        if self.rank != 0:
+            return
+        ref = ray.put(sd)
+        if self.scheduler is not None:  # in a list, the reference reaches it unresolved
+            call(self.scheduler, "remember_weights", version, [ref])
+        check_versions(ray.get([g.load_weights.remote(version, ref) for g in self.generators]),
+                       version)
+
+
+class _VLLMPublisher(WeightPublisher):
+    """vLLM's weight-transfer API (IPC or NCCL), behind ``self.sync``."""
+    sync = None
+
+    def _send(self, learner, version: int) -> None:
+        self.sync.send(learner.engine.module, version, self.zero3, self.rank)
+
+
+class IPCPublisher(_VLLMPublisher):
+    def __init__(self, generators: list, rank: int = 0, zero3: bool = False,
+                 bucket_mb: int = 512, timeout_s: float = 300.0):
+        super().__init__(generators, rank, zero3, colocate=True)
+        self.sync = IPCWeightSync(generators, bucket_mb, timeout_s)
+
+
+class NCCLPublisher(_VLLMPublisher):
+    def __init__(self, generators: list, rank: int = 0, zero3: bool = False,
+                 tensor_parallel_size: int = 1, timeout_s: float = 300.0):
+        super().__init__(generators, rank, zero3, colocate=False)
+        import ray
+        # the group forms at once: rank 0's node address, a free port
+        port = free_port() if rank == 0 else 0
+        self.sync = NCCLWeightSync(generators, ray.util.get_node_ip_address(), port,
+                                   workers_per_generator=tensor_parallel_size,
+                                   timeout_s=timeout_s)
+        if rank == 0:
+            self.sync.connect()
+
+
+def make_publisher(cfg, generators: list, rank: int = 0, scheduler=None) -> WeightPublisher:
+    """The publisher of this run, chosen once from ``generator.weight_sync``: in-process when
+    the generators are plain objects, else object store, CUDA IPC or NCCL."""
+    g, zero3 = cfg.generator, cfg.train.zero_stage == 3
+    if generators and not is_actor(generators[0]):
+        return InProcessPublisher(generators, rank, zero3)
+    if g.weight_sync == "object_store":
+        return ObjectStorePublisher(generators, rank, zero3, g.colocate, scheduler=scheduler)
+    if g.weight_sync == "ipc":
+        return IPCPublisher(generators, rank, zero3, g.bucket_mb, g.sync_timeout_s)
+    return NCCLPublisher(generators, rank, zero3, g.tensor_parallel_size, g.sync_timeout_s)

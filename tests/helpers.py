@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from relift_ray.records import Completion
+from relift_ray.records import Completion, Reward
 
 
 class ScriptedGenerator:
@@ -36,7 +36,7 @@ class ScriptedGenerator:
 
 class ScriptedRewarder:
     def score(self, pairs):
-        return [(1.0 if text == "ok" else 0.0, "ok") for text, _ in pairs]
+        return [Reward(1.0 if text == "ok" else 0.0) for text, _ in pairs]
 
 
 def slow_reward(response, truth, extraction):

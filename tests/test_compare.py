@@ -122,7 +122,7 @@ def test_a_crashed_run_is_reported_and_the_others_kept(ray_local, tmp_path, monk
     def failing_rl(cfg, method, seed):
         out = made(cfg, method, seed)
         if method == "rl":
-            out.train.fail_at_step = 1
+            out.train.kill = ["learner@1"]
         return out
 
     monkeypatch.setattr(compare, "method_config", failing_rl)

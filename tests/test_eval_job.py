@@ -8,7 +8,7 @@ from relift_ray.config import ConfigError, load_config
 from relift_ray.data import DataError
 from relift_ray.eval_job import (benchmark_k, evaluate_benchmarks, format_table,
                                  resolve_model_path)
-from relift_ray.records import Question
+from relift_ray.records import Question, Reward
 
 
 class Rewarder:
@@ -17,7 +17,8 @@ class Rewarder:
 
     def score(self, pairs):
         self.calls += 1
-        return [(1.0, "ok") if text == "ok" else (0.0, "no_answer") for text, _ in pairs]
+        return [Reward(1.0) if text == "ok" else Reward(0.0, Reward.NO_ANSWER)
+                for text, _ in pairs]
 
 
 def qs(prefix, n):
@@ -77,8 +78,8 @@ def test_model_resolution(tmp_path):
         run / "checkpoint_2026-10" / "policy")
     assert resolve_model_path(str(run)) == str(run / "checkpoint_2026-20" / "policy")
     assert resolve_model_path("Qwen/Qwen2.5-Math-7B") == "Qwen/Qwen2.5-Math-7B"
-    with pytest.raises(DataError, match="no such folder, and not a hub id"):
+    with pytest.raises(DataError, match=r"no such folder \(.*does not exist\), and not a hub id"):
         resolve_model_path(str(tmp_path / "missing" / "model"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="neither a model folder"):
+    with pytest.raises(DataError, match="exists but holds no model: looked for config.json"):
         resolve_model_path(str(tmp_path / "empty"))

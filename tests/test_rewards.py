@@ -1,6 +1,7 @@
 """Answer extraction, math-verify scoring, and the reward worker's hard time limit."""
 import pytest
 
+from relift_ray.records import Reward
 from relift_ray.rewards import RewardWorker, extract_answer, last_boxed, math_reward
 
 
@@ -36,7 +37,8 @@ def test_worker_scores_in_a_child_process():
     w = RewardWorker("boxed", timeout_s=10)
     try:
         out = w.score([("\\boxed{4}", "4"), ("\\boxed{5}", "4"), ("none", "4")])
-        assert [r for r, _ in out] == [1.0, 0.0, 0.0]
+        assert [r.value for r in out] == [1.0, 0.0, 0.0]
+        assert [r.status for r in out] == ["ok", "ok", "no_answer"]
         assert w.get_stats()["no_answer"] == 1 and w.get_stats()["scored"] == 3
         assert w._proc.pid != __import__("os").getpid()
     finally:
@@ -47,7 +49,8 @@ def test_hard_time_limit_costs_one_timeout_and_scoring_goes_on():
     w = RewardWorker("whole", timeout_s=1.0, fn="helpers:slow_reward")
     try:
         out = w.score([("7", "7"), ("HANG", "7"), ("7", "7"), ("8", "7")])
-        assert out == [(1.0, "ok"), (0.0, "timeout"), (1.0, "ok"), (0.0, "ok")]
+        assert out == [Reward(1.0), Reward(0.0, Reward.TIMEOUT), Reward(1.0), Reward(0.0)]
+        assert [r.timed_out for r in out] == [False, True, False, False]
         s = w.get_stats()
         assert s["timeouts"] == 1 and s["restarts"] == 1 and s["seconds"] < 30
     finally:

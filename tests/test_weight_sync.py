@@ -114,3 +114,58 @@ def test_colocated_learners_leave_the_generator_its_share_of_the_gpu():
     both = load_config(overrides=gpu + ["generator.colocate=true", "generator.weight_sync=ipc"])
     assert learner_resources(both)["GPU"] + COLOCATED_GENERATOR_GPU == pytest.approx(1.0)
     assert learner_resources(load_config(overrides=[])) == {"CPU": 0.5}
+
+
+class _RecordingGen:
+    """A generator that records the publisher's calls (sleep, wake-up, load) in order."""
+
+    def __init__(self, log):
+        self.log, self.version = log, 0
+
+    def sleep(self, level):
+        self.log.append(("sleep", level))
+
+    def wake_up(self, tags):
+        self.log.append(("wake_up", tuple(tags)))
+
+    def load_weights(self, version, sd):
+        self.log.append(("load", version, sorted(sd)))
+        self.version = version
+        return version
+
+
+class _FakeLearner:
+    def full_state_dict(self):
+        return {"w": torch.ones(2)}
+
+
+def test_publisher_is_chosen_from_config_and_loads_in_process_generators():
+    from relift_ray.config import load_config
+    from relift_ray.weight_sync import InProcessPublisher, make_publisher
+    log = []
+    pub = make_publisher(load_config(overrides=[]), [_RecordingGen(log), _RecordingGen(log)])
+    assert isinstance(pub, InProcessPublisher)
+    pub.after_generation()  # not colocated: the engines stay awake
+    assert pub.publish(_FakeLearner(), 3) >= 0
+    assert log == [("load", 3, ["w"]), ("load", 3, ["w"])]
+
+
+def test_colocated_engines_sleep_after_generation_and_wake_weights_first():
+    from relift_ray.weight_sync import InProcessPublisher
+    log = []
+    pub = InProcessPublisher([_RecordingGen(log)], colocate=True)
+    pub.after_generation()
+    assert log == [("sleep", 1)]  # asleep while the learners train
+    pub.publish(_FakeLearner(), 1)
+    assert log[1:] == [("wake_up", ("weights",)), ("load", 1, ["w"]), ("wake_up", ("kv_cache",))]
+
+
+def test_publisher_refuses_a_generator_that_reports_another_version():
+    from relift_ray.weight_sync import InProcessPublisher
+
+    class Stuck(_RecordingGen):
+        def load_weights(self, version, sd):
+            return 0
+
+    with pytest.raises(RuntimeError, match=r"weight versions \[0\] after the sync, expected 2"):
+        InProcessPublisher([Stuck([])]).publish(_FakeLearner(), 2)

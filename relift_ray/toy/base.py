@@ -1,17 +1,29 @@
 """The toy "base model": a tiny Llama built from a config and pretrained on the easy levels.
 
 It is saved in the standard Hugging Face format (config, safetensors, tokenizer), so the rest
-of the system loads it with ``from_pretrained`` exactly as it loads a real model. The result is
-cached under ``<cache_dir>/toy_base-<hash of the recipe>``: later runs start at once.
+of the system loads it with ``from_pretrained`` exactly as it loads a real model.
 
-    python -m relift_ray.toy.base [CACHE_DIR]    # build (or find) it; prints its directory
+The weights ship with the package, in ``relift_ray/toy/base_model/`` (about 2 MB, float32),
+built once from ``RECIPE``. They ship, rather than being built on first use, because a build is
+deterministic on one machine only: float results differ across CPUs (and torch versions), so
+the same recipe and seed give a different model on another machine (level-3 accuracy 0.908 on
+one, 0.868 on another), and a fresh clone would also pay about 4 minutes of pretraining.
+``base_model_path()`` returns the shipped folder when its ``recipe.json`` was built from the
+current ``RECIPE`` (same ``recipe_hash()``); after a change of the recipe it falls back to
+building the model into ``<cache_dir>/toy_base-<hash of the recipe>`` (later runs reuse it).
+
+    python -m relift_ray.toy.base                      # prints the base model's directory
+    python -m relift_ray.toy.base --rebuild DIR        # pretrain from RECIPE into DIR/toy_base-<hash>
+    python -m relift_ray.toy.base --rebuild DIR --ship # ... and ship it (after changing RECIPE)
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -26,19 +38,48 @@ RECIPE = {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 2,
           "steps": 1500, "batch_size": 64, "lr": 3e-3, "seed": 0, "levels": list(task.BASE_LEVELS),
           "version": 5, "level3_examples": 40}
 
+SHIPPED = Path(__file__).resolve().parent / "base_model"  # the weights built from RECIPE
+EVAL_MAX_NEW_TOKENS = 48  # the longest toy response (level 4, three steps) is ~35 tokens
+
 
 def recipe_hash() -> str:
     return hashlib.sha256(json.dumps(RECIPE, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def build_base_model(cache_dir: str | Path, log=print) -> str:
-    """Return the directory of the pretrained toy base model, building it if it is not cached."""
+def shipped_recipe(folder: str | Path = SHIPPED) -> dict | None:
+    """The shipped folder's recipe.json ({"recipe_hash", "recipe", ...}), or None if absent."""
+    try:
+        return json.loads((Path(folder) / "recipe.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def base_model_path(log=print) -> str:
+    """The toy base model's directory: the shipped weights when they were built from the current
+    RECIPE (no building, no cache), else the model built from RECIPE into ``default_cache()``."""
+    meta = shipped_recipe()
+    weights_there = (SHIPPED / "config.json").exists() and (SHIPPED / "model.safetensors").exists()
+    if meta is not None and weights_there and meta.get("recipe_hash") == recipe_hash():
+        return str(SHIPPED)
+    if meta is None or not weights_there:
+        log(f"[base model] no shipped weights in {SHIPPED}: building from the recipe instead")
+    else:
+        log(f"[base model] the shipped weights in {SHIPPED} are for another recipe (hash "
+            f"{meta.get('recipe_hash')}, the current RECIPE's is {recipe_hash()}): building "
+            f"from the current recipe instead (ship a rebuild with `python -m "
+            f"relift_ray.toy.base --rebuild DIR --ship`)")
+    return build_base_model(default_cache(), log=log)
+
+
+def build_base_model(cache_dir: str | Path, log=print, *, force: bool = False) -> str:
+    """Return the directory of the toy base model pretrained from RECIPE under ``cache_dir``,
+    building it if it is not cached there (or always, with ``force``)."""
     out = Path(cache_dir).expanduser().resolve() / f"toy_base-{recipe_hash()}"
-    if (out / "config.json").exists() and (out / "DONE").exists():
+    if not force and (out / "config.json").exists() and (out / "DONE").exists():
         return str(out)
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    log(f"[base model] not cached yet: pretraining the toy base model once ({RECIPE['steps']} "
+    log(f"[base model] pretraining the toy base model from the recipe ({RECIPE['steps']} "
         f"steps, about 4 minutes on 2 CPU cores) into {out}")
     torch.manual_seed(RECIPE["seed"])
     rng = random.Random(RECIPE["seed"])
@@ -75,11 +116,12 @@ def build_base_model(cache_dir: str | Path, log=print) -> str:
             log(f"[base model] step {step + 1}/{RECIPE['steps']} loss {loss.item():.3f} "
                 f"({time.time() - t0:.0f}s)")
     tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():  # a crashed earlier attempt
+        shutil.rmtree(tmp)
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     (tmp / "DONE").write_text(json.dumps(RECIPE))
-    if out.exists():  # a half-written earlier attempt
-        import shutil
+    if out.exists():  # a half-written earlier attempt, or the build that force replaces
         shutil.rmtree(out)
     tmp.rename(out)
     return str(out)
@@ -102,10 +144,81 @@ def _pack(tok, pairs):
     return ids, lab
 
 
+def level_accuracy(path: str | Path, levels=task.LEVELS) -> dict[str, float]:
+    """Greedy accuracy of the model at ``path`` on the toy test split, in-process (no Ray):
+    {"overall": acc, "level_1": acc, ...}."""
+    from relift_ray.evaluation import summarize
+    from relift_ray.generators.hf import HFGenerator
+    from relift_ray.records import SamplingParams
+    from relift_ray.rewards import math_reward
+
+    questions = task.make_questions("test", levels)
+    gen = HFGenerator(str(path))
+    out = gen.generate(questions, SamplingParams(n=1, temperature=0.0,
+                                                 max_new_tokens=EVAL_MAX_NEW_TOKENS))
+    scores = {q.id: math_reward(group[0].text, q.answer)[0] for q, group in zip(questions, out)}
+    return summarize(questions, scores)
+
+
+def ship(build_dir: str | Path, log=print) -> str:
+    """Copy a build made from the current RECIPE into the package (``SHIPPED``), with a
+    recipe.json recording RECIPE, recipe_hash(), the versions it was built with and its greedy
+    test accuracy (measured on this machine)."""
+    import platform
+
+    import transformers
+
+    build_dir = Path(build_dir)
+    done = json.loads((build_dir / "DONE").read_text())
+    if done != RECIPE:
+        raise ValueError(f"{build_dir} was built from another recipe than the current RECIPE")
+    acc = level_accuracy(build_dir)
+    tmp = SHIPPED.with_name(SHIPPED.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    for f in sorted(build_dir.iterdir()):
+        if f.is_file() and f.name != "DONE":
+            shutil.copy2(f, tmp / f.name)
+    meta = {"recipe_hash": recipe_hash(), "recipe": RECIPE,
+            "built_with": {"torch": torch.__version__, "transformers": transformers.__version__,
+                           "machine": platform.machine(), "python": platform.python_version()},
+            "greedy_test_accuracy": {k: round(v, 4) for k, v in acc.items()}}
+    (tmp / "recipe.json").write_text(json.dumps(meta, indent=2) + "\n")
+    if SHIPPED.exists():
+        shutil.rmtree(SHIPPED)
+    tmp.rename(SHIPPED)
+    log(f"[base model] shipped {build_dir} to {SHIPPED} (greedy test accuracy {acc})")
+    return str(SHIPPED)
+
+
 def default_cache() -> Path:
     """Where runs look for the base model: $RELIFT_CACHE, else ~/.cache/relift_ray."""
     return Path(os.environ.get("RELIFT_CACHE") or Path.home() / ".cache" / "relift_ray")
 
 
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m relift_ray.toy.base", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rebuild", metavar="DIR",
+                    help="pretrain from RECIPE into DIR/toy_base-<recipe hash> (even if there)")
+    ap.add_argument("--ship", action="store_true",
+                    help="with --rebuild: copy the rebuild into relift_ray/toy/base_model/")
+    args = ap.parse_args(argv)
+
+    def log(msg):  # stdout carries only the path
+        print(msg, file=sys.stderr, flush=True)
+
+    if args.ship and not args.rebuild:
+        ap.error("--ship needs --rebuild DIR")
+    if args.rebuild:
+        path = build_base_model(args.rebuild, log=log, force=True)
+        if args.ship:
+            ship(path, log=log)
+        print(path)
+    else:
+        print(base_model_path(log=log))
+
+
 if __name__ == "__main__":
-    print(build_base_model(sys.argv[1] if len(sys.argv) > 1 else default_cache()))
+    main()
