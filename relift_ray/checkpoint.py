@@ -5,7 +5,7 @@ master weights, so a run resumed from it differs from the run that was never sto
 module saves what an exact resume needs, beside that copy, under ``<checkpoint>/deepspeed/``:
 
     deepspeed/latest                                       "state" (rank 0)
-    deepspeed/zero_to_fp32.py                              DeepSpeed's recovery script (rank 0)
+    deepspeed/zero_to_fp32.py, zero_to_torch.py            DeepSpeed's recovery scripts (rank 0)
     deepspeed/state/mp_rank_00_model_states.pt             module weights, engine counters (rank 0)
     deepspeed/state/bf16_zero_pp_rank_{r}_mp_rank_00_optim_states.pt
                                                            rank r's fp32 master partition and the
@@ -13,9 +13,10 @@ module saves what an exact resume needs, beside that copy, under ``<checkpoint>/
     deepspeed/phases_rank{r}.pt                            rank r's state of the other phase(s)
     deepspeed/learner_rank{r}.json                         world size, phase, ZeRO stage, dtype
 
-(``bf16_`` only in bf16 runs; under ZeRO-3 the module weights are per rank too; ZeRO-0 in
-fp32 keeps the optimizer in the model-states file.) Every name is rank 0's alone or carries the
-rank, so the ranks' folders merge into one, as Ray Train does.
+(``bf16_`` only in bf16 runs; under ZeRO-3 the module weights are per rank too,
+``zero_pp_rank_{r}_mp_rank_00_model_states.pt``; ZeRO-0 has no per-rank DeepSpeed file: the
+optimizer, replicated, is in rank 0's model-states file.) Every name is rank 0's alone or
+carries the rank, so the ranks' folders merge into one, as Ray Train does.
 
 Why the extra phases file: ``TwoPhaseAdamW`` keeps two AdamW states (RL and SFT) and swaps them
 in ``set_phase``. DeepSpeed's ZeRO optimizer holds it as its base optimizer (its params are
@@ -32,6 +33,7 @@ Usage (every rank, collectively):
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -50,6 +52,24 @@ def _meta_name(rank: int) -> str:
 
 def _phases_name(rank: int) -> str:
     return f"phases_rank{rank}.pt"
+
+
+@contextmanager
+def _master_params_in_groups(learner):
+    """ZeRO-3 empties its base optimizer's param groups between steps (it puts each fp32
+    partition in only for its step); torch's (load_)state_dict packs the state by position in
+    the groups, so put them all in meanwhile, as ZeRO-3's own state_dict does. ZeRO-1/2 and
+    stage 0 keep them there."""
+    zero_opt = learner.engine.optimizer
+    empty = not any(g["params"] for g in learner.opt.param_groups)
+    if empty and hasattr(zero_opt, "_set_fp32_optimizer_param_groups"):
+        zero_opt._set_fp32_optimizer_param_groups()
+        try:
+            yield
+        finally:
+            zero_opt._clear_fp32_optimizer_param_groups()
+    else:
+        yield
 
 
 def _phase_state_dict(opt, phase: str) -> dict:
@@ -74,7 +94,8 @@ def save_learner(learner, directory: Path, rank: int, world: int) -> None:
     learner.engine.save_checkpoint(str(ds_dir), tag=TAG,
                                    client_state={"relift_phase": current, "relift_world": world})
     # the phases DeepSpeed does not see: their state is kept aside in opt.phase_state
-    others = {ph: _phase_state_dict(opt, ph) for ph in opt.phase_state if ph != current}
+    with _master_params_in_groups(learner):
+        others = {ph: _phase_state_dict(opt, ph) for ph in opt.phase_state if ph != current}
     torch.save({"phase": current, "states": others}, ds_dir / _phases_name(rank))
     cfg = learner.cfg
     (ds_dir / _meta_name(rank)).write_text(json.dumps({
@@ -91,10 +112,9 @@ def saved_world(directory: Path) -> int:
     return int(json.loads(meta.read_text())["world"])
 
 
-def load_learner(learner, directory: Path, rank: int, world: int) -> None:
-    """Put this rank's exact training state back from ``directory`` (written by
-    ``save_learner``). Call it on every rank, on a freshly built ``Learner`` (after
-    ``deepspeed.initialize``, before any step): the weights it was built from are replaced."""
+def check_world(directory: Path, world: int) -> None:
+    """Raise ``CheckpointWorldMismatch``, saying how to resume, unless ``world`` learners
+    wrote the checkpoint in ``directory``."""
     directory = Path(directory)
     ds_dir = directory / DS_DIR
     saved = saved_world(directory)
@@ -102,11 +122,20 @@ def load_learner(learner, directory: Path, rank: int, world: int) -> None:
         raise CheckpointWorldMismatch(
             f"checkpoint {directory} was written by {saved} learner(s) but this run has {world}: "
             f"its fp32 master weights and optimizer state are partitioned for {saved} ranks. "
-            f"Resume with cluster.num_learners={saved}, or convert its DeepSpeed part with "
-            f"DeepSpeed's universal checkpoint tool (python -m deepspeed.checkpoint.ds_to_universal "
-            f"--input_folder {ds_dir / TAG} --output_folder <dir>), which the learner does not "
-            f"load yet and which does not carry the inactive optimizer phase "
-            f"({DS_DIR}/phases_rank*.pt)")
+            f"Resume with cluster.num_learners={saved}. (DeepSpeed's universal checkpoint tool, "
+            f"python -m deepspeed.checkpoint.ds_to_universal --input_folder {ds_dir / TAG} "
+            f"--output_folder <dir> --inject_missing_state, converts its DeepSpeed part to any "
+            f"number of ranks, but the learner does not load universal checkpoints yet and the "
+            f"inactive optimizer phase, {DS_DIR}/phases_rank*.pt, is not converted.)")
+
+
+def load_learner(learner, directory: Path, rank: int, world: int) -> None:
+    """Put this rank's exact training state back from ``directory`` (written by
+    ``save_learner``). Call it on every rank, on a freshly built ``Learner`` (after
+    ``deepspeed.initialize``, before any step): the weights it was built from are replaced."""
+    directory = Path(directory)
+    ds_dir = directory / DS_DIR
+    check_world(directory, world)
     phases_file = ds_dir / _phases_name(rank)
     if not phases_file.exists():
         raise FileNotFoundError(f"{phases_file} is missing: rank {rank}'s part of the checkpoint "
@@ -123,7 +152,8 @@ def load_learner(learner, directory: Path, rank: int, world: int) -> None:
         raise FileNotFoundError(f"DeepSpeed found no checkpoint under {ds_dir / TAG}")
     # the other phase(s): loaded into their own state; the active one stays the object DeepSpeed
     # filled (its ZeRO fragments point into it)
-    for ph, sd in phases["states"].items():
-        opt.set_phase(ph)
-        torch.optim.AdamW.load_state_dict(opt, sd)
-    opt.set_phase(phases["phase"])
+    with _master_params_in_groups(learner):
+        for ph, sd in phases["states"].items():
+            opt.set_phase(ph)
+            torch.optim.AdamW.load_state_dict(opt, sd)
+        opt.set_phase(phases["phase"])

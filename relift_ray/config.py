@@ -135,6 +135,9 @@ class ClusterConfig:
     # actor's whole CPUs, so 1 for fractional actors). Generation and training alternate, so
     # giving each the node's cores is usually faster.
     torch_threads: int = 0
+    # show Ray's own log lines (Ray Train's controller, uploads, ...) on the job's console too;
+    # they always go to Ray's log files (/tmp/ray/session_latest/logs) and the dashboard
+    ray_logs: bool = False
 
 
 @dataclass
@@ -233,6 +236,9 @@ PRESETS: dict[str, dict] = {
                  "sft_lr": 5e-4, "buffer_size": 16, "sft_batch_size": 16, "grad_clip": 1.0},
         "train": {"steps": 60, "checkpoint_every": 20},
         "data": {"max_prompt_tokens": 64},
+        # one reward worker scores a toy step in ~0.02 s; each one more is two more processes
+        # to start (the actor and its math-verify child)
+        "cluster": {"num_reward_workers": 1},
     },
 }
 

@@ -15,7 +15,7 @@ import os
 import time
 from pathlib import Path
 
-from relift_ray.config import RunConfig
+from relift_ray.config import ConfigError, RunConfig
 
 def init_ray(cfg: RunConfig) -> None:
     import ray
@@ -28,9 +28,10 @@ def init_ray(cfg: RunConfig) -> None:
         # cores so fractional actors and two learner workers all fit on a 2-core machine.
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         ray.init(num_cpus=cfg.cluster.num_cpus, include_dashboard=False,
+                 log_to_driver=cfg.cluster.ray_logs,
                  runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}})
     else:
-        ray.init(address=cfg.cluster.address)
+        ray.init(address=cfg.cluster.address, log_to_driver=cfg.cluster.ray_logs)
 
 
 def _cluster_running() -> bool:
@@ -51,7 +52,8 @@ def resolve_model(cfg: RunConfig, log=print) -> str:
 
 def load_data(cfg: RunConfig, tokenizer, log=print):
     """(training questions, test questions, training questions dropped for a long prompt),
-    with each prompt rendered for the model (chat template or plain, see relift_ray.data)."""
+    with each prompt rendered for the model (chat template or plain, see relift_ray.data).
+    The scheduler actor reads its questions through here too: it must stay deterministic."""
     from relift_ray.data import load_questions, prepare_tokenizer, render_prompts
 
     d = cfg.data
@@ -72,6 +74,57 @@ def load_data(cfg: RunConfig, tokenizer, log=print):
     return kept, test, dropped
 
 
+def check_resumable(cfg: RunConfig) -> bool:
+    """Whether this run resumes from checkpoints under Ray Train's storage; stops with a clear
+    error, before any learner starts, when they were written by another number of learners."""
+    from relift_ray.checkpoint import CheckpointWorldMismatch, check_world
+    ckpts = sorted((Path(cfg.storage_path) / cfg.name).glob("checkpoint_*"))
+    for ckpt in ckpts:
+        try:
+            check_world(ckpt, cfg.cluster.num_learners)
+        except FileNotFoundError:  # an upload that did not finish: Ray Train skips it too
+            continue
+        except CheckpointWorldMismatch as e:
+            raise ConfigError(f"cluster.num_learners={cfg.cluster.num_learners}: {e}") from None
+    return bool(ckpts)
+
+
+def _process_start() -> float:
+    try:
+        import psutil
+        return psutil.Process().create_time()
+    except Exception:
+        return time.time()
+
+
+class _Background:
+    """``fn()`` in a thread; ``result()`` waits and returns its value or raises its error."""
+
+    def __init__(self, fn):
+        import threading
+        self.box: dict = {}
+        self.thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
+        self.thread.start()
+
+    def _run(self, fn) -> None:
+        try:
+            self.box["value"] = fn()
+        except BaseException as e:  # re-raised in the caller
+            self.box["error"] = e
+
+    def result(self):
+        self.thread.join()
+        if "error" in self.box:
+            raise self.box["error"]
+        return self.box["value"]
+
+
+def worker_names(cfg: RunConfig, prefix: str = "") -> tuple[list[str], list[str]]:
+    """The names of the generator and reward actors ``start_workers`` makes."""
+    return ([f"{prefix}generator-{i}" for i in range(cfg.cluster.num_generators)],
+            [f"{prefix}reward-{i}" for i in range(cfg.cluster.num_reward_workers)])
+
+
 def start_workers(cfg: RunConfig, model_path: str, prefix: str = "") -> tuple[list, list]:
     """The reward workers and generators of a job, as Ray actors named ``<prefix>reward-i``
     and ``<prefix>generator-i`` (readable in the dashboard)."""
@@ -84,18 +137,19 @@ def start_workers(cfg: RunConfig, model_path: str, prefix: str = "") -> tuple[li
     # Every actor comes back: Ray restarts a dead one (max_restarts). Scoring is pure, so Ray
     # also re-runs the call that was in flight; a generator's call fails instead, and the
     # scheduler reloads the current weights into the restarted generator before it retries.
-    rewarders = [ray.remote(RewardWorker).options(name=f"{prefix}reward-{i}",
+    gen_names, reward_names = worker_names(cfg, prefix)
+    rewarders = [ray.remote(RewardWorker).options(name=reward_names[i],
                                                   num_cpus=c.reward_cpus, max_restarts=-1,
                                                   max_task_retries=-1)
                  .remote(cfg.data.answer_extraction, c.reward_timeout_s)
                  for i in range(c.num_reward_workers)]
     g = cfg.generator
     if g.backend == "vllm":
-        generators = [_vllm_actor(cfg, model_path, f"{prefix}generator-{i}")
+        generators = [_vllm_actor(cfg, model_path, gen_names[i])
                       for i in range(c.num_generators)]
     else:
         generators = [ray.remote(HFGenerator).options(
-            name=f"{prefix}generator-{i}", num_cpus=c.generator_cpus,
+            name=gen_names[i], num_cpus=c.generator_cpus,
             num_gpus=1 if c.use_gpu else 0, max_restarts=-1)
             .remote(model_path, device="cuda" if c.use_gpu else "cpu", dtype=cfg.model.dtype,
                     threads=c.torch_threads, eos_token=cfg.model.eos_token)
@@ -142,59 +196,84 @@ def run(cfg: RunConfig) -> dict:
     from ray.train.torch import TorchTrainer
     from transformers import AutoTokenizer
 
+    from relift_ray.console import Console, say
     from relift_ray.evaluation import evaluate
     from relift_ray.learner import train_loop_per_worker
-    from relift_ray.scheduler import Scheduler
+    from relift_ray.scheduler import SchedulerActor
     from relift_ray.tracking import Tracker, write_csv
 
-    t_start = time.time()
+    t_start = _process_start()  # the job's start as a user sees it: imports included
     cfg.output_dir = str(Path(cfg.output_dir).expanduser().resolve())
+    model_path = resolve_model(cfg)  # a bad model.path stops here, before Ray starts
+    phases = {}
     init_ray(cfg)
+    console = Console.start()
+    phases["python+ray"] = time.time() - t_start
     c = cfg.cluster
-    model_path = resolve_model(cfg)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    train_qs, test_qs, dropped = load_data(cfg, tokenizer)
-    print(f"[driver] run {cfg.name!r}: mode {cfg.algo.mode}, {len(train_qs)} training questions, "
-          f"{len(test_qs)} test questions, model {model_path}", flush=True)
-
+    train_qs, test_qs, dropped = load_data(cfg, tokenizer, log=say)
+    run_dir = Path(cfg.output_dir) / cfg.name
+    run_id_file = run_dir / "mlflow_run_id"
+    resumed_id = run_id_file.read_text().strip() if run_id_file.exists() else None
     tracker = Tracker(cfg.mlflow_uri, cfg.tracking.experiment, cfg.name,
-                      tags={"mode": cfg.algo.mode}, artifact_root=cfg.artifact_root)
+                      tags={"mode": cfg.algo.mode}, artifact_root=cfg.artifact_root,
+                      run_id=resumed_id)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run_id_file.write_text(tracker.run_id)
+    say(f"[driver] run {cfg.name!r}: mode {cfg.algo.mode}, {len(train_qs)} training questions, "
+        f"{len(test_qs)} test questions, model {model_path}"
+        + (f"; continuing MLflow run {tracker.run_id}" if tracker.resumed else ""))
     tracker.log_config(cfg)
     tracker.log_metrics({"data_dropped_long_prompts": dropped, "train_questions": len(train_qs)})
+    phases["data+mlflow"] = time.time() - t_start - sum(phases.values())
     status, actors = "FAILED", []
     try:
         # Actors: plain classes made remote here, each with a readable name in the dashboard.
         rewarders, generators = start_workers(cfg, model_path)
-        # a restarted scheduler starts empty; the learner group's restart from its last
-        # checkpoint (the learners' calls fail when it dies) loads that checkpoint's state
-        scheduler = ray.remote(Scheduler).options(
+        # The scheduler reads its questions itself, so Ray can restart it from its small
+        # constructor arguments alone; the learner group's restart from its last checkpoint
+        # (the learners' calls fail when the scheduler dies) then loads that checkpoint's state.
+        scheduler = ray.remote(SchedulerActor).options(
             name="scheduler", num_cpus=c.scheduler_cpus, max_concurrency=c.num_learners + 4,
-            max_restarts=-1).remote(cfg, train_qs, tokenizer, generators, rewarders)
+            max_restarts=-1).remote(cfg.to_dict(), model_path, *worker_names(cfg))
         actors = [*rewarders, *generators, scheduler]
-
-        eval_tokens = cfg.algo.max_new_tokens
-        before = evaluate(generators, rewarders, test_qs, max_new_tokens=eval_tokens)
-        tracker.log_metrics({f"test_before/{k}": v for k, v in before.items()}, step=0)
-        print(f"[driver] test accuracy before training: {_fmt(before)}", flush=True)
 
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config={"cfg": cfg.to_dict(), "model_path": model_path,
                                "scheduler": scheduler, "generators": generators,
-                               "mlflow_uri": cfg.mlflow_uri, "mlflow_run_id": tracker.run_id},
+                               "mlflow_uri": cfg.mlflow_uri, "mlflow_run_id": tracker.run_id,
+                               "job_start": t_start},
             scaling_config=ScalingConfig(num_workers=c.num_learners, use_gpu=c.use_gpu,
                                          resources_per_worker=learner_resources(cfg)),
             run_config=TrainRunConfig(
                 name=cfg.name, storage_path=cfg.storage_path,
                 failure_config=FailureConfig(max_failures=cfg.train.max_failures),
                 checkpoint_config=CheckpointConfig(num_to_keep=2)))
-        result = trainer.fit()
+        eval_tokens = cfg.algo.max_new_tokens
+        before = tracker.logged("test_before/") if tracker.resumed else {}
+        # The learner group starts (processes, imports, DeepSpeed) while the actors start and
+        # the base model is evaluated: its first step queues behind the evaluation on the
+        # generators, which hold the base weights, version 0, until the learners publish. A
+        # resumed run publishes its checkpoint's weights at once, so it evaluates first.
+        resuming = check_resumable(cfg)
+        fitting = _Background(trainer.fit) if before or not resuming else None
+        ray.get([a.__ray_ready__.remote() for a in actors])
+        phases["actors"] = time.time() - t_start - sum(phases.values())
+        if not before:
+            before = evaluate(generators, rewarders, test_qs, max_new_tokens=eval_tokens)
+            tracker.log_metrics({f"test_before/{k}": v for k, v in before.items()}, step=0)
+        phases["evaluation"] = time.time() - t_start - sum(phases.values())
+        say(f"[driver] test accuracy before training: {_fmt(before)}")
+        say(f"[driver] actors and base evaluation ready {time.time() - t_start:.1f}s after the "
+            f"start: " + ", ".join(f"{k} {v:.1f}s" for k, v in phases.items()))
+        result = (fitting or _Background(trainer.fit)).result()
 
         after = evaluate(generators, rewarders, test_qs, max_new_tokens=eval_tokens)
         tracker.log_metrics({f"test_after/{k}": v for k, v in after.items()},
                             step=cfg.train.steps)
         rows = ray.get(scheduler.question_rows.remote())
-        table_path = Path(cfg.output_dir) / cfg.name / "questions.csv"
+        table_path = run_dir / "questions.csv"
         write_csv(rows, table_path)
         tracker.log_table(rows, "questions.csv")
         final = ray.get(scheduler.state_dict.remote())
@@ -212,12 +291,14 @@ def run(cfg: RunConfig) -> dict:
                    "wall_seconds": time.time() - t_start}
         tracker.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
         status = "FINISHED"
+        console.stop()
         print_summary(cfg, summary)
         return summary
     finally:
         tracker.end(status)
         for a in actors:  # names are free again for the next run in this Ray session
             ray.kill(a)
+        console.stop()
 
 
 def _fmt(acc: dict) -> str:

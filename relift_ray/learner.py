@@ -13,8 +13,7 @@ write a checkpoint and report it. ``relift_ray.colocated`` runs the same step in
 from __future__ import annotations
 
 import json
-import os
-import sys
+import shutil
 import tempfile
 import time
 from collections import defaultdict
@@ -24,6 +23,8 @@ import torch
 
 from relift_ray import chaos
 from relift_ray.actors import call
+from relift_ray.checkpoint import load_learner, save_learner
+from relift_ray.console import say
 from relift_ray.algo import (logprob_mismatch, masked_mean, policy_loss, sft_loss, tis_weights,
                              token_logprobs)
 from relift_ray.config import RunConfig
@@ -280,20 +281,24 @@ def train_loop_per_worker(config: dict) -> None:
     if cfg.cluster.torch_threads and not cfg.cluster.use_gpu:
         torch.set_num_threads(cfg.cluster.torch_threads)
 
-    # Resume: weights are loaded before DeepSpeed builds its fp32 partitions from them.
-    model_path, start, ckpt_dir = config["model_path"], 0, None
+    # Resume: DeepSpeed's own checkpoint (fp32 master weights, both optimizer phases) goes
+    # into the engine built from the base model, so a bf16 run continues bit for bit.
+    start, ckpt_dir = 0, None
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         ckpt_dir = tempfile.mkdtemp(prefix="relift-ckpt-")
         ckpt.to_directory(ckpt_dir)
         start = json.loads((Path(ckpt_dir) / "meta.json").read_text())["step"]
-        model_path = str(Path(ckpt_dir) / "policy")
-    learner = Learner(cfg, model_path, world, rank)
+    t_ready = time.time()
+    learner = Learner(cfg, config["model_path"], world, rank)
+    if rank == 0 and config.get("job_start"):
+        say(f"[learner] {world} learner(s) ready {time.time() - config['job_start']:.1f}s after "
+            f"the job started (DeepSpeed engine: {time.time() - t_ready:.1f}s)")
     # The scheduler and the generators go back to exactly this checkpoint (or to the start):
     # after a crash Ray Train may restart from an older checkpoint than the newest.
     if ckpt_dir:
-        learner.opt.load_both_state_dicts(
-            torch.load(Path(ckpt_dir) / f"optim_rank{rank}.pt", weights_only=False))
+        load_learner(learner, Path(ckpt_dir), rank, world)
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
     if rank == 0:
         if ckpt_dir:
             state = json.loads((Path(ckpt_dir) / SCHEDULER_STATE).read_text())
@@ -321,7 +326,7 @@ def train_loop_per_worker(config: dict) -> None:
         # when the previous one is still queued, which reporting every step would pay.
         if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
             t_ckpt = time.perf_counter()
-            ckpt_path = save_checkpoint(learner, scheduler, step, rank, config)
+            ckpt_path = save_checkpoint(learner, scheduler, step, rank, world, config)
             ray.train.report({"step": step}, checkpoint=ray.train.Checkpoint.from_directory(ckpt_path),
                              checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC)
             metrics["checkpoint_seconds"] = time.perf_counter() - t_ckpt
@@ -335,6 +340,9 @@ def train_loop_per_worker(config: dict) -> None:
                     f"{metrics['mismatch/logprob_abs_diff_mean']:.2e}, max "
                     f"{metrics['mismatch/logprob_abs_diff_max']:.2e} "
                     f"(algo.is_correction={cfg.algo.is_correction})")
+            if step == start + 1 and config.get("job_start"):
+                say(f"[learner] step {step} done {time.time() - config['job_start']:.1f}s "
+                    f"after the job started")
             say(progress_line(step, cfg.train.steps, metrics))
             if tracker:
                 tracker.log(step, metrics)  # in the background: MLflow is off the step's path
@@ -345,12 +353,14 @@ def train_loop_per_worker(config: dict) -> None:
 SCHEDULER_STATE = "scheduler_state.json"
 
 
-def save_checkpoint(learner: Learner, scheduler, step: int, rank: int, config: dict) -> str:
+def save_checkpoint(learner: Learner, scheduler, step: int, rank: int, world: int,
+                    config: dict) -> str:
     """This rank's part of the checkpoint of ``step``, in a fresh folder (Ray Train merges the
-    ranks' folders): each rank's optimizer partition; rank 0 also the HF-format policy with
-    its tokenizer, the scheduler's whole state (JSON) and meta.json."""
+    ranks' folders): DeepSpeed's checkpoint (each rank's fp32 master partition and optimizer
+    states, relift_ray.checkpoint); rank 0 also the HF-format policy with its tokenizer (for
+    evaluation and serving), the scheduler's whole state (JSON) and meta.json."""
     d = Path(tempfile.mkdtemp(prefix=f"relift-save-{rank}-"))
-    torch.save(learner.opt.both_state_dicts(), d / f"optim_rank{rank}.pt")
+    save_learner(learner, d, rank, world)
     with learner.gathered():
         if rank == 0:  # an HF-format copy of the policy: loadable by from_pretrained
             learner.engine.module.save_pretrained(d / "policy")
@@ -370,9 +380,3 @@ def progress_line(step: int, total: int, m: dict) -> str:
             f"buckets E/M/H/X {b} | buffer {m.get('buffer_size', 0)} | "
             f"sft steps {m.get('sft_steps', 0)} | demos {m.get('demos_used_unique', 0)} | "
             f"{m['step_seconds']:.2f}s")
-
-
-def say(line: str) -> None:
-    # Ray Train patches print() into its logger, which shows each line twice in job logs
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()

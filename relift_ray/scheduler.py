@@ -20,7 +20,6 @@ on the same step); tests drive it in-process with in-process generators and rewa
 from __future__ import annotations
 
 import random
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -28,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from relift_ray import chaos
+from relift_ray.console import say
 from relift_ray.actors import actor_pid, call_all, in_actor, is_actor, score_all
 from relift_ray.algo import group_advantages
 from relift_ray.config import RunConfig
@@ -295,7 +295,7 @@ class Scheduler:
     def _revive(self, i: int, version: int, error: Exception) -> None:
         import ray
         gen = self.generators[i]
-        _say(f"[scheduler] generator {i} died ({type(error).__name__}); waiting for Ray to "
+        say(f"[scheduler] generator {i} died ({type(error).__name__}); waiting for Ray to "
              f"restart it, then reloading weight version {version}")
         deadline = time.monotonic() + GENERATOR_RESTART_TIMEOUT_S
         while True:
@@ -324,11 +324,11 @@ class Scheduler:
         if not self.cfg.train.kill or not in_actor():
             return
         if chaos.due(self.cfg, "scheduler", step):
-            _say(f"[scheduler] train.kill scheduler@{step}: SIGKILL")
+            say(f"[scheduler] train.kill scheduler@{step}: SIGKILL")
             chaos.kill()
         for kind, actors in (("generator", self.generators), ("reward", self.rewarders)):
             if actors and is_actor(actors[0]) and chaos.due(self.cfg, kind, step):
-                _say(f"[scheduler] train.kill {kind}@{step}: SIGKILL {kind}-0")
+                say(f"[scheduler] train.kill {kind}@{step}: SIGKILL {kind}-0")
                 chaos.kill(actor_pid(actors[0]))
 
     def _rl_samples(self, groups: list[ScoredGroup]) -> tuple[Sample, ...]:
@@ -413,9 +413,24 @@ GENERATOR_RETRIES = 3  # a generator may die this many times within one step
 GENERATOR_RESTART_TIMEOUT_S = 600
 
 
-def _say(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
+class SchedulerActor(Scheduler):
+    """The scheduler as a job runs it: it reads its questions and tokenizer itself, from the
+    config, and finds the generator and reward actors by name, so Ray can restart it from
+    these small arguments alone (actor handles among an actor's constructor arguments make
+    its restarts depend on objects that may be gone)."""
+
+    def __init__(self, cfg_dict: dict, model_path: str, generator_names: list[str],
+                 reward_names: list[str]):
+        import ray
+        from transformers import AutoTokenizer
+
+        from relift_ray.driver import load_data
+        generators = [ray.get_actor(n) for n in generator_names]
+        rewarders = [ray.get_actor(n) for n in reward_names]
+        cfg = RunConfig.from_dict(cfg_dict)
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+        train, _, _ = load_data(cfg, tokenizer, log=lambda line: None)
+        super().__init__(cfg, train, tokenizer, generators, rewarders)
 
 
 def _group_metrics(groups: list[ScoredGroup]) -> dict:

@@ -25,21 +25,52 @@ def _clean(metrics: dict) -> dict:
 
 
 class Tracker:
+    """The driver's MLflow run. ``run_id`` of an earlier run (a resumed training run) continues
+    that run instead of opening a new one, if the store still has it."""
+
     def __init__(self, uri: str, experiment: str, run_name: str, tags: dict | None = None,
-                 artifact_root: str | None = None):
+                 artifact_root: str | None = None, run_id: str | None = None):
+        import logging
+
         import mlflow
         self.mlflow = mlflow
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # not its database set-up lines
         mlflow.set_tracking_uri(uri)  # never the implicit ./mlflow.db of the current folder
         if mlflow.get_experiment_by_name(experiment) is None:
             mlflow.create_experiment(experiment, artifact_location=artifact_root)
         mlflow.set_experiment(experiment)
-        self.run = mlflow.start_run(run_name=run_name, tags=tags or {})
+        self.resumed = False
+        if run_id:
+            try:
+                mlflow.MlflowClient(uri).get_run(run_id)
+                self.resumed = True
+            except Exception:  # gone from the store: a new run
+                run_id = None
+        self.run = (mlflow.start_run(run_id=run_id) if run_id
+                    else mlflow.start_run(run_name=run_name, tags=tags or {}))
         self.run_id = self.run.info.run_id
         self.uri = uri
 
     def log_config(self, cfg) -> None:
-        self.mlflow.log_params({k: ("" if v is None else v) for k, v in cfg.flat().items()})
-        self.mlflow.log_text(cfg.to_yaml(), "config.yaml")
+        """Params and config.yaml. A resumed run keeps its params (MLflow never changes one);
+        values that differ now are listed in the tag ``resumed_with`` and the new config is
+        saved beside the first as config-resumed.yaml."""
+        flat = {k: ("" if v is None else v) for k, v in cfg.flat().items()}
+        if not self.resumed:
+            self.mlflow.log_params(flat)
+            self.mlflow.log_text(cfg.to_yaml(), "config.yaml")
+            return
+        logged = self.mlflow.MlflowClient(self.uri).get_run(self.run_id).data.params
+        self.mlflow.log_params({k: v for k, v in flat.items() if k not in logged})
+        changed = {k: v for k, v in flat.items() if k in logged and logged[k] != str(v)}
+        if changed:
+            self.mlflow.set_tag("resumed_with", " ".join(f"{k}={v}" for k, v in changed.items()))
+        self.mlflow.log_text(cfg.to_yaml(), "config-resumed.yaml")
+
+    def logged(self, prefix: str) -> dict:
+        """The run's latest values of the metrics named ``prefix...``, without the prefix."""
+        metrics = self.mlflow.MlflowClient(self.uri).get_run(self.run_id).data.metrics
+        return {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)}
 
     def log_metrics(self, metrics: dict, step: int | None = None) -> None:
         self.mlflow.log_metrics(_clean(metrics), step=step)
