@@ -7,7 +7,7 @@ install:
 	bash scripts/install.sh
 
 demo: install
-	.venv/bin/python -m relift_ray.toy.base  # the toy base model: pretrained once (~4 min), then cached
+	.venv/bin/python -m relift_ray.toy.base  # the toy base model: shipped with the package, prints its folder
 	RAY_AUTH_MODE=disabled .venv/bin/python jobs/train.py
 
 test: install

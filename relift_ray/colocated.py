@@ -12,7 +12,6 @@ of an actor topology is not paid per run.
 from __future__ import annotations
 
 import os
-import sys
 import time
 
 import torch
@@ -69,7 +68,8 @@ def run_colocated(cfg: RunConfig, model_path: str, train_qs: list[Question],
     from relift_ray.scheduler import Scheduler
     from relift_ray.weight_sync import make_publisher
 
-    log = log or (lambda line: (sys.stdout.write(line + "\n"), sys.stdout.flush()))
+    from relift_ray.console import say
+    log = log or say
     t_start = time.time()
     if threads:
         torch.set_num_threads(threads)  # runs side by side must not oversubscribe the cores

@@ -290,6 +290,8 @@ def run(cfg: RunConfig) -> dict:
     out_dir = Path(cfg.output_dir) / cfg.name
     out_dir.mkdir(parents=True, exist_ok=True)
     init_ray(cfg)
+    from relift_ray.console import Console
+    console = Console.start()  # the runs' progress lines (Ray's own stay in its log files)
     model_path = resolve_model(cfg)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     train_qs, test_qs, _ = load_data(cfg, tokenizer)
@@ -384,5 +386,6 @@ def run(cfg: RunConfig) -> dict:
                 "out_dir": str(out_dir), "run_id": tracker.run_id, "wall_seconds": wall}
     finally:
         tracker.end(status)
+        console.stop()
 
 

@@ -20,7 +20,6 @@ from pathlib import Path
 
 from relift_ray.actors import is_actor, score_all
 from relift_ray.config import RunConfig
-from relift_ray.data import DataError
 from relift_ray.records import Question, SamplingParams
 from relift_ray.registry import resolve_model
 

@@ -1,4 +1,4 @@
-"""Shared fixtures: the toy base model built once per session, one local Ray cluster."""
+"""Shared fixtures: the toy base model (shipped with the package), one local Ray cluster."""
 import os
 import sys
 from pathlib import Path
@@ -10,11 +10,12 @@ sys.path.insert(0, str(Path(__file__).parent))  # tests/helpers.py
 
 @pytest.fixture(scope="session")
 def relift_cache(tmp_path_factory):
-    """Where the toy base model is cached; built once per session (about a minute)."""
+    """The toy base model's folder (the shipped weights); the relift cache (converted models)
+    is a fresh folder per session unless RELIFT_CACHE says otherwise."""
     cache = os.environ.get("RELIFT_CACHE") or str(tmp_path_factory.mktemp("relift_cache"))
     os.environ["RELIFT_CACHE"] = cache
-    from relift_ray.toy.base import build_base_model
-    return build_base_model(cache)
+    from relift_ray.toy.base import base_model_path
+    return base_model_path()
 
 
 @pytest.fixture(scope="session")

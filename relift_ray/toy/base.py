@@ -7,7 +7,7 @@ The weights ship with the package, in ``relift_ray/toy/base_model/`` (about 2 MB
 built once from ``RECIPE``. They ship, rather than being built on first use, because a build is
 deterministic on one machine only: float results differ across CPUs (and torch versions), so
 the same recipe and seed give a different model on another machine (level-3 accuracy 0.908 on
-one, 0.868 on another), and a fresh clone would also pay about 4 minutes of pretraining.
+one, 0.868 on another), and a fresh clone would also pay minutes of pretraining.
 ``base_model_path()`` returns the shipped folder when its ``recipe.json`` was built from the
 current ``RECIPE`` (same ``recipe_hash()``); after a change of the recipe it falls back to
 building the model into ``<cache_dir>/toy_base-<hash of the recipe>`` (later runs reuse it).
@@ -80,7 +80,7 @@ def build_base_model(cache_dir: str | Path, log=print, *, force: bool = False) -
     from transformers import LlamaConfig, LlamaForCausalLM
 
     log(f"[base model] pretraining the toy base model from the recipe ({RECIPE['steps']} "
-        f"steps, about 4 minutes on 2 CPU cores) into {out}")
+        f"steps, a few minutes on 2 CPU cores) into {out}")
     torch.manual_seed(RECIPE["seed"])
     rng = random.Random(RECIPE["seed"])
     tok = build_tokenizer()
@@ -179,7 +179,7 @@ def ship(build_dir: str | Path, log=print) -> str:
     tmp.mkdir()
     for f in sorted(build_dir.iterdir()):
         if f.is_file() and f.name != "DONE":
-            shutil.copy2(f, tmp / f.name)
+            shutil.copyfile(f, tmp / f.name)  # plain 0644 files (safetensors writes 0600)
     meta = {"recipe_hash": recipe_hash(), "recipe": RECIPE,
             "built_with": {"torch": torch.__version__, "transformers": transformers.__version__,
                            "machine": platform.machine(), "python": platform.python_version()},

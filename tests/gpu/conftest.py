@@ -23,11 +23,10 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def toy_model(tmp_path_factory):
-    """The toy base model (pretrained on levels 1-2), from $RELIFT_CACHE or built once."""
-    from relift_ray.toy.base import build_base_model
-    cache = os.environ.get("RELIFT_CACHE") or str(tmp_path_factory.mktemp("relift_cache"))
-    return build_base_model(cache)
+def toy_model():
+    """The toy base model (pretrained on levels 1-2), shipped with the package."""
+    from relift_ray.toy.base import base_model_path
+    return base_model_path()
 
 
 @pytest.fixture(scope="session")
