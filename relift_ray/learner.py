@@ -101,6 +101,15 @@ def forward_logprobs(model, t: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return token_logprobs(logits, t["ids"][:, 1:])
 
 
+def _skip_shm_comm_op() -> None:
+    """On CPU, DeepSpeed's comm backend compiles (g++, about a minute on a fresh machine) and
+    loads its shared-memory all-reduce op, which only its inference all-reduce uses; training
+    reduces through the torch process group (gloo). Mark the op unavailable so neither
+    happens."""
+    import deepspeed.ops
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 def _set_clip(engine, value: float) -> None:
     # DeepSpeed reads the clip value from its config (stage 0) or the ZeRO optimizer (1-3);
     # the two phases clip differently, so set both before each step.
@@ -141,6 +150,8 @@ class Learner:
                      "steps_per_print": 10 ** 9, "wall_clock_breakdown": False,
                      # TwoPhaseAdamW is torch's AdamW with a second state; ZeRO wraps it as such
                      "zero_allow_untested_optimizer": True}
+        if not cfg.cluster.use_gpu:
+            _skip_shm_comm_op()
         # distribution changes the code here: DeepSpeed reuses the process group Ray Train made
         self.engine, self.ds_opt, _, _ = deepspeed.initialize(
             model=model, optimizer=self.opt, config=ds_config, dist_init_required=False)
@@ -298,7 +309,6 @@ def train_loop_per_worker(config: dict) -> None:
     # after a crash Ray Train may restart from an older checkpoint than the newest.
     if ckpt_dir:
         load_learner(learner, Path(ckpt_dir), rank, world)
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
     if rank == 0:
         if ckpt_dir:
             state = json.loads((Path(ckpt_dir) / SCHEDULER_STATE).read_text())
@@ -306,6 +316,8 @@ def train_loop_per_worker(config: dict) -> None:
             say(f"[learner] resumed from the checkpoint of step {start}")
         else:
             call(scheduler, "reset")
+    if ckpt_dir:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
     publisher = make_publisher(cfg, generators, rank, scheduler)
     publisher.publish(learner, start)
     torch.distributed.barrier()  # no rank asks for a batch before the scheduler is restored
