@@ -25,14 +25,18 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    path: str = "toy"  # "toy" (the embedded default, built locally) or an HF dir / hub id
+    # a named model (toy, smollm2-135m), an HF folder, a checkpoint or run folder, a hub id, or
+    # py:module:function returning a folder (relift_ray.registry)
+    path: str = "toy"
     dtype: str = "float32"  # float32 | bfloat16 (bf16 needs a GPU to be fast)
     eos_token: str = ""  # override the tokenizer's EOS token ("" = tokenizer's own)
 
 
 @dataclass
 class DataConfig:
-    train: str = "toy"  # "toy", a data file (.jsonl/.json/.parquet) or hf://owner/name[/glob]
+    # a named source ("toy"), py:module:function, a data file (.jsonl/.json/.parquet) or
+    # hf://owner/name[/glob]
+    train: str = "toy"
     format: str = "auto"  # auto | jsonl | gsm8k | math | luffy (= parquet); see relift_ray.data
     test: str = "toy"  # held-out evaluation split ("toy" = the toy task's test split)
     max_prompt_tokens: int = 1024  # longer prompts (after the template) are dropped and counted

@@ -1,13 +1,17 @@
 """The driver: builds the topology of one run and starts it.
 
     reward-0..k      RewardWorker actors (math-verify in child processes, hard time limits)
-    generator-0..g   HFGenerator actors (the policy's sampling copies, versioned weights)
-    scheduler        Scheduler actor (records, hard buffer, RL/SFT batches)
+    generator-0..g   HFGenerator or VLLMGenerator actors (sampling copies, versioned weights)
+    scheduler        SchedulerActor (records, hard buffer, RL/SFT batches)
     learner group    Ray Train TorchTrainer running learner.train_loop_per_worker
+    relift-console   the job's own console lines (relift_ray.console)
 
-It evaluates the base policy on the test split, trains, evaluates again, and logs everything to
-MLflow. Re-running with the same ``name`` and ``output_dir`` resumes from the last checkpoint.
-Called by ``jobs/train.py``; ``run(cfg)`` returns a summary dict.
+Every actor is restarted by Ray when it dies (see the README's "Crashes, resume and the
+console"). The learner group starts while the other actors start and the base policy is
+evaluated on the test split; then it trains, the final policy is evaluated, and everything is
+logged to MLflow. Re-running with the same ``name`` and ``output_dir`` resumes from the last
+checkpoint and continues the same MLflow run. Called by ``jobs/train.py``; ``run(cfg)``
+returns a summary dict.
 """
 from __future__ import annotations
 

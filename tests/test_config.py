@@ -75,6 +75,23 @@ def test_train_job_rejects_a_bad_value_before_starting_anything():
     assert "error: algo.n_samples=0: must be > 0" in r.stderr
 
 
+def test_a_bad_model_path_names_the_path_and_what_was_looked_for(tmp_path):
+    import subprocess
+    import sys
+    root = Path(__file__).parent.parent
+    r = subprocess.run([sys.executable, str(root / "jobs" / "train.py"),
+                        "model.path=/nonexistent", f"output_dir={tmp_path}"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "error: model.path=/nonexistent: no such folder (/nonexistent does not exist)" in r.stderr
+    assert "toy, smollm2-135m" in r.stderr  # what it could have been
+    assert not (tmp_path / "mlflow.db").exists()  # stopped before anything started
+    (tmp_path / "empty").mkdir()
+    from relift_ray.registry import ModelNotFound, resolve_model
+    with pytest.raises(ModelNotFound, match=r"holds no model: looked for config.json"):
+        resolve_model(str(tmp_path / "empty"))
+
+
 def test_compare_job_rejects_bad_values_before_starting_anything():
     import subprocess
     import sys
