@@ -114,13 +114,17 @@ def child_relift(args) -> dict:
     from relift_ray.driver import run
 
     steps = args.steps
-    overrides = [f"train.steps={steps}", f"cluster.torch_threads={args.threads}",
+    overrides = [f"train.steps={steps}",
                  f"output_dir={args.out_dir}", "name=bench-rl",
                  "tracking.experiment=bench_trl",
                  # only the last step checkpoints (and is left out of the timing)
                  f"train.checkpoint_every={steps}"]
     if args.eval_questions:  # the before/after test evaluations are outside the step timings
         overrides.append(f"data.max_test_questions={args.eval_questions}")
+    if args.relift_threads:
+        overrides.append(f"cluster.torch_threads={args.relift_threads}")
+    if args.generator_threads:
+        overrides.append(f"cluster.generator_threads={args.generator_threads}")
     if args.learners:
         overrides.append(f"cluster.num_learners={args.learners}")
     if args.generators:
@@ -129,6 +133,7 @@ def child_relift(args) -> dict:
     c = cfg.cluster
     setup = {"num_learners": c.num_learners, "num_generators": c.num_generators,
              "num_reward_workers": c.num_reward_workers, "torch_threads": c.torch_threads,
+             "generator_threads": c.generator_threads or c.torch_threads,
              "ray_num_cpus": c.num_cpus, "zero_stage": cfg.train.zero_stage,
              "minibatches": cfg.algo.minibatches, "rl_loss": cfg.algo.rl_loss,
              "backend": cfg.generator.backend}
@@ -428,7 +433,12 @@ def main(argv=None) -> int:
                     help="TRL generated batches = 2 optimizer steps each (default 20; quick 5)")
     ap.add_argument("--warmup", type=int, default=None,
                     help="steps/batches left out at the start (default 3; quick 2)")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads (each relift actor; TRL)")
+    ap.add_argument("--threads", type=int, default=2, help="TRL's torch threads")
+    ap.add_argument("--relift-threads", type=int, default=0,
+                    help="relift cluster.torch_threads (0 = the config's: the toy preset's 1 per "
+                         "learner, 2 for the generator, which use the 2 cores in turn)")
+    ap.add_argument("--generator-threads", type=int, default=0,
+                    help="relift cluster.generator_threads (0 = the config's)")
     ap.add_argument("--learners", type=int, default=0,
                     help="relift cluster.num_learners (0 = the config's)")
     ap.add_argument("--generators", type=int, default=0,

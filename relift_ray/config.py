@@ -139,6 +139,7 @@ class ClusterConfig:
     # actor's whole CPUs, so 1 for fractional actors). Generation and training alternate, so
     # giving each the node's cores is usually faster.
     torch_threads: int = 0
+    generator_threads: int = 0  # torch threads of each CPU generator (0 = torch_threads)
     # show Ray's own log lines (Ray Train's controller, uploads, ...) on the job's console too;
     # they always go to Ray's log files (/tmp/ray/session_latest/logs) and the dashboard
     ray_logs: bool = False
@@ -242,7 +243,9 @@ PRESETS: dict[str, dict] = {
         "data": {"max_prompt_tokens": 64},
         # one reward worker scores a toy step in ~0.02 s; each one more is two more processes
         # to start (the actor and its math-verify child)
-        "cluster": {"num_reward_workers": 1},
+        # generation and learning take turns on the cores: the generator gets 2 threads, each
+        # of the 2 learners 1 (more would spin against each other; benchmarks/bench_trl.py)
+        "cluster": {"num_reward_workers": 1, "generator_threads": 2},
     },
 }
 
@@ -273,7 +276,7 @@ _POSITIVE = ["algo.batch_size", "algo.n_samples", "algo.max_new_tokens", "algo.m
 _NON_NEGATIVE = ["algo.temperature", "algo.entropy_coef", "algo.sft_entropy_coef",
                  "algo.weight_decay", "algo.clip_eps", "train.max_failures",
                  "cluster.learner_cpus", "cluster.generator_cpus", "cluster.reward_cpus",
-                 "cluster.scheduler_cpus", "cluster.torch_threads",
+                 "cluster.scheduler_cpus", "cluster.torch_threads", "cluster.generator_threads",
                  "algo.sft_first_steps", "algo.mixed_sft_coef", "compare.eval_every",
                  "compare.eval_k", "data.max_test_questions", "eval.max_questions",
                  "eval.temperature", "eval.max_new_tokens"]

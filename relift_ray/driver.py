@@ -156,7 +156,8 @@ def start_workers(cfg: RunConfig, model_path: str, prefix: str = "") -> tuple[li
             name=gen_names[i], num_cpus=c.generator_cpus,
             num_gpus=1 if c.use_gpu else 0, max_restarts=-1)
             .remote(model_path, device="cuda" if c.use_gpu else "cpu", dtype=cfg.model.dtype,
-                    threads=c.torch_threads, eos_token=cfg.model.eos_token)
+                    threads=c.generator_threads or c.torch_threads,
+                    eos_token=cfg.model.eos_token)
             for i in range(c.num_generators)]
     return rewarders, generators
 
