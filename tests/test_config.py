@@ -42,6 +42,9 @@ def test_dotted_overrides_and_preset(tmp_path):
     ("algo.bogus=1", "algo.bogus"),
     ("cluster.use_gpu=maybe", "cluster.use_gpu"),
     ("train.steps=2.5", "train.steps"),
+    ("train.kill=[dashboard@3]", "train.kill"),
+    ("train.kill=[learner@0]", "train.kill"),
+    ("cluster.generator_threads=-1", "cluster.generator_threads"),
 ])
 def test_bad_values_name_the_field(override, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
@@ -225,3 +228,14 @@ def test_every_declared_config_field_is_read_somewhere():
     assert _unread_fields("\n".join(corpus)) == []
     # and the check itself notices a field nobody reads
     assert "algo.is_cap" in _unread_fields("\n".join(corpus).replace(".is_cap", ".x"))
+
+
+def test_train_kill_fires_once_per_run(tmp_path):
+    from relift_ray import chaos
+    cfg = load_config(overrides=[f"output_dir={tmp_path}", "name=k",
+                                 "train.kill=[generator@3,learner@5]"])
+    assert chaos.parse(cfg.train.kill) == [("generator", 3), ("learner", 5)]
+    assert not chaos.due(cfg, "generator", 2) and not chaos.due(cfg, "scheduler", 3)
+    assert chaos.due(cfg, "generator", 3)
+    assert not chaos.due(cfg, "generator", 3)  # a restarted actor replaying step 3 goes on
+    assert (tmp_path / "k.killed-generator-3").exists()
