@@ -260,9 +260,12 @@ def run(cfg: RunConfig) -> dict:
         # The learner group starts (processes, imports, DeepSpeed) while the actors start and
         # the base model is evaluated: its first step queues behind the evaluation on the
         # generators, which hold the base weights, version 0, until the learners publish. A
-        # resumed run publishes its checkpoint's weights at once, so it evaluates first.
+        # resumed run publishes its checkpoint's weights at once, so it evaluates first; so do
+        # vLLM engines, whose weight updates (and, colocated, GPU memory) must not interleave
+        # with the evaluation's generation.
         resuming = check_resumable(cfg)
-        fitting = _Background(trainer.fit) if before or not resuming else None
+        overlap = cfg.generator.backend == "transformers" and (before or not resuming)
+        fitting = _Background(trainer.fit) if overlap else None
         ray.get([a.__ray_ready__.remote() for a in actors])
         phases["actors"] = time.time() - t_start - sum(phases.values())
         if not before:
