@@ -3,9 +3,9 @@ single learner, colocated on the same CPU (or GPU).
 
 The same classes and the same step as a distributed run (``Scheduler``, ``HFGenerator``,
 ``RewardWorker``, ``Learner`` under DeepSpeed, ``learner_step``), without actors between
-them: the ``InProcessPublisher`` hands the weights to the generator object directly. The comparison job runs
-many short runs side by side, each of them this function inside one Ray task, so the start-up
-of an actor topology is not paid per run.
+them: the ``InProcessPublisher`` hands the weights to the generator object directly. The
+comparison job runs many short runs side by side, each of them this function inside one Ray
+task, so the start-up of an actor topology is not paid per run.
 
     result = run_colocated(cfg, model_path, train_qs, test_qs, eval_every=10, eval_k=4)
 """

@@ -101,28 +101,6 @@ def _process_start() -> float:
         return time.time()
 
 
-class _Background:
-    """``fn()`` in a thread; ``result()`` waits and returns its value or raises its error."""
-
-    def __init__(self, fn):
-        import threading
-        self.box: dict = {}
-        self.thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
-        self.thread.start()
-
-    def _run(self, fn) -> None:
-        try:
-            self.box["value"] = fn()
-        except BaseException as e:  # re-raised in the caller
-            self.box["error"] = e
-
-    def result(self):
-        self.thread.join()
-        if "error" in self.box:
-            raise self.box["error"]
-        return self.box["value"]
-
-
 def worker_names(cfg: RunConfig, prefix: str = "") -> tuple[list[str], list[str]]:
     """The names of the generator and reward actors ``start_workers`` makes."""
     return ([f"{prefix}generator-{i}" for i in range(cfg.cluster.num_generators)],
@@ -206,6 +184,7 @@ def run(cfg: RunConfig) -> dict:
     from relift_ray.learner import train_loop_per_worker
     from relift_ray.scheduler import SchedulerActor
     from relift_ray.tracking import Tracker, write_csv
+    from relift_ray.weight_sync import Background
 
     t_start = _process_start()  # the job's start as a user sees it: imports included
     cfg.output_dir = str(Path(cfg.output_dir).expanduser().resolve())
@@ -265,7 +244,7 @@ def run(cfg: RunConfig) -> dict:
         # with the evaluation's generation.
         resuming = check_resumable(cfg)
         overlap = cfg.generator.backend == "transformers" and (before or not resuming)
-        fitting = _Background(trainer.fit) if overlap else None
+        fitting = Background(trainer.fit, "ray-train-fit") if overlap else None
         ray.get([a.__ray_ready__.remote() for a in actors])
         phases["actors"] = time.time() - t_start - sum(phases.values())
         if not before:
@@ -275,7 +254,7 @@ def run(cfg: RunConfig) -> dict:
         say(f"[driver] test accuracy before training: {_fmt(before)}")
         say(f"[driver] actors and base evaluation ready {time.time() - t_start:.1f}s after the "
             f"start: " + ", ".join(f"{k} {v:.1f}s" for k, v in phases.items()))
-        result = (fitting or _Background(trainer.fit)).result()
+        result = (fitting or Background(trainer.fit, "ray-train-fit")).result()
 
         after = evaluate(generators, rewarders, test_qs, max_new_tokens=eval_tokens)
         tracker.log_metrics({f"test_after/{k}": v for k, v in after.items()},

@@ -296,7 +296,7 @@ class Scheduler:
         import ray
         gen = self.generators[i]
         say(f"[scheduler] generator {i} died ({type(error).__name__}); waiting for Ray to "
-             f"restart it, then reloading weight version {version}")
+            f"restart it, then reloading weight version {version}")
         deadline = time.monotonic() + GENERATOR_RESTART_TIMEOUT_S
         while True:
             try:  # calls queue while Ray restarts the actor
@@ -307,9 +307,7 @@ class Scheduler:
                     raise RuntimeError(f"generator {i} did not come back within "
                                        f"{GENERATOR_RESTART_TIMEOUT_S} s") from error
                 time.sleep(0.5)
-        if held == version:
-            return
-        if version == 0:  # a restart loads the base weights, which are version 0
+        if held == version or version == 0:  # a restart loads the base weights: version 0
             return
         if self._weights is None or self._weights[0] != version:
             raise RuntimeError(

@@ -37,31 +37,43 @@ class WeightSyncTimeout(RuntimeError):
     """A weight transfer did not finish within generator.sync_timeout_s."""
 
 
+class Background:
+    """``fn()`` in a daemon thread, started at once; ``result(timeout)`` waits for it and
+    returns its value or re-raises its error (``TimeoutError`` if it is still running)."""
+
+    def __init__(self, fn, name: str = "relift-background"):
+        self.box: dict = {}
+        self.thread = threading.Thread(target=self._run, args=(fn,), name=name, daemon=True)
+        self.thread.start()
+
+    def _run(self, fn) -> None:
+        try:
+            self.box["value"] = fn()
+        except BaseException as e:  # re-raised in the caller's thread
+            self.box["error"] = e
+
+    def result(self, timeout: float | None = None):
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            raise TimeoutError(f"{self.thread.name} still running after {timeout:g} s")
+        if "error" in self.box:
+            raise self.box["error"]
+        return self.box.get("value")
+
+
 def with_deadline(fn, seconds: float, what: str):
     """Run ``fn()`` in a thread; raise ``WeightSyncTimeout`` if it has not returned in time.
 
     A hung NCCL call cannot be cancelled from Python; the step fails with a clear error and the
     worker exits, so Ray Train restarts the group from its last checkpoint.
     """
-    box: dict = {}
-
-    def run():
-        try:
-            box["value"] = fn()
-        except BaseException as e:  # re-raised in the caller's thread
-            box["error"] = e
-
-    t = threading.Thread(target=run, name=f"weight-sync:{what}", daemon=True)
-    t.start()
-    t.join(seconds)
-    if t.is_alive():
+    try:
+        return Background(fn, name=f"weight-sync:{what}").result(seconds)
+    except TimeoutError:
         raise WeightSyncTimeout(
             f"{what} did not finish in {seconds:g} s (generator.sync_timeout_s): a generator "
             f"may have died or not joined the transfer group; NCCL_DEBUG=INFO shows where it "
-            f"stopped")
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
+            f"stopped") from None
 
 
 def on_all(gens: list, method: str, *args) -> list:
@@ -227,8 +239,8 @@ class WeightPublisher:
     """Publishes the learner's weights to the generators; one per learner worker (or run).
 
     ``publish(learner, version)`` is called by every learner rank (collective under ZeRO-3)
-    and returns, with the seconds it took, once every generator holds the version; ``after_generation()`` by every rank once the step's batch
-    exists. With ``colocate`` (vLLM engines on the learners' GPUs) the engines sleep from
+    and returns, with the seconds it took, once every generator holds the version;
+    ``after_generation()`` by every rank once the step's batch exists. With ``colocate`` (vLLM engines on the learners' GPUs) the engines sleep from
     ``after_generation`` until the next ``publish``, which wakes their weights, sends, and then
     wakes their KV cache."""
 
