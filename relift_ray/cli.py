@@ -26,6 +26,8 @@ def command_main(command: str, argv: list[str]) -> int:
     args = p.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
+        from relift_ray.imports import skip_unused_modules
+        skip_unused_modules()  # a job's own process: nothing here uses scikit-learn
         if command == "train":
             from relift_ray.driver import run
         elif command == "evaluate":

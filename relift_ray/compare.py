@@ -61,6 +61,8 @@ def method_config(cfg: RunConfig, method: str, seed: int) -> RunConfig:
 def _run_task(cfg_dict: dict, model_path: str, train_qs, test_qs, eval_every: int,
               eval_k: int, threads: int) -> dict:
     from relift_ray.colocated import run_colocated
+    from relift_ray.imports import skip_unused_modules
+    skip_unused_modules()
     cfg = RunConfig.from_dict(cfg_dict)
     return run_colocated(cfg, model_path, train_qs, test_qs, eval_every=eval_every,
                          eval_k=eval_k, threads=threads)
@@ -71,6 +73,9 @@ def _base_task(cfg_dict: dict, model_path: str, test_qs, eval_k: int, n_bucket: 
     """The base model on the test split: greedy, avg@k at 0.6, and its pass rate over N samples
     at the training temperature (what the buckets are made of)."""
     import torch
+
+    from relift_ray.imports import skip_unused_modules
+    skip_unused_modules()
 
     from relift_ray.colocated import device_of, test_accuracy
     from relift_ray.evaluation import question_scores

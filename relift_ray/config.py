@@ -149,6 +149,10 @@ class ClusterConfig:
 class TrackingConfig:
     tracking_uri: str = ""  # "" = SQLite store <output_dir>/mlflow.db (artifacts beside it)
     experiment: str = "relift_ray"
+    # when the base model's test accuracy is measured: start (before step 1), end (after the
+    # final evaluation, with the base weights read again: step 1 comes sooner; transformers
+    # backend only) or none
+    eval_before: str = "start"
 
 
 @dataclass
@@ -246,6 +250,8 @@ PRESETS: dict[str, dict] = {
         # generation and learning take turns on the cores: the generator gets 2 threads, each
         # of the 2 learners 1 (more would spin against each other; benchmarks/bench_trl.py)
         "cluster": {"num_reward_workers": 1, "generator_threads": 2},
+        # on 2 cores the base evaluation would share them with the learners' start-up
+        "tracking": {"eval_before": "end"},
     },
 }
 
@@ -262,6 +268,7 @@ _CHOICES = {
     "algo.is_correction": {"none", "tis"},
     "generator.backend": {"transformers", "vllm"},
     "generator.weight_sync": {"object_store", "ipc", "nccl"},
+    "tracking.eval_before": {"start", "end", "none"},
 }
 _POSITIVE = ["algo.batch_size", "algo.n_samples", "algo.max_new_tokens", "algo.minibatches",
              "algo.buffer_size", "algo.sft_batch_size", "train.steps", "train.checkpoint_every",
@@ -336,6 +343,9 @@ def validate(cfg: RunConfig) -> RunConfig:
     g = cfg.generator
     if g.backend == "vllm" and not cfg.cluster.use_gpu:
         raise ConfigError("generator.backend=vllm: needs cluster.use_gpu=true (vLLM runs on GPUs)")
+    if g.backend == "vllm" and cfg.tracking.eval_before == "end":
+        raise ConfigError("tracking.eval_before=end: reloading the base weights at the end is "
+                          "implemented for generator.backend=transformers; use start or none")
     if g.backend != "vllm":
         for key, bad in (("generator.weight_sync", g.weight_sync != "object_store"),
                          ("generator.colocate", g.colocate),

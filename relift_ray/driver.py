@@ -29,11 +29,14 @@ def init_ray(cfg: RunConfig) -> None:
     if cfg.cluster.address == "local" or (cfg.cluster.address == "auto"
                                           and not _cluster_running()):
         # A local cluster of our own: no token auth (RAY_AUTH_MODE), and more logical CPUs than
-        # cores so fractional actors and two learner workers all fit on a 2-core machine.
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        # cores so fractional actors and two learner workers all fit on a 2-core machine. One
+        # node has nothing to be preempted by: Ray Train's preemption watcher (an actor polling
+        # the node drain state, ~1 s of a 2-core start-up) stays off. Ray's processes inherit
+        # this environment.
+        env = {k: os.environ.setdefault(k, v) for k, v in
+               {"RAY_AUTH_MODE": "disabled", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}.items()}
         ray.init(num_cpus=cfg.cluster.num_cpus, include_dashboard=False,
-                 log_to_driver=cfg.cluster.ray_logs,
-                 runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}})
+                 log_to_driver=cfg.cluster.ray_logs, runtime_env={"env_vars": env})
     else:
         ray.init(address=cfg.cluster.address, log_to_driver=cfg.cluster.ray_logs)
 
@@ -57,13 +60,12 @@ def resolve_model(cfg: RunConfig, log=print) -> str:
 def load_data(cfg: RunConfig, tokenizer, log=print):
     """(training questions, test questions, training questions dropped for a long prompt),
     with each prompt rendered for the model (chat template or plain, see relift_ray.data).
-    The scheduler actor reads its questions through here too: it must stay deterministic."""
-    from relift_ray.data import load_questions, prepare_tokenizer, render_prompts
+    The scheduler actor reads its questions through here: it must stay deterministic."""
+    from relift_ray.data import prepare_tokenizer, render_prompts
 
     d = cfg.data
     prepare_tokenizer(tokenizer, cfg)
-    train = load_questions(d.train, d.format, "train", d.fields)
-    test = load_questions(d.test, d.format, "test", d.fields)
+    train, test = read_questions(cfg)
     kept, dropped = render_prompts(train, tokenizer, d)
     if dropped:
         log(f"[data] dropped {dropped} of {len(train)} training questions whose prompt exceeds "
@@ -76,6 +78,16 @@ def load_data(cfg: RunConfig, tokenizer, log=print):
     if 0 < limit < len(test):  # evenly spaced: the mix of levels and sources is kept
         test = [test[i * len(test) // limit] for i in range(limit)]
     return kept, test, dropped
+
+
+def read_questions(cfg: RunConfig) -> tuple[list, list]:
+    """The training and test questions as read (no tokenizer): a bad data path or row stops
+    here with a DataError naming it."""
+    from relift_ray.data import load_questions
+
+    d = cfg.data
+    return (load_questions(d.train, d.format, "train", d.fields),
+            load_questions(d.test, d.format, "test", d.fields))
 
 
 def check_resumable(cfg: RunConfig) -> bool:
@@ -174,91 +186,107 @@ def learner_resources(cfg: RunConfig) -> dict:
 
 def run(cfg: RunConfig) -> dict:
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
-    from ray.train import RunConfig as TrainRunConfig
-    from ray.train.torch import TorchTrainer
-    from transformers import AutoTokenizer
 
-    from relift_ray.console import Console, say
-    from relift_ray.evaluation import evaluate
-    from relift_ray.learner import train_loop_per_worker
-    from relift_ray.scheduler import SchedulerActor
-    from relift_ray.tracking import Tracker, write_csv
+    from relift_ray.imports import skip_unused_modules
     from relift_ray.weight_sync import Background
 
     t_start = _process_start()  # the job's start as a user sees it: imports included
+    skip_unused_modules()
     cfg.output_dir = str(Path(cfg.output_dir).expanduser().resolve())
     model_path = resolve_model(cfg)  # a bad model.path stops here, before Ray starts
+    read_questions(cfg)  # so do a bad data path and a bad row (the scheduler renders them)
+    # The learner group is the longest chain to step 1 (Ray Train's controller, its worker
+    # processes, imports, DeepSpeed): it starts as soon as Ray and the actors it talks to
+    # exist, before anything else the driver does.
     phases = {}
     init_ray(cfg)
+    from relift_ray.console import Console, say
     console = Console.start()
     phases["python+ray"] = time.time() - t_start
     c = cfg.cluster
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    train_qs, test_qs, dropped = load_data(cfg, tokenizer, log=say)
     run_dir = Path(cfg.output_dir) / cfg.name
-    run_id_file = run_dir / "mlflow_run_id"
-    resumed_id = run_id_file.read_text().strip() if run_id_file.exists() else None
-    tracker = Tracker(cfg.mlflow_uri, cfg.tracking.experiment, cfg.name,
-                      tags={"mode": cfg.algo.mode}, artifact_root=cfg.artifact_root,
-                      run_id=resumed_id)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    run_id_file.write_text(tracker.run_id)
-    say(f"[driver] run {cfg.name!r}: mode {cfg.algo.mode}, {len(train_qs)} training questions, "
-        f"{len(test_qs)} test questions, model {model_path}"
-        + (f"; continuing MLflow run {tracker.run_id}" if tracker.resumed else ""))
-    tracker.log_config(cfg)
-    tracker.log_metrics({"data_dropped_long_prompts": dropped, "train_questions": len(train_qs)})
-    phases["data+mlflow"] = time.time() - t_start - sum(phases.values())
-    status, actors = "FAILED", []
+    status, actors, tracker = "FAILED", [], None
     try:
         # Actors: plain classes made remote here, each with a readable name in the dashboard.
         rewarders, generators = start_workers(cfg, model_path)
         # The scheduler reads its questions itself, so Ray can restart it from its small
         # constructor arguments alone; the learner group's restart from its last checkpoint
         # (the learners' calls fail when the scheduler dies) then loads that checkpoint's state.
+        from relift_ray.scheduler import SchedulerActor
         scheduler = ray.remote(SchedulerActor).options(
             name="scheduler", num_cpus=c.scheduler_cpus, max_concurrency=c.num_learners + 4,
             max_restarts=-1).remote(cfg.to_dict(), model_path, *worker_names(cfg))
         actors = [*rewarders, *generators, scheduler]
 
-        trainer = TorchTrainer(
-            train_loop_per_worker,
-            train_loop_config={"cfg": cfg.to_dict(), "model_path": model_path,
-                               "scheduler": scheduler, "generators": generators,
-                               "mlflow_uri": cfg.mlflow_uri, "mlflow_run_id": tracker.run_id,
-                               "job_start": t_start},
-            scaling_config=ScalingConfig(num_workers=c.num_learners, use_gpu=c.use_gpu,
-                                         resources_per_worker=learner_resources(cfg)),
-            run_config=TrainRunConfig(
-                name=cfg.name, storage_path=cfg.storage_path,
-                failure_config=FailureConfig(max_failures=cfg.train.max_failures),
-                checkpoint_config=CheckpointConfig(num_to_keep=2)))
-        eval_tokens = cfg.algo.max_new_tokens
-        before = tracker.logged("test_before/") if tracker.resumed else {}
-        # The learner group starts (processes, imports, DeepSpeed) while the actors start and
-        # the base model is evaluated: its first step queues behind the evaluation on the
-        # generators, which hold the base weights, version 0, until the learners publish. A
-        # resumed run publishes its checkpoint's weights at once, so it evaluates first; so do
-        # vLLM engines, whose weight updates (and, colocated, GPU memory) must not interleave
-        # with the evaluation's generation.
+        # The learner group starts (processes, imports, DeepSpeed) while the driver opens the
+        # MLflow run and the actors start; rank 0 finds the run id in Ray's key-value store
+        # once the driver has it. With tracking.eval_before=start the base model is evaluated
+        # meanwhile: the first step queues behind that evaluation on the generators, which
+        # hold the base weights, version 0, until the learners publish. A resumed run
+        # publishes its checkpoint's weights at once, so it evaluates first unless that
+        # evaluation is already logged; so do vLLM engines, whose weight updates (and,
+        # colocated, GPU memory) must not interleave with the evaluation.
+        from relift_ray.tracking import Tracker, run_id_key, share_run_id, write_csv
         resuming = check_resumable(cfg)
-        overlap = cfg.generator.backend == "transformers" and (before or not resuming)
-        fitting = Background(trainer.fit, "ray-train-fit") if overlap else None
+        key = run_id_key(cfg.name)
+        trainer = _trainer(cfg, model_path, scheduler, generators, key, t_start)
+        hf = cfg.generator.backend == "transformers"
+        eval_first = cfg.tracking.eval_before == "start"
+        early = not eval_first or (hf and not resuming)
+        fitting = Background(trainer.fit, "ray-train-fit") if early else None
+        phases["learners started"] = time.time() - t_start - sum(phases.values())
+
+        run_id_file = run_dir / "mlflow_run_id"
+        resumed_id = run_id_file.read_text().strip() if run_id_file.exists() else None
+        tracker = Tracker(cfg.mlflow_uri, cfg.tracking.experiment, cfg.name,
+                          tags={"mode": cfg.algo.mode}, artifact_root=cfg.artifact_root,
+                          run_id=resumed_id)
+        share_run_id(key, tracker.run_id)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        run_id_file.write_text(tracker.run_id)
+        before = tracker.logged("test_before/") if tracker.resumed else {}
+        if fitting is None and hf and before:
+            fitting = Background(trainer.fit, "ray-train-fit")
+        phases["mlflow"] = time.time() - t_start - sum(phases.values())
+
+        # The scheduler renders the prompts (tokenizer, template, length limit) for both.
+        data = ray.get(scheduler.data_info.remote())
+        test_qs = data["test"]
+        if data["dropped"]:
+            say(f"[data] dropped {data['dropped']} of {data['train'] + data['dropped']} "
+                f"training questions whose prompt exceeds "
+                f"data.max_prompt_tokens={cfg.data.max_prompt_tokens}")
+        say(f"[driver] run {cfg.name!r}: mode {cfg.algo.mode}, {data['train']} training "
+            f"questions, {len(test_qs)} test questions, model {model_path}"
+            + (f"; continuing MLflow run {tracker.run_id}" if tracker.resumed else ""))
+        tracker.log_config(cfg)
+        tracker.log_metrics({"data_dropped_long_prompts": data["dropped"],
+                             "train_questions": data["train"]})
+        phases["data"] = time.time() - t_start - sum(phases.values())
         ray.get([a.__ray_ready__.remote() for a in actors])
         phases["actors"] = time.time() - t_start - sum(phases.values())
-        if not before:
-            before = evaluate(generators, rewarders, test_qs, max_new_tokens=eval_tokens)
-            tracker.log_metrics({f"test_before/{k}": v for k, v in before.items()}, step=0)
-        phases["evaluation"] = time.time() - t_start - sum(phases.values())
-        say(f"[driver] test accuracy before training: {_fmt(before)}")
-        say(f"[driver] actors and base evaluation ready {time.time() - t_start:.1f}s after the "
-            f"start: " + ", ".join(f"{k} {v:.1f}s" for k, v in phases.items()))
+        eval_tokens = cfg.algo.max_new_tokens
+        from relift_ray.evaluation import evaluate
+        def evaluate_base() -> dict:
+            acc = evaluate(generators, rewarders, test_qs, max_new_tokens=eval_tokens)
+            tracker.log_metrics({f"test_before/{k}": v for k, v in acc.items()}, step=0)
+            say(f"[driver] test accuracy before training: {_fmt(acc)}")
+            return acc
+
+        if not before and eval_first:
+            before = evaluate_base()
+            phases["evaluation"] = time.time() - t_start - sum(phases.values())
+        say(f"[driver] actors{' and base evaluation' if eval_first else ''} ready "
+            f"{time.time() - t_start:.1f}s after the start: "
+            + ", ".join(f"{k} {v:.1f}s" for k, v in phases.items()))
         result = (fitting or Background(trainer.fit, "ray-train-fit")).result()
 
         after = evaluate(generators, rewarders, test_qs, max_new_tokens=eval_tokens)
         tracker.log_metrics({f"test_after/{k}": v for k, v in after.items()},
                             step=cfg.train.steps)
+        if not before and cfg.tracking.eval_before == "end":
+            ray.get([g.load_base.remote() for g in generators])
+            before = evaluate_base()
         rows = ray.get(scheduler.question_rows.remote())
         table_path = run_dir / "questions.csv"
         write_csv(rows, table_path)
@@ -272,7 +300,7 @@ def run(cfg: RunConfig) -> dict:
                    "sft_steps": final["counters"]["sft_steps"],
                    "demos_used_unique": len(final["demos_used"]),
                    "demos_used_total": final["counters"]["demos_used_total"],
-                   "demos_available": sum(q.demo is not None for q in train_qs),
+                   "demos_available": data["demos"],
                    "reward_timeouts": sum(s["timeouts"] for s in reward_stats),
                    "checkpoint": ckpt_path, "question_table": str(table_path),
                    "wall_seconds": time.time() - t_start}
@@ -282,10 +310,36 @@ def run(cfg: RunConfig) -> dict:
         print_summary(cfg, summary)
         return summary
     finally:
-        tracker.end(status)
+        if tracker is not None:
+            tracker.end(status)
         for a in actors:  # names are free again for the next run in this Ray session
             ray.kill(a)
         console.stop()
+
+
+def _trainer(cfg: RunConfig, model_path: str, scheduler, generators, mlflow_run_key: str,
+             job_start: float):
+    """The learner group: a Ray Train TorchTrainer running ``train_loop_per_worker``; its run
+    name and storage make a re-run resume from the last checkpoint."""
+    from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
+    from ray.train import RunConfig as TrainRunConfig
+    from ray.train.torch import TorchTrainer
+
+    from relift_ray.learner import train_loop_per_worker
+
+    c = cfg.cluster
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": cfg.to_dict(), "model_path": model_path,
+                           "scheduler": scheduler, "generators": generators,
+                           "mlflow_uri": cfg.mlflow_uri, "mlflow_run_key": mlflow_run_key,
+                           "job_start": job_start},
+        scaling_config=ScalingConfig(num_workers=c.num_learners, use_gpu=c.use_gpu,
+                                     resources_per_worker=learner_resources(cfg)),
+        run_config=TrainRunConfig(
+            name=cfg.name, storage_path=cfg.storage_path,
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2)))
 
 
 def _fmt(acc: dict) -> str:
@@ -293,12 +347,13 @@ def _fmt(acc: dict) -> str:
 
 
 def print_summary(cfg: RunConfig, s: dict) -> None:
-    levels = [k for k in s["before"] if k != "overall"] + ["overall"]
+    levels = [k for k in s["after"] if k != "overall"] + ["overall"]
     print("\n" + "=" * 60)
     print(f"run {cfg.name} ({cfg.algo.mode}) finished in {s['wall_seconds']:.0f}s")
     print(f"{'test accuracy':<16}{'before':>10}{'after':>10}")
     for k in levels:
-        print(f"{k:<16}{s['before'][k]:>10.3f}{s['after'][k]:>10.3f}")
+        b = s["before"].get(k)
+        print(f"{k:<16}{'-' if b is None else f'{b:.3f}':>10}{s['after'][k]:>10.3f}")
     print(f"SFT steps: {s['sft_steps']}; demonstrations used: {s['demos_used_unique']} unique, "
           f"{s['demos_used_total']} total, of {s['demos_available']} available")
     print(f"checkpoint: {s['checkpoint']}")

@@ -97,7 +97,7 @@ def _fit(x: torch.Tensor, width: int) -> torch.Tensor:
 
 
 def forward_logprobs(model, t: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    logits = model(input_ids=t["ids"], attention_mask=t["attn"]).logits[:, :-1]
+    logits = model(input_ids=t["ids"], attention_mask=t["attn"], use_cache=False).logits[:, :-1]
     return token_logprobs(logits, t["ids"][:, 1:])
 
 
@@ -178,14 +178,22 @@ class Learner:
 
     def rl_update(self, samples: list[Sample], mixed_sft: list[Sample] | None = None) -> dict:
         t = to_tensors(samples, self.pad_id, self.device)
-        with torch.no_grad():  # logp_old: the policy that sampled (exactly on-policy)
-            logp_old, _ = forward_logprobs(self.engine, t)
         out = defaultdict(float)
         k = self.a.minibatches
-        order = torch.arange(len(samples))
+        chunks = torch.arange(len(samples)).chunk(k)
+        # logp_old: the policy that sampled (exactly on-policy). The first minibatch is trained
+        # before any update, so its own forward pass gives them (detached, ratio exactly 1);
+        # only the later minibatches need this extra no-grad pass, before the first update.
+        # The sampler comparison (vLLM's log-probs) needs them for every row.
+        first = 0 if "blp" in t else len(chunks[0])  # logp_old[i] is row first + i
+        logp_old = None
+        if first < len(samples):
+            with torch.no_grad():
+                logp_old, _ = forward_logprobs(self.engine,
+                                               {key: v[first:] for key, v in t.items()})
         sft_chunks = [mixed_sft[i::k] for i in range(k)] if mixed_sft else [[]] * k
         mixed_nll = []
-        for chunk, sft_chunk in zip(order.chunk(k), sft_chunks):
+        for j, (chunk, sft_chunk) in enumerate(zip(chunks, sft_chunks)):
             if sft_chunk:
                 # mode=mixed: RL rows, then demonstration rows, in one forward pass (ZeRO
                 # reduces each gradient once per backward); loss = RL + coef * SFT
@@ -195,7 +203,10 @@ class Learner:
                 mb = {key: v[chunk] for key, v in t.items()}
             n = len(chunk)
             logp, ent = forward_logprobs(self.engine, mb)
-            old = _fit(logp_old[chunk], logp.shape[1])
+            if j == 0 and first:
+                old = logp[:n].detach()
+            else:
+                old = _fit(logp_old[chunk - first], logp.shape[1])
             is_w = None
             if self.a.is_correction == "tis":
                 if "blp" not in t:
@@ -282,7 +293,9 @@ def train_loop_per_worker(config: dict) -> None:
     import ray
     import ray.train
 
+    from relift_ray.imports import skip_unused_modules
     from relift_ray.weight_sync import make_publisher
+    skip_unused_modules()
 
     cfg = RunConfig.from_dict(config["cfg"])
     ctx = ray.train.get_context()
@@ -322,9 +335,10 @@ def train_loop_per_worker(config: dict) -> None:
     publisher.publish(learner, start)
     torch.distributed.barrier()  # no rank asks for a batch before the scheduler is restored
     tracker = None
-    if rank == 0 and config.get("mlflow_run_id"):
-        from relift_ray.tracking import StepLogger
-        tracker = StepLogger(config["mlflow_uri"], config["mlflow_run_id"])
+    if rank == 0 and config.get("mlflow_run_key"):
+        from relift_ray.tracking import StepLogger, shared_run_id
+        tracker = StepLogger(config["mlflow_uri"],
+                             lambda: shared_run_id(config["mlflow_run_key"]))
 
     t_prev = time.perf_counter()
     for step in range(start + 1, cfg.train.steps + 1):

@@ -420,6 +420,9 @@ class SchedulerActor(Scheduler):
     def __init__(self, cfg_dict: dict, model_path: str, generator_names: list[str],
                  reward_names: list[str]):
         import ray
+
+        from relift_ray.imports import skip_unused_modules
+        skip_unused_modules()
         from transformers import AutoTokenizer
 
         from relift_ray.driver import load_data
@@ -427,8 +430,16 @@ class SchedulerActor(Scheduler):
         rewarders = [ray.get_actor(n) for n in reward_names]
         cfg = RunConfig.from_dict(cfg_dict)
         tokenizer = AutoTokenizer.from_pretrained(model_path)
-        train, _, _ = load_data(cfg, tokenizer, log=lambda line: None)
+        train, test, dropped = load_data(cfg, tokenizer, log=lambda line: None)
+        self._data = {"test": test, "dropped": dropped, "train": len(train),
+                      "demos": sum(q.demo is not None for q in train)}
         super().__init__(cfg, train, tokenizer, generators, rewarders)
+
+    def data_info(self) -> dict:
+        """What the driver reports and evaluates on: the rendered test questions, and the
+        training questions' count, long prompts dropped and demonstrations (the driver loads
+        no tokenizer of its own)."""
+        return self._data
 
 
 def _group_metrics(groups: list[ScoredGroup]) -> dict:

@@ -89,16 +89,44 @@ class Tracker:
         self.mlflow.end_run(status=status)
 
 
+def share_run_id(key: str, run_id: str) -> None:
+    """Leave the job's MLflow run id in Ray's key-value store (GCS), where ``StepLogger`` in a
+    learner finds it: the learner group starts before the driver has opened the run (MLflow's
+    import and store set-up would otherwise delay step 1), and the store outlives any actor's
+    restart. ``key`` names the Ray job, so a re-run of the same name never reads an old id."""
+    from ray.experimental import internal_kv
+    internal_kv._internal_kv_put(key, run_id, overwrite=True)
+
+
+def shared_run_id(key: str, timeout: float = 600.0) -> str:
+    """The run id ``share_run_id`` left under ``key``, waiting for it up to ``timeout``."""
+    from ray.experimental import internal_kv
+    deadline = time.time() + timeout
+    while True:
+        value = internal_kv._internal_kv_get(key)
+        if value:
+            return value.decode()
+        if time.time() > deadline:
+            raise TimeoutError(f"no MLflow run id under {key!r} after {timeout:g} s")
+        time.sleep(0.1)
+
+
+def run_id_key(run_name: str) -> str:
+    import ray
+    return f"relift/{ray.get_runtime_context().get_job_id()}/{run_name}/mlflow_run_id"
+
+
 class StepLogger:
     """Per-step metrics to an MLflow run and to Ray gauges, written by a background thread so
-    that MLflow's latency stays off the training step. ``close()`` waits for what is queued."""
+    that MLflow's latency stays off the training step. ``close()`` waits for what is queued.
+    ``run_id`` may be a function returning it (``shared_run_id``): the thread calls it before
+    its first write, and the steps logged meanwhile keep their own times."""
 
-    def __init__(self, uri: str, run_id: str):
+    def __init__(self, uri: str, run_id):
         import queue
         import threading
 
-        from mlflow.tracking import MlflowClient
-        self.client, self.run_id = MlflowClient(uri), run_id
+        self.uri, self.run_id = uri, run_id
         self.gauges = {}
         try:
             from ray.util.metrics import Gauge
@@ -107,6 +135,7 @@ class StepLogger:
         except Exception:  # not inside Ray: MLflow only
             pass
         self.queue: queue.Queue = queue.Queue()
+        self.closing = threading.Event()
         self.error: Exception | None = None
         self.thread = threading.Thread(target=self._drain, name="mlflow-step-logger",
                                        daemon=True)
@@ -120,19 +149,40 @@ class StepLogger:
         self.queue.put((step, int(time.time() * 1000), clean))
 
     def _drain(self) -> None:
+        import queue
+
         from mlflow.entities import Metric
+        from mlflow.tracking import MlflowClient
+        client = MlflowClient(self.uri)
         while True:
-            item = self.queue.get()
-            if item is None:
+            # what is queued goes in one write, and at most one write a second: each write is
+            # a database transaction, which would otherwise cost the learner a few % per step
+            batch = [self.queue.get()]
+            while True:
+                try:
+                    batch.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = None in batch
+            metrics = [Metric(k, v, now, step) for step, now, clean in filter(None, batch)
+                       for k, v in clean.items()]
+            if callable(self.run_id):
+                try:
+                    self.run_id = self.run_id()
+                except Exception as e:
+                    self.run_id, self.error = None, e
+            if self.run_id is not None:
+                try:
+                    for i in range(0, len(metrics), 1000):  # MLflow's limit per batch
+                        client.log_batch(self.run_id, metrics=metrics[i:i + 1000])
+                except Exception as e:  # keep training; say so once, at close
+                    self.error = self.error or e
+            if stop:
                 return
-            step, now, clean = item
-            try:
-                self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step)
-                                                            for k, v in clean.items()])
-            except Exception as e:  # keep training; say so once, at close
-                self.error = self.error or e
+            self.closing.wait(1.0)
 
     def close(self) -> None:
+        self.closing.set()
         self.queue.put(None)
         self.thread.join()
         if self.error is not None:

@@ -175,3 +175,51 @@ def test_gradient_checkpointing_gives_the_same_update(tiny_model):
     assert ma["rl/loss"] == pytest.approx(mb["rl/loss"], rel=1e-5)
     sa, sb = a.full_state_dict(), b.full_state_dict()
     assert all(torch.allclose(sa[k], sb[k], atol=1e-6) for k in sa)
+
+
+def test_first_minibatch_needs_no_extra_old_logprob_pass(tiny_model):
+    """With 2 minibatches the learner takes the first minibatch's old log-probs from its own
+    forward pass (detached) and runs the extra no-grad pass over the second minibatch only.
+    The update equals the one that computes old log-probs for every row first (the path of
+    samples that carry sampler log-probs, which needs them all)."""
+    from relift_ray.learner import forward_logprobs
+    from relift_ray.records import TrainBatch
+
+    adv = (1.0, -0.5, 0.75, -1.25)
+    rows = [Sample((3, 4), (5, 6, 1), adv[0], "a"), Sample((3, 4), (7, 1), adv[1], "a"),
+            Sample((3, 4, 5), (9, 1), adv[2], "b"), Sample((3,), (6, 7, 8, 1), adv[3], "b")]
+    a = _learner(tiny_model, **{"algo.minibatches": 2})
+    calls = []
+    real = forward_logprobs
+
+    def counting(model, t):
+        calls.append((torch.is_grad_enabled(), t["ids"].shape[0]))
+        return real(model, t)
+
+    import relift_ray.learner as learner_mod
+    learner_mod.forward_logprobs = counting
+    try:
+        ma = a.train_step(TrainBatch(step=1, rl=tuple(rows)))
+    finally:
+        learner_mod.forward_logprobs = real
+    # one no-grad pass over the second minibatch's 2 rows, then one pass per minibatch
+    assert calls == [(False, 2), (True, 2), (True, 2)]
+
+    # the same rows with sampler log-probs: old log-probs of all 4 rows in one no-grad pass
+    from transformers import AutoModelForCausalLM
+    copy = AutoModelForCausalLM.from_pretrained(tiny_model)
+    t = to_tensors(rows, 0, "cpu")
+    with torch.no_grad():
+        logp, _ = forward_logprobs(copy, t)
+    sampled = [Sample(s.prompt_ids, s.response_ids, s.advantage, s.question_id,
+                      behavior_logprobs=tuple(logp[i, len(s.prompt_ids) - 1:
+                                                   len(s.prompt_ids) - 1 + len(s.response_ids)]
+                                              .tolist()))
+               for i, s in enumerate(rows)]
+    b = _learner(tiny_model, **{"algo.minibatches": 2})
+    mb = b.train_step(TrainBatch(step=1, rl=tuple(sampled)))
+    assert ma["rl/loss"] == pytest.approx(mb["rl/loss"], rel=1e-5)
+    wa, wb = a.full_state_dict(), b.full_state_dict()
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+    ref = _learner(tiny_model)
+    assert any(not torch.equal(wa[k], v) for k, v in ref.full_state_dict().items())

@@ -13,13 +13,15 @@ from relift_ray.records import Completion, Question, SamplingParams
 class HFGenerator:
     def __init__(self, model_path: str, device: str = "cpu", dtype: str = "float32",
                  max_batch: int = 256, threads: int = 0, eos_token: str = ""):
+        from relift_ray.imports import skip_unused_modules
+        skip_unused_modules()
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # a bar per weight load floods the job logs
         if threads:
             torch.set_num_threads(threads)
-        self.device = device
+        self.device, self.model_path = device, model_path
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.tokenizer.padding_side = "left"  # generation continues from the prompt's end
         if eos_token:  # e.g. <|eot_id|> for a chat template that ends turns with it
@@ -39,6 +41,12 @@ class HFGenerator:
         self.model.load_state_dict(state_dict, strict=True)
         self.weight_version = version
         return version
+
+    def load_base(self) -> int:
+        """The base model's weights again, read from its folder: version 0."""
+        from transformers import AutoModelForCausalLM
+        base = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=self.model.dtype)
+        return self.load_weights(0, base.state_dict())
 
     @torch.no_grad()
     def generate(self, questions: list[Question], params: SamplingParams) -> list[list[Completion]]:

@@ -28,10 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from relift_ray.toy import task
-from relift_ray.toy.tokenizer import build_tokenizer
 
 RECIPE = {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 2,
           "num_attention_heads": 4, "max_position_embeddings": 128,
@@ -74,6 +71,10 @@ def base_model_path(log=print) -> str:
 def build_base_model(cache_dir: str | Path, log=print, *, force: bool = False) -> str:
     """Return the directory of the toy base model pretrained from RECIPE under ``cache_dir``,
     building it if it is not cached there (or always, with ``force``)."""
+    import torch
+
+    from relift_ray.toy.tokenizer import build_tokenizer
+
     out = Path(cache_dir).expanduser().resolve() / f"toy_base-{recipe_hash()}"
     if not force and (out / "config.json").exists() and (out / "DONE").exists():
         return str(out)
@@ -129,6 +130,8 @@ def build_base_model(cache_dir: str | Path, log=print, *, force: bool = False) -
 
 def _pack(tok, pairs):
     """Right-padded prompt+response+EOS with labels only on the response."""
+    import torch
+
     rows, labels = [], []
     for prompt, response in pairs:
         p = tok(prompt, add_special_tokens=False)["input_ids"]
@@ -166,6 +169,7 @@ def ship(build_dir: str | Path, log=print) -> str:
     test accuracy (measured on this machine)."""
     import platform
 
+    import torch
     import transformers
 
     build_dir = Path(build_dir)
