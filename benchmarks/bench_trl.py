@@ -31,6 +31,7 @@ default), TRL its default ``loss_type``. The losses cost the same; the learning 
     pip install ".[bench]" "torch==2.13.0" "transformers>=5.16.1,<5.21"
     RAY_AUTH_MODE=disabled python benchmarks/bench_trl.py          # 30 relift steps, 20 TRL batches
     RAY_AUTH_MODE=disabled python benchmarks/bench_trl.py --quick  # a smoke test of both sides
+    RAY_AUTH_MODE=disabled python benchmarks/bench_trl.py --staleness 0,1,2  # + async relift
     python benchmarks/bench_trl.py --learners 1 --json out.json    # 1 learner worker; save results
 """
 from __future__ import annotations
@@ -129,6 +130,8 @@ def child_relift(args) -> dict:
         overrides.append(f"cluster.num_learners={args.learners}")
     if args.generators:
         overrides.append(f"cluster.num_generators={args.generators}")
+    lag = int(args.staleness)
+    overrides.append(f"algo.max_staleness={lag}")
     cfg = load_cfg(args, args.model_path, overrides)
     c = cfg.cluster
     setup = {"num_learners": c.num_learners, "num_generators": c.num_generators,
@@ -136,7 +139,7 @@ def child_relift(args) -> dict:
              "generator_threads": c.generator_threads or c.torch_threads,
              "ray_num_cpus": c.num_cpus, "zero_stage": cfg.train.zero_stage,
              "minibatches": cfg.algo.minibatches, "rl_loss": cfg.algo.rl_loss,
-             "backend": cfg.generator.backend}
+             "backend": cfg.generator.backend, "max_staleness": lag}
     print(f"[bench relift] setup {setup}", flush=True)
     # A private local cluster: relift's init_ray (address=auto) would join any Ray cluster
     # already running on the machine, e.g. someone else's job.
@@ -182,7 +185,8 @@ def child_relift(args) -> dict:
     step1 = {m.step: m.value for m in history("step_seconds")}.get(1)
     B, N = cfg.algo.batch_size, cfg.algo.n_samples
     sec = median(diffs)
-    return {"system": "relift_ray", "setup": setup, "steps": steps, "timed_steps": window,
+    return {"system": f"relift_ray s={lag}" if lag else "relift_ray", "setup": setup,
+            "steps": steps, "timed_steps": window,
             "completions_per_step": B * N, "seconds_per_step": sec,
             "completions_per_s": B * N / sec, "step_times": diffs,
             "breakdown_median": breakdown,
@@ -336,25 +340,30 @@ def child_trl(args) -> dict:
 
 # ------------------------------------------------------------------ the parent
 
-def run_child(which: str, args, model_path: str, out_dir: Path, steps: int, timeout: float):
-    result = out_dir / f"{which}.json"
-    if (out_dir / which).exists() and any((out_dir / which).iterdir()):
+def run_child(which: str, args, model_path: str, out_dir: Path, steps: int, timeout: float,
+              staleness: int = 0):
+    tag = f"{which}-s{staleness}" if staleness else which
+    result = out_dir / f"{tag}.json"
+    if (out_dir / tag).exists() and any((out_dir / tag).iterdir()):
         # relift would resume the earlier run of the same name (checkpoint, MLflow run)
-        print(f"[bench] {out_dir / which} is not empty: use a fresh --out-dir")
+        print(f"[bench] {out_dir / tag} is not empty: use a fresh --out-dir")
         return None
-    log = out_dir / f"{which}.log"
+    log = out_dir / f"{tag}.log"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", which,
-           "--model-path", model_path, "--out-dir", str(out_dir / which),
+           "--staleness", str(staleness),
+           "--model-path", model_path, "--out-dir", str(out_dir / tag),
            "--result", str(result), "--threads", str(args.threads),
            "--warmup", str(args.warmup), "--eval-questions", str(args.eval_questions),
            "--learners", str(args.learners or 0), "--generators", str(args.generators or 0),
+           "--relift-threads", str(args.relift_threads or 0),
+           "--generator-threads", str(args.generator_threads or 0),
            "--steps" if which == "relift" else "--trl-steps", str(steps)]
     env = dict(os.environ, RAY_AUTH_MODE="disabled", PYTHONUNBUFFERED="1")
     busy = cpu_busy()
     if busy is not None and busy > 0.10:
         print(f"[bench] WARNING: the machine is already {busy:.0%} busy before {which} starts: "
               f"other work distorts the figures (with several torch threads, badly)", flush=True)
-    print(f"\n[bench] {which}: {steps} steps, log {log} (timeout {timeout:.0f}s)", flush=True)
+    print(f"\n[bench] {tag}: {steps} steps, log {log} (timeout {timeout:.0f}s)", flush=True)
     t0 = time.time()
     with log.open("w") as f:
         # own session: on a timeout the child and everything it started (Ray) go together
@@ -408,15 +417,17 @@ def report(results: list[dict], args, model_path: str) -> None:
           "to step 1 logged; TRL from model load to the first batch done.\nbusy before: the "
           "machine's CPU in use in the 3 s before that side started (other work).")
     by = {r["system"]: r for r in results}
-    if "relift_ray" in by and "TRL GRPOTrainer" in by:
-        ratio = by["relift_ray"]["completions_per_s"] / by["TRL GRPOTrainer"]["completions_per_s"]
-        print(f"\nratio relift_ray / TRL (completions/s): {ratio:.2f}x")
+    if "TRL GRPOTrainer" in by:
+        for r in results:
+            if r["system"].startswith("relift_ray"):
+                ratio = r["completions_per_s"] / by["TRL GRPOTrainer"]["completions_per_s"]
+                print(f"\nratio {r['system']} / TRL (completions/s): {ratio:.2f}x")
     for r in results:
         b = r["breakdown_median"]
         print(f"\n{r['system']} step breakdown (medians over the timed steps):")
         for k, x in b.items():
             print(f"  {k:<36}{x:>8.3f}s")
-        if r["system"] == "relift_ray":
+        if r["system"].startswith("relift_ray"):
             print(f"  run() call -> step 1 logged: {r['start_to_step1_s']:.1f}s (Ray start, model "
                   f"and actor start-up, test eval before training, step 1 itself "
                   f"{r['step1_seconds']:.1f}s)")
@@ -443,6 +454,9 @@ def main(argv=None) -> int:
                     help="relift cluster.num_learners (0 = the config's)")
     ap.add_argument("--generators", type=int, default=0,
                     help="relift cluster.num_generators (0 = the config's)")
+    ap.add_argument("--staleness", default="0",
+                    help="relift algo.max_staleness values, comma-separated: one relift run "
+                         "each (e.g. 0,1,2; asynchronous rollouts)")
     ap.add_argument("--eval-questions", type=int, default=32,
                     help="relift's before/after test evaluation on this many questions, outside "
                          "the timed steps (0 = the whole test split)")
@@ -478,11 +492,14 @@ def main(argv=None) -> int:
     print(f"[bench] base model {model_path}; runs in {out_dir}", flush=True)
     results = []
     try:
-        for which in ("relift", "trl"):
+        lags = [int(x) for x in str(args.staleness).split(",")]
+        runs = [("relift", k) for k in lags] + [("trl", 0)]
+        for which, lag in runs:
             if args.only and args.only != which:
                 continue
             r = run_child(which, args, model_path, out_dir,
-                          args.steps if which == "relift" else args.trl_steps, args.timeout)
+                          args.steps if which == "relift" else args.trl_steps, args.timeout,
+                          staleness=lag)
             if r is not None:
                 results.append(r)
         if results:
@@ -494,7 +511,7 @@ def main(argv=None) -> int:
     finally:
         if not args.out_dir:
             shutil.rmtree(out_dir, ignore_errors=True)
-    wanted = 1 if args.only else 2
+    wanted = len([w for w, _ in runs if not args.only or w == args.only])
     return 0 if len(results) == wanted else 1
 
 

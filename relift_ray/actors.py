@@ -38,6 +38,14 @@ def call(obj, method: str, *args, **kwargs):
     return getattr(obj, method)(*args, **kwargs)
 
 
+def tell(obj, method: str, *args) -> None:
+    """One call on a plain object or a Ray actor, not waiting for it (a notice)."""
+    if is_actor(obj):
+        getattr(obj, method).remote(*args)
+    else:
+        getattr(obj, method)(*args)
+
+
 def call_all(objs: list, method: str, args: list[tuple]) -> list:
     if objs and is_actor(objs[0]):
         import ray

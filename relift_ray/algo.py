@@ -81,14 +81,17 @@ def sft_loss(logp: torch.Tensor, mask: torch.Tensor, entropy: torch.Tensor,
 
 
 def tis_weights(logp_old: torch.Tensor, behavior_logp: torch.Tensor, mask: torch.Tensor,
-                cap: float = 2.0) -> torch.Tensor:
-    """Truncated importance sampling: min(pi_learner(t) / pi_sampler(t), cap) per token.
+                cap: float = 2.0, kind: str = "tis") -> torch.Tensor:
+    """Importance weights w = pi_learner(t) / pi_sampler(t) per token, bounded.
 
-    The sampler (vLLM, bf16 kernels) and the learner give the same tokens slightly different
-    probabilities; the RL gradient assumes the learner's. Weighting each token by this ratio,
-    truncated at ``cap``, corrects for it with bounded variance. Padding positions get 1.
+    The sampler and the learner give the same tokens different probabilities: vLLM's bf16
+    kernels slightly, and weights ``algo.max_staleness`` versions old (asynchronous rollouts)
+    more; the RL gradient assumes the learner's. ``tis`` (truncated IS) uses min(w, cap);
+    ``clip`` clips w into [1/cap, cap] (it also bounds how far a token the learner now finds
+    unlikely is discounted). Padding positions get 1.
     """
-    w = torch.exp(logp_old - behavior_logp).clamp(max=cap)
+    w = torch.exp(logp_old - behavior_logp)
+    w = w.clamp(max=cap) if kind == "tis" else w.clamp(min=1 / cap, max=cap)
     return torch.where(mask.bool(), w, torch.ones_like(w))
 
 

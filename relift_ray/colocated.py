@@ -104,6 +104,9 @@ def run_colocated(cfg: RunConfig, model_path: str, train_qs: list[Question],
             m["step"] = step
             history.append(m)
             if (eval_every and step % eval_every == 0) or step == cfg.train.steps:
+                # asynchronous rollouts: the batch being sampled ahead comes first (it holds
+                # the generator; the evaluation's sampling seed would change its draws)
+                sched.wait_made(step + cfg.algo.max_staleness + 1)
                 curve.append(greedy(step))
             if step % max(1, cfg.train.steps // 6) == 0 or step == cfg.train.steps:
                 log(f"[{cfg.name}] step {step}/{cfg.train.steps} reward "
@@ -126,4 +129,6 @@ def run_colocated(cfg: RunConfig, model_path: str, train_qs: list[Question],
             "wall_seconds": time.time() - t_start,
         }
     finally:
+        if "sched" in locals():
+            sched.close()
         rewarder.close()

@@ -37,6 +37,9 @@ METHODS: dict[str, dict] = {
     "non_hardest_buffer": {"mode": "relift", "buffer_feed": "non_hardest"},
     "sft_every_step": {"mode": "relift", "sft_trigger": "every_step"},
     "mixed": {"mode": "mixed"},  # RL loss + SFT loss on the step's hardest, every step
+    # asynchronous rollouts: each batch sampled with weights one version behind the learner
+    "relift_async": {"mode": "relift", "max_staleness": 1},
+    "rl_async": {"mode": "rl", "max_staleness": 1},
 }
 
 

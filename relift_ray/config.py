@@ -88,9 +88,14 @@ class AlgoConfig:
     buffer_feed: str = "hardest"  # hardest (pass rate 0) | non_hardest (pass rate > 0)
     sft_first_steps: int = 0  # mode=sft_then_rl: offline SFT steps before RL starts
     mixed_sft_coef: float = 1.0  # mode=mixed: weight of the SFT term added to the RL loss
-    # Sampler/learner mismatch (vLLM samples with its own kernels): tis multiplies each token's
-    # policy-gradient term by min(pi_learner / pi_sampler, is_cap) (needs the vLLM backend).
-    is_correction: str = "none"  # none | tis
+    # Asynchronous rollouts: batch s is sampled with weight version max(0, s-1-k) while the
+    # learners train the steps before it (0 = exactly on-policy, the released algorithm). A
+    # fixed lag, so a run is as deterministic (and resumable) as an on-policy one.
+    max_staleness: int = 0
+    # Sampler/learner mismatch (vLLM's kernels, or stale weights with max_staleness > 0): each
+    # token's policy-gradient term is weighted by w = pi_learner / pi_sampler: tis uses
+    # min(w, is_cap) (truncated IS), clip uses w clipped into [1/is_cap, is_cap].
+    is_correction: str = "none"  # none | tis | clip
     is_cap: float = 2.0
 
 
@@ -265,7 +270,7 @@ _CHOICES = {
     "algo.buffer_feed": {"hardest", "non_hardest"},
     "algo.rl_loss": {"relift", "grpo"},
     "train.zero_stage": {0, 1, 2, 3},
-    "algo.is_correction": {"none", "tis"},
+    "algo.is_correction": {"none", "tis", "clip"},
     "generator.backend": {"transformers", "vllm"},
     "generator.weight_sync": {"object_store", "ipc", "nccl"},
     "tracking.eval_before": {"start", "end", "none"},
@@ -280,7 +285,7 @@ _POSITIVE = ["algo.batch_size", "algo.n_samples", "algo.max_new_tokens", "algo.m
              "eval.chunk_questions", "eval.top_p", "algo.is_cap",
              "generator.tensor_parallel_size", "generator.gpu_memory_utilization",
              "generator.bucket_mb", "generator.sync_timeout_s"]
-_NON_NEGATIVE = ["algo.temperature", "algo.entropy_coef", "algo.sft_entropy_coef",
+_NON_NEGATIVE = ["algo.max_staleness", "algo.temperature", "algo.entropy_coef", "algo.sft_entropy_coef",
                  "algo.weight_decay", "algo.clip_eps", "train.max_failures",
                  "cluster.learner_cpus", "cluster.generator_cpus", "cluster.reward_cpus",
                  "cluster.scheduler_cpus", "cluster.torch_threads", "cluster.generator_threads",
@@ -348,10 +353,18 @@ def validate(cfg: RunConfig) -> RunConfig:
                           "implemented for generator.backend=transformers; use start or none")
     if g.backend != "vllm":
         for key, bad in (("generator.weight_sync", g.weight_sync != "object_store"),
-                         ("generator.colocate", g.colocate),
-                         ("algo.is_correction", cfg.algo.is_correction != "none")):
+                         ("generator.colocate", g.colocate)):
             if bad:
                 raise ConfigError(f"{key}={cfg.flat()[key]!r}: needs generator.backend=vllm")
+    if cfg.algo.max_staleness and g.colocate:
+        raise ConfigError(f"algo.max_staleness={cfg.algo.max_staleness} with "
+                          f"generator.colocate=true: colocated engines sleep while the learners "
+                          f"train on their GPUs, so they cannot sample ahead; give the "
+                          f"generators GPUs of their own (colocate=false, weight_sync=nccl or "
+                          f"object_store) or set max_staleness=0")
+    if cfg.algo.max_staleness and cfg.algo.mode == "sft":
+        raise ConfigError(f"algo.max_staleness={cfg.algo.max_staleness}: mode=sft samples "
+                          f"nothing; set max_staleness=0")
     if g.colocate and g.weight_sync == "nccl":
         raise ConfigError("generator.weight_sync=nccl with generator.colocate=true: colocated "
                           "generators share the learners' GPUs, use weight_sync=ipc")

@@ -287,6 +287,12 @@ def run(cfg: RunConfig) -> dict:
         if not before and cfg.tracking.eval_before == "end":
             ray.get([g.load_base.remote() for g in generators])
             before = evaluate_base()
+        events = ray.get(scheduler.get_timeline.remote())
+        tracker.log_timeline(events)
+        if cfg.algo.max_staleness:
+            from relift_ray.timeline import overlap_seconds
+            say(f"[driver] generation overlapped learning for {overlap_seconds(events):.1f} s "
+                f"(algo.max_staleness={cfg.algo.max_staleness}; timeline.png in MLflow)")
         rows = ray.get(scheduler.question_rows.remote())
         table_path = run_dir / "questions.csv"
         write_csv(rows, table_path)

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from relift_ray import chaos
-from relift_ray.actors import call
+from relift_ray.actors import call, tell
 from relift_ray.checkpoint import load_learner, save_learner
 from relift_ray.console import say
 from relift_ray.algo import (logprob_mismatch, masked_mean, policy_loss, sft_loss, tis_weights,
@@ -208,12 +208,12 @@ class Learner:
             else:
                 old = _fit(logp_old[chunk - first], logp.shape[1])
             is_w = None
-            if self.a.is_correction == "tis":
+            if self.a.is_correction != "none":
                 if "blp" not in t:
-                    raise RuntimeError("algo.is_correction=tis: the RL samples carry no sampler "
-                                       "log-probs (generator.backend must be vllm)")
+                    raise RuntimeError(f"algo.is_correction={self.a.is_correction}: the RL "
+                                       f"samples carry no sampler log-probs")
                 is_w = tis_weights(old, _fit(t["blp"][chunk], logp.shape[1]),
-                                   mb["mask"][:n], cap=self.a.is_cap)
+                                   mb["mask"][:n], cap=self.a.is_cap, kind=self.a.is_correction)
             loss, m = policy_loss(logp[:n], old, mb["adv"][:n],
                                   mb["mask"][:n], ent[:n], kind=self.a.rl_loss,
                                   l_max=self.a.max_new_tokens, clip_eps=self.a.clip_eps,
@@ -276,13 +276,22 @@ def learner_step(learner: Learner, scheduler, publisher, step: int, rank: int = 
     t0 = time.perf_counter()
     batch = call(scheduler, "next_batch", step, rank, world)
     publisher.after_generation()
-    t1 = time.perf_counter()
+    t1, wall1 = time.perf_counter(), time.time()
     metrics = dict(batch.metrics)
     metrics.update(learner.train_step(batch))
     metrics["batch_wait_seconds"] = t1 - t0  # generation, reward, records and the transfer
     metrics["train_seconds"] = time.perf_counter() - t1
+    wall2 = time.time()
     metrics["weight_sync_seconds"] = publisher.publish(learner, step)
+    metrics["publish_wait_seconds"] = publisher.waited  # asynchronous: the batch sampled ahead
+    metrics["staleness"] = step - 1 - batch.weight_version  # versions behind the learner
     metrics["sft_this_step"] = int(bool(batch.sft))
+    if rank == 0:  # the timeline figure (relift_ray.timeline)
+        lane = f"learners ({world})"
+        tell(scheduler, "note_events", [
+            {"what": "train", "lane": lane, "step": step, "start": wall1, "end": wall2},
+            {"what": "sync", "lane": lane, "step": step, "start": wall2 + publisher.waited,
+             "end": time.time()}])
     return metrics
 
 

@@ -26,6 +26,7 @@ class SamplingParams:
     top_p: float = 1.0
     max_new_tokens: int = 64
     seed: int = 0
+    logprobs: bool = False  # return each sampled token's log-probability (behaviour policy)
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class Completion:
     prompt_ids: tuple[int, ...]
     response_ids: tuple[int, ...]  # ends with EOS when the model stopped by itself
     weight_version: int  # the policy version that sampled it
-    logprobs: tuple[float, ...] = ()  # per response token, from the sampler (vLLM); () if not kept
+    logprobs: tuple[float, ...] = ()  # per response token, from the sampler; () if not asked for
 
 
 class Reward(NamedTuple):
@@ -94,8 +95,31 @@ class TrainBatch:
     metrics: dict = field(default_factory=dict)  # scheduler-side figures for this step
     sft_mixed: bool = False  # mode=mixed: the SFT term joins the RL loss instead of its own step
 
+    def to_dict(self) -> dict:
+        """JSON-able (a checkpoint keeps the batches made ahead of the learners)."""
+        return {"step": self.step, "rl": [list(map(list, _sample_fields(x))) for x in self.rl],
+                "sft": [list(map(list, _sample_fields(x))) for x in self.sft],
+                "weight_version": self.weight_version, "sft_mixed": self.sft_mixed,
+                "metrics": {k: v for k, v in self.metrics.items()
+                            if isinstance(v, (int, float, str, bool))}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainBatch":
+        return cls(step=d["step"], rl=tuple(_sample(x) for x in d["rl"]),
+                   sft=tuple(_sample(x) for x in d["sft"]), weight_version=d["weight_version"],
+                   sft_mixed=d["sft_mixed"], metrics=dict(d["metrics"]))
+
     def shard(self, rank: int, world: int) -> "TrainBatch":
         # Distribution changes the code here: each learner takes every world-th sample.
         return TrainBatch(step=self.step, rl=self.rl[rank::world], sft=self.sft[rank::world],
                           weight_version=self.weight_version, metrics=self.metrics,
                           sft_mixed=self.sft_mixed)
+
+
+def _sample_fields(x: Sample) -> tuple:
+    # (prompt ids, response ids, [advantage], [question id], behaviour log-probs)
+    return (x.prompt_ids, x.response_ids, [x.advantage], [x.question_id], x.behavior_logprobs)
+
+
+def _sample(f: list) -> Sample:
+    return Sample(tuple(f[0]), tuple(f[1]), f[2][0], f[3][0], tuple(f[4]))

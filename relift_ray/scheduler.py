@@ -51,7 +51,8 @@ def bucket_of(pass_rate: float) -> str:
 class QuestionRecord:
     attempts: int = 0  # rollouts sampled
     correct: int = 0
-    history: list = field(default_factory=list)  # [(step, pass rate)] each time it was sampled
+    # [(step, pass rate, weight version that sampled it)] each time it was sampled
+    history: list = field(default_factory=list)
     first_solved_step: int | None = None
     times_buffered: int = 0
     sft_steps: list = field(default_factory=list)  # learner steps whose SFT batch held it
@@ -70,7 +71,8 @@ class QuestionTable:
         n_ok = sum(r > 0 for r in group.rewards)
         rec.attempts += len(group.rewards)
         rec.correct += n_ok
-        rec.history.append((step, group.pass_rate))
+        version = group.completions[0].weight_version if group.completions else step - 1
+        rec.history.append((step, group.pass_rate, version))
         if n_ok and rec.first_solved_step is None:
             rec.first_solved_step = step
         if rec.sft_steps:
@@ -90,7 +92,10 @@ class QuestionTable:
             last = rec.history[-1][1] if rec.history else None
             out.append({"id": qid, "level": q.level if q else "", "source": q.source if q else "",
                         "attempts": rec.attempts, "correct": rec.correct, "last_pass_rate": last,
-                        "pass_rate_history": " ".join(f"{s}:{p:.3g}" for s, p in rec.history),
+                        # step:pass rate, with @version when it was not step - 1 (async)
+                        "pass_rate_history": " ".join(
+                            f"{s}:{p:.3g}" + ("" if v == s - 1 else f"@{v}")
+                            for s, p, v in rec.history),
                         "first_solved_step": rec.first_solved_step,
                         "times_buffered": rec.times_buffered,
                         "sft_steps": " ".join(map(str, rec.sft_steps)),
@@ -176,9 +181,22 @@ class Scheduler:
         self.counters = {"step": 0, "sft_steps": 0, "demos_used_total": 0,
                          "fed_without_demo": 0}
         self.demos_used: set[str] = set()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the state (records, buffer, samplers, counters)
         self._batch: TrainBatch | None = None
         self._weights: tuple[int, object] | None = None  # (version, object ref), object store
+        # Asynchronous rollouts (algo.max_staleness = lag > 0): a producer thread makes the
+        # batches ahead of the learners. Guarded by _cv; taken after _lock, never before it.
+        self.lag = cfg.algo.max_staleness
+        self._cv = threading.Condition()
+        self._ready: dict[int, TrainBatch] = {}  # made, not yet consumed by every learner
+        self._next = 1  # the next batch the producer makes
+        self._generated = 0  # the last batch whose rollouts are sampled
+        self._published = -1  # the weight version the generators hold (-1: not known yet)
+        self._epoch = 0  # bumped by load_state_dict: a batch made before it is dropped
+        self._error: BaseException | None = None
+        self._producer: threading.Thread | None = None
+        self._closed = False
+        self.timeline: list[dict] = []  # what ran when (relift_ray.timeline)
         self._initial = self.state_dict()
 
     def reset(self) -> None:
@@ -186,8 +204,16 @@ class Scheduler:
         self.load_state_dict(self._initial)
 
     # ------------------------------------------------------------ the producer, one step
+    def behavior_version(self, step: int) -> int:
+        """The weight version that samples batch ``step``: step - 1 on-policy, ``lag`` fewer
+        with asynchronous rollouts (the first batches all use the base weights)."""
+        return max(0, step - 1 - self.lag)
+
     def next_batch(self, step: int, rank: int = 0, world: int = 1) -> TrainBatch:
-        """The shard of step ``step``'s batch for learner ``rank``; the first caller makes it."""
+        """The shard of step ``step``'s batch for learner ``rank``; on-policy the first caller
+        makes it, asynchronously the producer thread has made it (or is making it)."""
+        if self.lag:
+            return self._next_batch_async(step).shard(rank, world)
         with self._lock:
             if self._batch is None or self._batch.step != step:
                 if step != self.counters["step"] + 1:
@@ -196,6 +222,114 @@ class Scheduler:
                                        f"learner's checkpoint)")
                 self._batch = self.produce(step)
             return self._batch.shard(rank, world)
+
+    # ------------------------------------------------------------ asynchronous rollouts
+    def _next_batch_async(self, step: int) -> TrainBatch:
+        self._start_producer()
+        with self._cv:
+            while step not in self._ready:
+                if self._error is not None:
+                    raise RuntimeError(f"making batch {step} failed: {self._error!r}") \
+                        from self._error
+                if step > self._next or (step < self._next and step not in self._ready):
+                    raise RuntimeError(
+                        f"learner asked for step {step}, scheduler makes batch {self._next} "
+                        f"next (state out of sync with the learner's checkpoint)")
+                self._cv.wait(1.0)
+            for old in [s for s in self._ready if s < step]:  # every learner is past them
+                del self._ready[old]
+            return self._ready[step]
+
+    def _start_producer(self) -> None:
+        with self._cv:
+            if self._producer is None or not self._producer.is_alive():
+                self._error = None
+                self._producer = threading.Thread(target=self._produce_ahead,
+                                                  name="relift-producer", daemon=True)
+                self._producer.start()
+
+    def _produce_ahead(self) -> None:
+        """Batch after batch, each as soon as the generators hold its weight version: while
+        the learners train step s, batches up to s + lag are sampled (with version s - 1 for
+        the last). Stops at train.steps or on an error, which the learners then raise."""
+        while True:
+            with self._cv:
+                step, epoch = self._next, self._epoch
+                if step > self.cfg.train.steps or self._closed:
+                    return
+                need = self.behavior_version(step)
+                if self._published < need:
+                    self._cv.wait(1.0)
+                    continue
+            try:
+                with self._lock:
+                    if epoch != self._epoch:
+                        continue
+                    batch = self.produce(step)
+            except BaseException as e:  # the learners' next_batch raises it
+                with self._cv:
+                    self._error = e
+                    self._cv.notify_all()
+                return
+            with self._cv:
+                if epoch == self._epoch:  # not made stale by load_state_dict meanwhile
+                    self._ready[step] = batch
+                    self._next = step + 1
+                    self._cv.notify_all()
+
+    def wait_made(self, step: int) -> None:
+        """Returns once batch ``step`` is made (or there is nothing more to make): the
+        generators and reward workers are idle until the next weight version (the in-process
+        runner evaluates on them then)."""
+        with self._cv:
+            while self.lag and self._next <= min(step, self.cfg.train.steps):
+                if self._error is not None or self._closed:
+                    return
+                self._cv.wait(1.0)
+
+    def close(self) -> None:
+        """Stops the producer thread (it makes no further batch)."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+
+    def _mark_generated(self, step: int) -> None:
+        with self._cv:
+            self._generated = max(self._generated, step)
+            self._cv.notify_all()
+
+    def wait_generated(self, step: int, timeout: float = 3600.0) -> None:
+        """Returns once batch ``step``'s rollouts are sampled: the learners publish weight
+        version v only after the last batch to be sampled with v - 1 (v + lag) has been, so a
+        batch is never sampled with other weights than its own version (determinism)."""
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while self._generated < min(step, self.cfg.train.steps):
+                if self._error is not None:
+                    raise RuntimeError(f"making batch {self._next} failed: {self._error!r}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"batch {step} not sampled after {timeout:g} s")
+                self._cv.wait(1.0)
+
+    def weights_published(self, version: int) -> None:
+        """The generators hold weight version ``version`` now (the learners' publisher)."""
+        with self._cv:
+            self._published = version
+            self._cv.notify_all()
+
+    def note_events(self, events: list[dict]) -> None:
+        """Timeline entries from a learner (train and sync intervals)."""
+        with self._cv:
+            self.timeline.extend(events)
+
+    def get_timeline(self) -> list[dict]:
+        with self._cv:
+            return list(self.timeline)
+
+    def _note(self, what: str, lane: str, step: int, start: float, end: float) -> None:
+        with self._cv:
+            self.timeline.append({"what": what, "lane": lane, "step": step, "start": start,
+                                  "end": end})
 
     def remember_weights(self, version: int, refs: list) -> None:
         """The object-store reference of weight version ``version`` (in a list, so Ray passes
@@ -207,6 +341,7 @@ class Scheduler:
         self._inject_kills(step)
         if self.cfg.is_sft_step(step):
             batch = self._offline_sft_batch(step)
+            self._mark_generated(step)
         else:
             # 1. sample B questions   2. N rollouts each   3. rewards
             qs = [self.questions[i] for i in self.sampler.take(self.a.batch_size)]
@@ -225,7 +360,7 @@ class Scheduler:
                 with_demo = self._with_demo(fed)
                 sft, mixed = (self._sft_samples(step, with_demo) if with_demo else ()), True
             batch = TrainBatch(step=step, rl=self._rl_samples(groups), sft=sft,
-                               weight_version=step - 1, sft_mixed=mixed,
+                               weight_version=self.behavior_version(step), sft_mixed=mixed,
                                metrics={**gen_metrics, **_group_metrics(groups)})
         self.counters["step"] = step
         batch.metrics.update(self._state_metrics())
@@ -236,28 +371,36 @@ class Scheduler:
         t0 = time.perf_counter()
         k = len(self.generators)
         chunks = [qs[i::k] for i in range(k)]
+        version = self.behavior_version(step)
+        # the sampler's own log-probs: the off-policy correction and its statistics need them
+        logprobs = bool(self.lag) or self.a.is_correction != "none"
         params = [SamplingParams(n=self.a.n_samples, temperature=self.a.temperature,
                                  top_p=self.a.top_p, max_new_tokens=self.a.max_new_tokens,
-                                 seed=self.cfg.train.seed * 1_000_003 + step * 101 + i)
+                                 seed=self.cfg.train.seed * 1_000_003 + step * 101 + i,
+                                 logprobs=logprobs)
                   for i in range(k)]
-        outs = self._generate(chunks, params, step - 1)
+        wall0 = time.time()
+        outs = self._generate(chunks, params, version)
+        self._mark_generated(step)
+        self._note("generate", "generators", step, wall0, time.time())
         by_q = {}
         for chunk, out in zip(chunks, outs):
             by_q.update({q.id: comps for q, comps in zip(chunk, out)})
         comps = [by_q[q.id] for q in qs]
         versions = {c.weight_version for group in comps for c in group}
-        if versions != {step - 1}:  # exactly on-policy: step s samples with version s-1
+        if versions != {version}:  # on-policy step s samples with version s-1; async s-1-lag
             raise RuntimeError(f"step {step}: generators sampled with weight versions "
-                               f"{sorted(versions)}, expected {step - 1}")
+                               f"{sorted(versions)}, expected {version}")
         gen_s = time.perf_counter() - t0
-        t1 = time.perf_counter()
+        t1, wall1 = time.perf_counter(), time.time()
         pairs = [(c.text, q.answer) for q, group in zip(qs, comps) for c in group]
         rewards = score_all(self.rewarders, pairs)
+        self._note("reward", "reward workers", step, wall1, time.time())
         n = self.a.n_samples
         groups = [ScoredGroup(q, tuple(g), tuple(r.value for r in rewards[i * n:(i + 1) * n]))
                   for i, (q, g) in enumerate(zip(qs, comps))]
         tokens = sum(len(c.response_ids) for g in comps for c in g)
-        return groups, {"weight_version": step - 1, "gen_seconds": gen_s,
+        return groups, {"weight_version": version, "gen_seconds": gen_s,
                         "gen_tokens_per_s": tokens / max(gen_s, 1e-9),
                         "response_length": tokens / max(len(pairs), 1),
                         "reward_seconds": time.perf_counter() - t1,
@@ -359,8 +502,8 @@ class Scheduler:
     def _offline_sft_batch(self, step: int) -> TrainBatch:
         qids = list(dict.fromkeys(self.with_demo[i].id
                                   for i in self.sft_sampler.take(self.a.sft_batch_size)))
-        return TrainBatch(step=step, sft=self._sft_samples(step, qids), weight_version=step - 1,
-                          metrics={})
+        return TrainBatch(step=step, sft=self._sft_samples(step, qids),
+                          weight_version=self.behavior_version(step), metrics={})
 
     def _sft_samples(self, step: int, qids: list[str]) -> tuple[Sample, ...]:
         self.counters["sft_steps"] += 1
@@ -389,15 +532,25 @@ class Scheduler:
             return self.table.rows(self.by_id)
 
     def state_dict(self) -> dict:
+        """The whole state, JSON-able. With asynchronous rollouts it waits for a batch in the
+        making and includes the batches made ahead (their rollouts came from weights older
+        than the checkpoint's, which a resumed run no longer has)."""
         with self._lock:
-            return {"records": {k: asdict(v) for k, v in self.table.records.items()},
-                    "buffer": list(self.buffer.ids), "sampler": self.sampler.state_dict(),
-                    "sft_sampler": self.sft_sampler.state_dict(),
-                    "counters": dict(self.counters), "demos_used": sorted(self.demos_used)}
+            out = {"records": {k: asdict(v) for k, v in self.table.records.items()},
+                   "buffer": list(self.buffer.ids), "sampler": self.sampler.state_dict(),
+                   "sft_sampler": self.sft_sampler.state_dict(),
+                   "counters": dict(self.counters), "demos_used": sorted(self.demos_used)}
+            if self.lag:
+                with self._cv:
+                    out["ready"] = [b.to_dict() for _, b in sorted(self._ready.items())]
+            return out
 
     def load_state_dict(self, s: dict) -> None:
+        with self._cv:
+            self._epoch += 1  # a batch being made now is dropped when it is done
         with self._lock:
-            self.table.records = {k: QuestionRecord(**{**v, "history": [tuple(h) for h in v["history"]]})
+            self.table.records = {k: QuestionRecord(**{**v, "history": [_entry(h) for h in
+                                                                         v["history"]]})
                                   for k, v in s["records"].items()}
             self.buffer.ids = list(s["buffer"])
             self.sampler.load_state_dict(s["sampler"])
@@ -405,6 +558,17 @@ class Scheduler:
             self.counters = dict(s["counters"])
             self.demos_used = set(s["demos_used"])
             self._batch = None
+            with self._cv:
+                self._ready = {b.step: b for b in map(TrainBatch.from_dict, s.get("ready", []))}
+                self._next = self._generated = self.counters["step"]
+                self._next += 1
+                self._published, self._error = -1, None  # the learners publish first
+                self._cv.notify_all()
+
+
+def _entry(h) -> tuple:
+    # (step, pass rate, version); checkpoints before asynchronous rollouts kept no version
+    return tuple(h) if len(h) == 3 else (h[0], h[1], h[0] - 1)
 
 
 GENERATOR_RETRIES = 3  # a generator may die this many times within one step

@@ -82,6 +82,15 @@ class Tracker:
             self.mlflow.log_artifact(str(path))
         return name
 
+    def log_timeline(self, events: list[dict], title: str = "") -> None:
+        """timeline.png (relift_ray.timeline) and the events as timeline.json."""
+        if not events:
+            return
+        from relift_ray.timeline import draw
+        with tempfile.TemporaryDirectory() as d:
+            self.mlflow.log_artifact(str(draw(events, Path(d) / "timeline.png", title)))
+        self.mlflow.log_dict(events, "timeline.json")
+
     def set_tags(self, tags: dict) -> None:
         self.mlflow.set_tags(tags)
 

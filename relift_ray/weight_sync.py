@@ -245,9 +245,13 @@ class WeightPublisher:
     wakes their KV cache."""
 
     def __init__(self, generators: list, rank: int = 0, zero3: bool = False,
-                 colocate: bool = False):
+                 colocate: bool = False, scheduler=None, lag: int = 0):
         self.generators, self.rank, self.zero3 = generators, rank, zero3
         self.colocate = colocate
+        # asynchronous rollouts (algo.max_staleness = lag): the scheduler says when the last
+        # batch of the previous version is sampled, and hears which version is out
+        self.scheduler, self.lag = scheduler, lag
+        self.waited = 0.0  # seconds the last publish waited for that batch
 
     def after_generation(self) -> None:
         if not self.colocate:
@@ -257,15 +261,24 @@ class WeightPublisher:
         _barrier()  # no rank trains before its GPU's engine sleeps
 
     def publish(self, learner, version: int) -> float:
+        """Seconds the sync took (``self.waited``: the wait before it, asynchronous only)."""
         t0 = time.perf_counter()
+        if self.lag and version >= 1 and self.rank == 0 and self.scheduler is not None:
+            # batch version + lag is the last one sampled with version - 1: the generators
+            # take the new weights once it is (they never wait longer than this sync)
+            call(self.scheduler, "wait_generated", version + self.lag)
+        t1 = time.perf_counter()
+        self.waited = t1 - t0
         if self.colocate and self.rank == 0:
             on_all(self.generators, "wake_up", ["weights"])
         self._send(learner, version)
         if self.colocate and self.rank == 0:
             on_all(self.generators, "wake_up", ["kv_cache"])
+        if self.rank == 0 and self.scheduler is not None:
+            call(self.scheduler, "weights_published", version)
         _barrier()  # returns on every rank once the generators hold the version: no rank asks
         # for the next batch (sampled with this version) before rank 0 has published it
-        return time.perf_counter() - t0
+        return time.perf_counter() - t1
 
     def _send(self, learner, version: int) -> None:
         raise NotImplementedError
@@ -289,11 +302,6 @@ class ObjectStorePublisher(WeightPublisher):
     """Rank 0 puts one CPU state dict in the object store; every generator loads it. The
     scheduler is told the object's reference, to reload generators that Ray restarts."""
 
-    def __init__(self, generators: list, rank: int = 0, zero3: bool = False,
-                 colocate: bool = False, scheduler=None):
-        super().__init__(generators, rank, zero3, colocate)
-        self.scheduler = scheduler
-
     def _send(self, learner, version: int) -> None:
         import ray
         sd = learner.full_state_dict() if (self.rank == 0 or self.zero3) else None
@@ -316,15 +324,16 @@ class _VLLMPublisher(WeightPublisher):
 
 class IPCPublisher(_VLLMPublisher):
     def __init__(self, generators: list, rank: int = 0, zero3: bool = False,
-                 bucket_mb: int = 512, timeout_s: float = 300.0):
-        super().__init__(generators, rank, zero3, colocate=True)
+                 bucket_mb: int = 512, timeout_s: float = 300.0, scheduler=None):
+        super().__init__(generators, rank, zero3, colocate=True, scheduler=scheduler)
         self.sync = IPCWeightSync(generators, bucket_mb, timeout_s)
 
 
 class NCCLPublisher(_VLLMPublisher):
     def __init__(self, generators: list, rank: int = 0, zero3: bool = False,
-                 tensor_parallel_size: int = 1, timeout_s: float = 300.0):
-        super().__init__(generators, rank, zero3, colocate=False)
+                 tensor_parallel_size: int = 1, timeout_s: float = 300.0, scheduler=None,
+                 lag: int = 0):
+        super().__init__(generators, rank, zero3, colocate=False, scheduler=scheduler, lag=lag)
         import ray
         # the group forms at once: rank 0's node address, a free port
         port = free_port() if rank == 0 else 0
@@ -338,11 +347,13 @@ class NCCLPublisher(_VLLMPublisher):
 def make_publisher(cfg, generators: list, rank: int = 0, scheduler=None) -> WeightPublisher:
     """The publisher of this run, chosen once from ``generator.weight_sync``: in-process when
     the generators are plain objects, else object store, CUDA IPC or NCCL."""
-    g, zero3 = cfg.generator, cfg.train.zero_stage == 3
+    g, zero3, lag = cfg.generator, cfg.train.zero_stage == 3, cfg.algo.max_staleness
     if generators and not is_actor(generators[0]):
-        return InProcessPublisher(generators, rank, zero3)
+        return InProcessPublisher(generators, rank, zero3, scheduler=scheduler, lag=lag)
     if g.weight_sync == "object_store":
-        return ObjectStorePublisher(generators, rank, zero3, g.colocate, scheduler=scheduler)
-    if g.weight_sync == "ipc":
-        return IPCPublisher(generators, rank, zero3, g.bucket_mb, g.sync_timeout_s)
-    return NCCLPublisher(generators, rank, zero3, g.tensor_parallel_size, g.sync_timeout_s)
+        return ObjectStorePublisher(generators, rank, zero3, g.colocate, scheduler=scheduler,
+                                    lag=lag)
+    if g.weight_sync == "ipc":  # colocated: never asynchronous (config.validate)
+        return IPCPublisher(generators, rank, zero3, g.bucket_mb, g.sync_timeout_s, scheduler)
+    return NCCLPublisher(generators, rank, zero3, g.tensor_parallel_size, g.sync_timeout_s,
+                         scheduler, lag)

@@ -183,7 +183,12 @@ def test_text_overrides_stay_text():
 @pytest.mark.parametrize("overrides,message", [
     (["generator.backend=vllm"], "generator.backend=vllm: needs cluster.use_gpu=true"),
     (["generator.weight_sync=nccl"], "generator.weight_sync='nccl': needs generator.backend=vllm"),
-    (["algo.is_correction=tis"], "algo.is_correction='tis': needs generator.backend=vllm"),
+    (["algo.max_staleness=1", "generator.backend=vllm", "cluster.use_gpu=true",
+      "generator.weight_sync=ipc", "generator.colocate=true"],
+     "algo.max_staleness=1 with generator.colocate=true: colocated engines sleep"),
+    (["algo.max_staleness=-1"], "algo.max_staleness=-1: must be >= 0"),
+    (["algo.max_staleness=2", "algo.mode=sft"], "mode=sft samples nothing"),
+    (["algo.is_correction=clamp"], "algo.is_correction='clamp': must be one of"),
     (["generator.backend=vllm", "cluster.use_gpu=true", "generator.weight_sync=ipc"],
      "generator.weight_sync=ipc: needs generator.colocate=true"),
     (["generator.backend=vllm", "cluster.use_gpu=true", "generator.weight_sync=nccl",

@@ -104,3 +104,31 @@ def test_rl_and_sft_modes_run(ray_local, tmp_path, mode):
         assert s["sft_steps"] == 2 and s["demos_used_unique"] == 12
         assert not metric(cfg, s["run_id"], "weight_version")
         assert metric(cfg, s["run_id"], "sft/sft_loss")
+
+
+def test_async_run_samples_one_version_behind_and_draws_its_timeline(ray_local, tmp_path):
+    """algo.max_staleness=1: batch s comes from weights s-2 while the learners train step s-1;
+    every sample carries its sampler's log-probs, the learner weights each token by the
+    truncated ratio, and the timeline shows generation overlapping learning."""
+    from mlflow.tracking import MlflowClient
+
+    from relift_ray.driver import run
+    from relift_ray.timeline import overlap_seconds
+    cfg = small_cfg(tmp_path, "async", "algo.max_staleness=1", "algo.is_correction=tis")
+    s = run(cfg)
+    assert metric(cfg, s["run_id"], "weight_version") == [0.0, 0.0, 1.0, 2.0]
+    assert metric(cfg, s["run_id"], "staleness") == [0.0, 1.0, 1.0, 1.0]
+    ratios = metric(cfg, s["run_id"], "mismatch/prob_ratio_mean")
+    weights = metric(cfg, s["run_id"], "rl/is_weight_mean")
+    assert len(ratios) == 4 and len(weights) == 4
+    assert abs(ratios[0] - 1) < 1e-3  # step 1: the sampler held the learner's weights
+    assert all(0 < w <= 2.0 for w in weights)  # truncated at algo.is_cap
+    client = MlflowClient(cfg.mlflow_uri)
+    arts = {a.path for a in client.list_artifacts(s["run_id"])}
+    assert {"timeline.png", "timeline.json"} <= arts
+    events = json.loads(Path(client.download_artifacts(s["run_id"], "timeline.json",
+                                                       str(tmp_path))).read_text())
+    assert {e["what"] for e in events} == {"generate", "reward", "train", "sync"}
+    assert overlap_seconds(events) > 0
+    rows = Path(s["question_table"]).read_text()
+    assert "@" in rows  # pass rates sampled with an older version say which

@@ -116,7 +116,7 @@ def test_records_track_pass_rates_buffering_and_solved_after_sft():
     gen.default = 1
     step(s, gen, 2)  # next epoch: all solved
     rec = s.table.records["q0"]
-    assert rec.history == [(1, 0.0), (2, 1.0)] and rec.times_buffered == 1
+    assert rec.history == [(1, 0.0, 0), (2, 1.0, 1)] and rec.times_buffered == 1
     assert rec.sft_steps == [1] and rec.first_solved_step == 2 and rec.solved_after_sft is True
     row = {r["id"]: r for r in s.question_rows()}["q0"]
     assert row["pass_rate_history"] == "1:0 2:1" and row["solved_after_sft"] is True
@@ -278,3 +278,83 @@ def test_state_is_plain_json():
     b, _ = make(dict(script), **{"algo.buffer_size": 5})
     b.load_state_dict(json.loads(json.dumps(state)))
     assert json.dumps(b.state_dict()) == json.dumps(state)
+
+
+# ------------------------------------------------------------ asynchronous rollouts
+
+def async_step(s, gen, k):
+    """One learner step against an asynchronous scheduler: take batch k, then publish
+    version k as the learner's publisher does (wait for the batch sampled ahead, load, say)."""
+    b = s.next_batch(k)
+    if k >= 1 and s.lag:
+        s.wait_generated(k + s.lag)
+    gen.weight_version = k
+    s.weights_published(k)
+    return b
+
+
+def test_async_batches_are_sampled_lag_versions_behind_and_ahead_of_the_learner():
+    script = {f"q{i}": [i % 2, 0, 0, 0] for i in range(8)}
+    s, gen = make(dict(script), **{"algo.max_staleness": 2, "train.steps": 7})
+    s.weights_published(0)  # the learners publish their starting weights first
+    batches = [async_step(s, gen, k) for k in range(1, 8)]
+    # batch s comes from version max(0, s - 1 - 2)
+    assert [b.weight_version for b in batches] == [0, 0, 0, 1, 2, 3, 4]
+    assert all(b.metrics["weight_version"] == b.weight_version for b in batches)
+    # the generator was asked for batch s while the learner had finished step s - 3 at most
+    assert len(gen.calls) == 7 and all(p.logprobs for _, p in gen.calls)
+    # the question table keeps the version that sampled each pass rate
+    hist = [h for r in s.table.records.values() for h in r.history]
+    assert {(st, v) for st, _, v in hist} <= {(st, max(0, st - 3)) for st in range(1, 8)}
+    rows = {r["id"]: r for r in s.question_rows()}
+    assert any("@" in r["pass_rate_history"] for r in rows.values())
+    s.close()
+
+
+def test_async_scheduler_matches_the_on_policy_one_when_weights_do_not_matter():
+    """Scripted rollouts do not depend on the weights, so lag 1 and lag 0 make the same
+    batches: asynchrony changes when a batch is made, never what the scheduler decides."""
+    script = {f"q{i}": [i % 2, 0, 0, 0] for i in range(8)}
+    a, gen_a = make(dict(script), **{"algo.buffer_size": 5, "train.steps": 6})
+    b, gen_b = make(dict(script), **{"algo.buffer_size": 5, "train.steps": 6,
+                                     "algo.max_staleness": 1})
+    b.weights_published(0)
+    on = [step(a, gen_a, k) for k in range(1, 7)]
+    off = [async_step(b, gen_b, k) for k in range(1, 7)]
+    for x, y in zip(on, off):
+        assert x.rl == y.rl and x.sft == y.sft
+    b.close()
+
+
+def test_async_state_keeps_the_batches_made_ahead_and_resumes_exactly():
+    script = {f"q{i}": [i % 2, 0, 0, 0] for i in range(8)}
+    over = {"algo.buffer_size": 5, "algo.max_staleness": 2, "train.steps": 8}
+    a, gen_a = make(dict(script), **over)
+    a.weights_published(0)
+    for k in (1, 2, 3):
+        async_step(a, gen_a, k)
+    # the checkpoint of step 3: batches 4 and 5 (versions 1 and 2, which a resumed run no
+    # longer has) are made and travel with the state, perhaps batch 6 too
+    saved = json.loads(json.dumps(a.state_dict()))
+    ahead = [r["step"] for r in saved["ready"]]
+    assert {4, 5} <= set(ahead) <= {3, 4, 5, 6}
+    tail_a = [async_step(a, gen_a, k) for k in range(4, 9)]
+
+    b, gen_b = make(dict(script), **over)
+    b.load_state_dict(saved)
+    gen_b.weight_version = 3
+    b.weights_published(3)  # the resumed learners publish their checkpoint's weights first
+    tail_b = [async_step(b, gen_b, k) for k in range(4, 9)]
+    for x, y in zip(tail_a, tail_b):
+        assert (x.step, x.weight_version, x.rl, x.sft) == (y.step, y.weight_version, y.rl, y.sft)
+    assert a.state_dict()["records"] == b.state_dict()["records"]
+    a.close(), b.close()
+
+
+def test_async_learner_out_of_sync_is_an_error():
+    s, gen = make({}, **{"algo.max_staleness": 1, "train.steps": 5})
+    s.weights_published(0)
+    async_step(s, gen, 1)
+    with pytest.raises(RuntimeError, match="learner asked for step 6, scheduler makes batch"):
+        s.next_batch(6)  # batches 2 and 3 may be made, 4 needs version 2: never 6
+    s.close()

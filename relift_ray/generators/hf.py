@@ -59,24 +59,33 @@ class HFGenerator:
             enc = tok([q.prompt for q in chunk], return_tensors="pt", padding=True,
                       add_special_tokens=False).to(self.device)
             sample = params.temperature > 0
-            gen = self.model.generate(
+            res = self.model.generate(
                 **enc, do_sample=sample, num_return_sequences=params.n,
                 max_new_tokens=params.max_new_tokens, pad_token_id=tok.pad_token_id,
-                eos_token_id=tok.eos_token_id,
+                eos_token_id=tok.eos_token_id, return_dict_in_generate=True,
+                output_logits=params.logprobs,
                 **({"temperature": params.temperature, "top_p": params.top_p, "top_k": 0}
                    if sample else {}))
+            gen = res.sequences
             width = enc["input_ids"].shape[1]
+            lp = None
+            if params.logprobs:  # the model's own log-probs of the sampled tokens (raw logits,
+                # as the learner computes them), [rows, new tokens]
+                logits = torch.stack(res.logits, dim=1).float()
+                lp = torch.log_softmax(logits, -1).gather(
+                    -1, gen[:, width:width + logits.shape[1]].unsqueeze(-1)).squeeze(-1)
             for i, q in enumerate(chunk):
                 prompt = enc["input_ids"][i][enc["attention_mask"][i].bool()].tolist()
                 group = []
                 for j in range(params.n):
-                    resp = _trim(gen[i * params.n + j, width:].tolist(), tok.eos_token_id,
-                                 tok.pad_token_id)
+                    row = i * params.n + j
+                    resp = _trim(gen[row, width:].tolist(), tok.eos_token_id, tok.pad_token_id)
                     self.tokens_generated += len(resp)
                     group.append(Completion(
                         question_id=q.id, prompt_ids=tuple(prompt), response_ids=tuple(resp),
                         text=tok.decode(resp, skip_special_tokens=True),
-                        weight_version=self.weight_version))
+                        weight_version=self.weight_version,
+                        logprobs=tuple(lp[row, :len(resp)].tolist()) if lp is not None else ()))
                 out.append(group)
         return out
 
