@@ -223,3 +223,29 @@ def test_first_minibatch_needs_no_extra_old_logprob_pass(tiny_model):
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
     ref = _learner(tiny_model)
     assert any(not torch.equal(wa[k], v) for k, v in ref.full_state_dict().items())
+
+
+def test_transformers_generator_returns_the_learners_log_probs(relift_cache):
+    """The transformers backend's sampler log-probs (asynchronous rollouts' behaviour policy)
+    are the model's own: the learner computes the same for the same tokens."""
+    from transformers import AutoModelForCausalLM
+
+    from relift_ray.generators.hf import HFGenerator
+    from relift_ray.learner import forward_logprobs
+    from relift_ray.records import Question, SamplingParams
+
+    gen = HFGenerator(relift_cache, threads=1)
+    qs = [Question("a", "Q: 2+3=", "5"), Question("b", "Q: 12+30=", "42")]
+    out = gen.generate(qs, SamplingParams(n=3, temperature=1.0, max_new_tokens=12, seed=4,
+                                          logprobs=True))
+    samples = [Sample(c.prompt_ids, c.response_ids, 0.0, c.question_id, c.logprobs)
+               for group in out for c in group]
+    assert all(len(s.behavior_logprobs) == len(s.response_ids) > 0 for s in samples)
+    t = to_tensors(samples, gen.tokenizer.pad_token_id, "cpu")
+    with torch.no_grad():
+        logp, _ = forward_logprobs(AutoModelForCausalLM.from_pretrained(relift_cache), t)
+    m = t["mask"].bool()
+    assert torch.allclose(logp[m], t["blp"][m], atol=2e-4)
+    plain = gen.generate(qs, SamplingParams(n=3, temperature=1.0, max_new_tokens=12, seed=4))
+    assert [c.response_ids for g in plain for c in g] == [s.response_ids for s in samples]
+    assert all(c.logprobs == () for g in plain for c in g)  # only when asked for
