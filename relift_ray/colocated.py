@@ -83,7 +83,8 @@ def run_colocated(cfg: RunConfig, model_path: str, train_qs: list[Question],
                           eos_token=cfg.model.eos_token)
         sched = Scheduler(cfg, train_qs, tok, [gen], [rewarder])
         learner = Learner(cfg, model_path, world=1)
-        publisher = make_publisher(cfg, [gen])
+        publisher = make_publisher(cfg, [gen], scheduler=sched)
+        sched.weights_published(0)  # the generator starts with the base weights
         max_tokens = cfg.algo.max_new_tokens
 
         def greedy(step: int) -> dict:
