@@ -41,13 +41,20 @@ def policy_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Te
                 mask: torch.Tensor, entropy: torch.Tensor, *, kind: str = "relift",
                 l_max: int = 8192, clip_eps: float = 0.2,
                 entropy_coef: float = 0.001,
-                is_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+                is_weight: torch.Tensor | None = None,
+                n_tokens: float | None = None, n_seqs: int | None = None) -> tuple[torch.Tensor, dict]:
     """RL loss of one (mini)batch. advantages [B] (one per sequence), the rest [B, T].
 
     ``is_weight`` [B, T] (no gradient): the importance-sampling correction for the sampler /
     learner mismatch (``tis_weights``); each token's policy-gradient term is multiplied by it.
+    ``n_tokens`` / ``n_seqs``: the response tokens / sequences of the whole minibatch when
+    these rows are one micro-batch of it; the loss and every figure returned are then this
+    micro-batch's share, and the shares add up to the minibatch's values.
     """
     mask = mask.float()
+    if n_tokens is not None:
+        return _policy_loss_share(logp, logp_old, advantages, mask, entropy, kind, l_max,
+                                  clip_eps, entropy_coef, is_weight, n_tokens, n_seqs)
     ratio = torch.exp(logp - logp_old)
     if is_weight is not None:
         ratio = ratio * is_weight.detach()
@@ -71,10 +78,41 @@ def policy_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Te
                   "clip_frac": float(clip_frac)}
 
 
+def _policy_loss_share(logp, logp_old, advantages, mask, entropy, kind, l_max, clip_eps,
+                       entropy_coef, is_weight, n_tokens, n_seqs):
+    ratio = torch.exp(logp - logp_old)
+    if is_weight is not None:
+        ratio = ratio * is_weight.detach()
+    adv = advantages.unsqueeze(-1)
+    n_tokens = max(float(n_tokens), 1.0)
+    if kind == "relift":
+        pg = -(adv * ratio * mask).sum() / l_max
+        clip_frac = torch.zeros(())
+    elif kind == "grpo":
+        unclipped = -adv * ratio
+        clipped = -adv * ratio.clamp(1 - clip_eps, 1 + clip_eps)
+        per_token = torch.maximum(unclipped, clipped)
+        pg = ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)).sum() / max(n_seqs, 1)
+        clip_frac = ((clipped > unclipped).float() * mask).sum() / n_tokens
+    else:
+        raise ValueError(f"unknown RL loss kind {kind!r} (relift | grpo)")
+    ent = (entropy * mask).sum() / n_tokens
+    loss = pg - entropy_coef * ent
+    return loss, {"pg_loss": pg.detach().item(), "entropy": ent.detach().item(),
+                  "ratio_mean": ((ratio * mask).sum() / n_tokens).detach().item(),
+                  "clip_frac": float(clip_frac)}
+
+
 def sft_loss(logp: torch.Tensor, mask: torch.Tensor, entropy: torch.Tensor,
-             alpha: float = 0.001) -> tuple[torch.Tensor, dict]:
-    """Token-mean NLL over demonstration tokens minus alpha * token-mean entropy."""
+             alpha: float = 0.001, n_tokens: float | None = None) -> tuple[torch.Tensor, dict]:
+    """Token-mean NLL over demonstration tokens minus alpha * token-mean entropy
+    (``n_tokens``: the whole batch's demonstration tokens, for one micro-batch's share)."""
     mask = mask.float()
+    if n_tokens is not None:
+        n = max(float(n_tokens), 1.0)
+        nll, ent = (-logp * mask).sum() / n, (entropy * mask).sum() / n
+        return nll - alpha * ent, {"sft_nll": nll.detach().item(),
+                                   "sft_entropy": ent.detach().item()}
     nll = masked_mean(-logp, mask)
     ent = masked_mean(entropy, mask)
     return nll - alpha * ent, {"sft_nll": nll.detach().item(), "sft_entropy": ent.detach().item()}

@@ -106,6 +106,14 @@ class TrainConfig:
     checkpoint_every: int = 10  # steps between checkpoints (the last step always checkpoints)
     zero_stage: int = 2  # DeepSpeed ZeRO stage
     gradient_checkpointing: bool = False  # recompute activations in backward (long sequences)
+    # Memory of the update at long lengths and large vocabularies: a rank's minibatch goes
+    # through the model in micro-batches of at most this many (padded) tokens, gradients
+    # accumulated, the loss normalised as over the whole minibatch (0 = one pass)
+    max_tokens_per_microbatch: int = 0
+    # log-probs and entropy from the hidden states in chunks of this many positions x rows,
+    # each chunk's logits recomputed in backward: no [tokens x vocabulary] fp32 tensor larger
+    # than one chunk exists (0 = the whole forward's logits at once)
+    logits_chunk_tokens: int = 0
     max_failures: int = 2  # Ray Train restarts of the learner group after a worker dies
     # testing: actors killed with SIGKILL once, as <actor>@<step> (learner, scheduler,
     # generator, reward), e.g. [generator@14]; see relift_ray.chaos
@@ -285,7 +293,8 @@ _POSITIVE = ["algo.batch_size", "algo.n_samples", "algo.max_new_tokens", "algo.m
              "eval.chunk_questions", "eval.top_p", "algo.is_cap",
              "generator.tensor_parallel_size", "generator.gpu_memory_utilization",
              "generator.bucket_mb", "generator.sync_timeout_s"]
-_NON_NEGATIVE = ["algo.max_staleness", "algo.temperature", "algo.entropy_coef", "algo.sft_entropy_coef",
+_NON_NEGATIVE = ["train.max_tokens_per_microbatch", "train.logits_chunk_tokens",
+                 "algo.max_staleness", "algo.temperature", "algo.entropy_coef", "algo.sft_entropy_coef",
                  "algo.weight_decay", "algo.clip_eps", "train.max_failures",
                  "cluster.learner_cpus", "cluster.generator_cpus", "cluster.reward_cpus",
                  "cluster.scheduler_cpus", "cluster.torch_threads", "cluster.generator_threads",

@@ -96,9 +96,50 @@ def _fit(x: torch.Tensor, width: int) -> torch.Tensor:
     return torch.nn.functional.pad(x, (0, width - x.shape[1]))
 
 
-def forward_logprobs(model, t: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    logits = model(input_ids=t["ids"], attention_mask=t["attn"], use_cache=False).logits[:, :-1]
-    return token_logprobs(logits, t["ids"][:, 1:])
+# config fields of models whose logits are not just lm_head(hidden): the chunked path would
+# miss the extra step, so they take the plain one
+_LOGIT_EXTRAS = ("final_logit_softcapping", "logits_scaling", "logit_scale")
+
+
+def forward_logprobs(model, t: dict, chunk_tokens: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log p of each next token, entropy), both [B, T-1] fp32. With ``chunk_tokens`` the
+    logits are made from the final hidden states a chunk of positions at a time (about
+    ``chunk_tokens`` rows x positions), each chunk recomputed in backward instead of kept, so
+    no [tokens x vocabulary] tensor larger than one chunk ever exists."""
+    net = getattr(model, "module", model)  # a DeepSpeed engine's model
+    if not chunk_tokens or any(getattr(net.config, a, None) for a in _LOGIT_EXTRAS):
+        logits = model(input_ids=t["ids"], attention_mask=t["attn"],
+                       use_cache=False).logits[:, :-1]
+        return token_logprobs(logits, t["ids"][:, 1:])
+    from torch.utils.checkpoint import checkpoint
+    hidden = net.get_decoder()(input_ids=t["ids"], attention_mask=t["attn"],
+                               use_cache=False).last_hidden_state[:, :-1]
+    head, targets = net.get_output_embeddings(), t["ids"][:, 1:]
+    width = max(1, chunk_tokens // hidden.shape[0])
+    parts = [checkpoint(_head_logprobs, head, hidden[:, a:a + width], targets[:, a:a + width],
+                        use_reentrant=False) for a in range(0, hidden.shape[1], width)]
+    return torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1)
+
+
+def _head_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor):
+    return token_logprobs(head(hidden), targets)
+
+
+def microbatches(rows: list[int], lengths: list[int], budget: int) -> list[list[int]]:
+    """``rows`` packed into micro-batches of at most ``budget`` padded tokens (rows x the
+    longest row), longest first; a row longer than the budget goes alone. 0 = one batch."""
+    rows = list(rows)
+    if not budget or not rows:
+        return [rows] if rows else []
+    out, cur, widest = [], [], 0
+    for r in sorted(rows, key=lambda i: -lengths[i]):
+        w = max(widest, lengths[r])
+        if cur and (len(cur) + 1) * w > budget:
+            out.append(cur)
+            cur, w = [], lengths[r]
+        cur.append(r)
+        widest = w
+    return out + [cur]
 
 
 def _skip_shm_comm_op() -> None:
@@ -176,7 +217,12 @@ class Learner:
             int(bool(batch.sft) and not batch.sft_mixed)
         return metrics
 
+    def _logprobs(self, t: dict):
+        return forward_logprobs(self.engine, t, self.cfg.train.logits_chunk_tokens)
+
     def rl_update(self, samples: list[Sample], mixed_sft: list[Sample] | None = None) -> dict:
+        if self.cfg.train.max_tokens_per_microbatch:
+            return self._rl_update_micro(samples, mixed_sft or [])
         t = to_tensors(samples, self.pad_id, self.device)
         out = defaultdict(float)
         k = self.a.minibatches
@@ -189,8 +235,7 @@ class Learner:
         logp_old = None
         if first < len(samples):
             with torch.no_grad():
-                logp_old, _ = forward_logprobs(self.engine,
-                                               {key: v[first:] for key, v in t.items()})
+                logp_old, _ = self._logprobs({key: v[first:] for key, v in t.items()})
         sft_chunks = [mixed_sft[i::k] for i in range(k)] if mixed_sft else [[]] * k
         mixed_nll = []
         for j, (chunk, sft_chunk) in enumerate(zip(chunks, sft_chunks)):
@@ -202,7 +247,7 @@ class Learner:
             else:
                 mb = {key: v[chunk] for key, v in t.items()}
             n = len(chunk)
-            logp, ent = forward_logprobs(self.engine, mb)
+            logp, ent = self._logprobs(mb)
             if j == 0 and first:
                 old = logp[:n].detach()
             else:
@@ -237,9 +282,107 @@ class Learner:
             out.update({f"mismatch/{key}": v for key, v in mm.items()})
         return dict(out)
 
+    def _rl_update_micro(self, samples: list[Sample], mixed_sft: list[Sample]) -> dict:
+        """``rl_update`` a micro-batch at a time (train.max_tokens_per_microbatch): each
+        minibatch's micro-batches accumulate gradients (DeepSpeed reduces them once, at the
+        last) and their losses are shares of the minibatch's, so the update is the one-pass
+        update: the RL loss stays the sum over the minibatch's tokens / L_max, its entropy
+        term the minibatch's token mean, mode=mixed's SFT term the token mean over its
+        demonstrations."""
+        budget, k = self.cfg.train.max_tokens_per_microbatch, self.a.minibatches
+        lengths = [len(x.prompt_ids) + len(x.response_ids) for x in samples]
+        chunks = [c.tolist() for c in torch.arange(len(samples)).chunk(k)]
+        blp = all(len(x.behavior_logprobs) == len(x.response_ids) > 0 for x in samples)
+        # old log-probs, before the first update: the later minibatches' rows (all of them
+        # when the sampler's log-probs are compared or corrected for), one row at a time kept
+        old: dict[int, torch.Tensor] = {}
+        need = range(len(samples)) if blp else [i for c in chunks[1:] for i in c]
+        with torch.no_grad():
+            for rows in microbatches(need, lengths, budget):
+                lp, _ = self._logprobs(self._tensors([samples[i] for i in rows]))
+                old.update(zip(rows, lp))
+        sft_chunks = [mixed_sft[i::k] for i in range(k)] if mixed_sft else [[]] * k
+        out = defaultdict(float)
+        for j, (rows, demos) in enumerate(zip(chunks, sft_chunks)):
+            n_tok = sum(len(samples[i].response_ids) for i in rows)
+            parts = [("rl", m) for m in microbatches(rows, lengths, budget)]
+            parts += [("sft", m) for m in microbatches(
+                range(len(demos)), [len(x.prompt_ids) + len(x.response_ids) for x in demos],
+                budget)]
+            acc = defaultdict(float)
+            for p, (kind, mrows) in enumerate(parts):
+                self.engine.set_gradient_accumulation_boundary(p == len(parts) - 1)
+                if kind == "rl":
+                    loss, m = self._rl_share(samples, mrows, old, j == 0 and not blp, n_tok,
+                                             len(rows))
+                else:
+                    sub = [demos[i] for i in mrows]
+                    t = self._tensors(sub)
+                    logp, ent = self._logprobs(t)
+                    s_loss, sm = sft_loss(logp, t["mask"], ent, alpha=self.a.sft_entropy_coef,
+                                          n_tokens=sum(len(x.response_ids) for x in demos))
+                    loss, m = self.a.mixed_sft_coef * s_loss, {"mixed_sft_nll": sm["sft_nll"]}
+                self.engine.backward(loss)
+                m["loss"] = loss.item()
+                for key, v in m.items():
+                    acc[key] += v
+            acc["grad_norm"] = self._step("rl", self.a.grad_clip)
+            for key, v in acc.items():
+                out[f"rl/{key}"] += v / k
+        if blp:  # the sampler vs this learner, on the same sampled tokens
+            t = self._tensors(samples)
+            lp = torch.stack([_fit(old[i][None], t["mask"].shape[1])[0]
+                              for i in range(len(samples))])
+            mm = logprob_mismatch(lp, t["blp"], t["mask"])
+            out.update({f"mismatch/{key}": v for key, v in mm.items()})
+        return dict(out)
+
+    def _tensors(self, samples: list[Sample]) -> dict:
+        return to_tensors(samples, self.pad_id, self.device)
+
+    def _rl_share(self, samples, rows, old, own_old: bool, n_tok: int, n_seq: int):
+        """One RL micro-batch's loss: its share of its minibatch's."""
+        t = self._tensors([samples[i] for i in rows])
+        logp, ent = self._logprobs(t)
+        width = logp.shape[1]
+        lp_old = logp.detach() if own_old else \
+            torch.stack([_fit(old[i][None], width)[0] for i in rows])
+        is_w = None
+        if self.a.is_correction != "none":
+            if "blp" not in t:
+                raise RuntimeError(f"algo.is_correction={self.a.is_correction}: the RL "
+                                   f"samples carry no sampler log-probs")
+            is_w = tis_weights(lp_old, t["blp"], t["mask"], cap=self.a.is_cap,
+                               kind=self.a.is_correction)
+        loss, m = policy_loss(logp, lp_old, t["adv"], t["mask"], ent, kind=self.a.rl_loss,
+                              l_max=self.a.max_new_tokens, clip_eps=self.a.clip_eps,
+                              entropy_coef=self.a.entropy_coef, is_weight=is_w,
+                              n_tokens=n_tok, n_seqs=n_seq)
+        if is_w is not None:
+            m["is_weight_mean"] = float((is_w * t["mask"]).sum() / max(n_tok, 1))
+        return loss, m
+
     def sft_update(self, samples: list[Sample]) -> dict:
+        budget = self.cfg.train.max_tokens_per_microbatch
+        if budget:
+            lengths = [len(x.prompt_ids) + len(x.response_ids) for x in samples]
+            parts = microbatches(range(len(samples)), lengths, budget)
+            n_tok = sum(len(x.response_ids) for x in samples)
+            acc = defaultdict(float)
+            for p, rows in enumerate(parts):
+                self.engine.set_gradient_accumulation_boundary(p == len(parts) - 1)
+                t = self._tensors([samples[i] for i in rows])
+                logp, ent = self._logprobs(t)
+                loss, m = sft_loss(logp, t["mask"], ent, alpha=self.a.sft_entropy_coef,
+                                   n_tokens=n_tok)
+                self.engine.backward(loss)
+                m["sft_loss"] = loss.item()
+                for key, v in m.items():
+                    acc[key] += v
+            acc["sft_grad_norm"] = self._step("sft", self.a.sft_grad_clip)
+            return {f"sft/{k}": v for k, v in acc.items()}
         t = to_tensors(samples, self.pad_id, self.device)
-        logp, ent = forward_logprobs(self.engine, t)
+        logp, ent = self._logprobs(t)
         loss, m = sft_loss(logp, t["mask"], ent, alpha=self.a.sft_entropy_coef)
         self.engine.backward(loss)
         m["sft_grad_norm"] = self._step("sft", self.a.sft_grad_clip)

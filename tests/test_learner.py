@@ -192,9 +192,9 @@ def test_first_minibatch_needs_no_extra_old_logprob_pass(tiny_model):
     calls = []
     real = forward_logprobs
 
-    def counting(model, t):
+    def counting(model, t, chunk_tokens=0):
         calls.append((torch.is_grad_enabled(), t["ids"].shape[0]))
-        return real(model, t)
+        return real(model, t, chunk_tokens)
 
     import relift_ray.learner as learner_mod
     learner_mod.forward_logprobs = counting
@@ -249,3 +249,62 @@ def test_transformers_generator_returns_the_learners_log_probs(relift_cache):
     plain = gen.generate(qs, SamplingParams(n=3, temperature=1.0, max_new_tokens=12, seed=4))
     assert [c.response_ids for g in plain for c in g] == [s.response_ids for s in samples]
     assert all(c.logprobs == () for g in plain for c in g)  # only when asked for
+
+
+# ------------------------------------------------------------ micro-batches and chunked logits
+
+def test_microbatches_pack_by_padded_tokens():
+    from relift_ray.learner import microbatches
+    lengths = [5, 9, 3, 9, 4, 20]
+    out = microbatches(range(6), lengths, budget=18)
+    assert sorted(i for m in out for i in m) == list(range(6))
+    assert all(len(m) * max(lengths[i] for i in m) <= 18 or len(m) == 1 for m in out)
+    assert out[0] == [5]  # longer than the budget: alone
+    assert microbatches(range(6), lengths, budget=0) == [list(range(6))]
+
+
+@pytest.mark.parametrize("loss", ["relift", "grpo"])
+def test_micro_batched_chunked_update_equals_the_one_pass_update(tiny_model, loss):
+    """Micro-batches of at most 12 padded tokens and logits 5 positions x rows at a time give
+    the losses, metrics and weights of one pass over each minibatch (mode=mixed's SFT rows
+    and an SFT step included)."""
+    from relift_ray.records import TrainBatch
+    rows = [Sample((3, 4), (5, 6, 1), 1.0, "a"), Sample((3, 4), (7, 1), -0.5, "a"),
+            Sample((3, 4, 5), (9, 8, 7, 6, 1), 0.75, "b"), Sample((3,), (6, 7, 8, 1), -1.25, "b"),
+            Sample((3, 4), (9, 1), 0.5, "c"), Sample((3, 5), (6, 6, 6, 1), -0.5, "c")]
+    over = {"algo.minibatches": 2, "algo.rl_loss": loss, "algo.entropy_coef": 0.01,
+            "algo.sft_entropy_coef": 0.01, "algo.mixed_sft_coef": 0.5,
+            "algo.sft_lr": 0.003}
+    demos = (Sample((3, 4), (8, 9, 1), 0.0, "a"), Sample((3,), (8, 8, 9, 9, 1), 0.0, "b"))
+    a = _learner(tiny_model, **over)
+    b = _learner(tiny_model, **over, **{"train.max_tokens_per_microbatch": 12,
+                                        "train.logits_chunk_tokens": 5})
+    for batch in (TrainBatch(step=1, rl=tuple(rows)),
+                  TrainBatch(step=2, rl=tuple(rows), sft=demos, sft_mixed=True),
+                  TrainBatch(step=3, sft=demos)):
+        ma, mb = a.train_step(batch), b.train_step(batch)
+        assert ma.keys() == mb.keys()
+        for key in ma:
+            assert mb[key] == pytest.approx(ma[key], rel=1e-4, abs=1e-6), key
+    wa, wb = a.full_state_dict(), b.full_state_dict()
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+    ref = _learner(tiny_model)
+    assert any(not torch.equal(wa[k], v) for k, v in ref.full_state_dict().items())
+
+
+def test_chunked_log_probs_equal_the_whole_logits(tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    from relift_ray.learner import forward_logprobs
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    t = to_tensors([Sample((3, 4), (5, 6, 7, 8, 1), 1.0, "a"), Sample((3,), (7, 1), 1.0, "a")],
+                   0, "cpu")
+    whole = forward_logprobs(model, t)
+    (whole[0].sum() + whole[1].sum()).backward()
+    g_whole = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    chunked = forward_logprobs(model, t, chunk_tokens=3)  # 1 position x 2 rows per chunk
+    (chunked[0].sum() + chunked[1].sum()).backward()
+    assert torch.allclose(whole[0], chunked[0], atol=1e-6)
+    assert torch.allclose(whole[1], chunked[1], atol=1e-6)
+    assert all(torch.allclose(g_whole[n], p.grad, atol=1e-6) for n, p in model.named_parameters())
