@@ -78,7 +78,7 @@ def test_compare_job_runs_every_method_and_logs_parent_and_children(ray_local, t
         "compare.seeds=1", "compare.eval_every=2", "compare.eval_k=2",
         "compare.bucket_samples=2", "data.max_test_questions=40"])
     out = run(cfg)
-    methods = list(METHODS)
+    methods = list(cfg.compare.methods)  # the default list: the paper's methods
     assert sorted(r["method"] for r in out["results"]) == sorted(methods)
     for r in out["results"]:
         assert [p["step"] for p in r["curve"]] == [0, 2, 4]
