@@ -48,13 +48,12 @@ def policy_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Te
     ``is_weight`` [B, T] (no gradient): the importance-sampling correction for the sampler /
     learner mismatch (``tis_weights``); each token's policy-gradient term is multiplied by it.
     ``n_tokens`` / ``n_seqs``: the response tokens / sequences of the whole minibatch when
-    these rows are one micro-batch of it; the loss and every figure returned are then this
-    micro-batch's share, and the shares add up to the minibatch's values.
+    these rows are one micro-batch of it (default: these rows'); the loss and every figure
+    returned are then this micro-batch's share, and the shares add up to the minibatch's.
     """
     mask = mask.float()
-    if n_tokens is not None:
-        return _policy_loss_share(logp, logp_old, advantages, mask, entropy, kind, l_max,
-                                  clip_eps, entropy_coef, is_weight, n_tokens, n_seqs)
+    n_tokens = max(float(mask.sum() if n_tokens is None else n_tokens), 1.0)
+    n_seqs = max(len(advantages) if n_seqs is None else n_seqs, 1)
     ratio = torch.exp(logp - logp_old)
     if is_weight is not None:
         ratio = ratio * is_weight.detach()
@@ -66,33 +65,7 @@ def policy_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Te
         unclipped = -adv * ratio
         clipped = -adv * ratio.clamp(1 - clip_eps, 1 + clip_eps)
         per_token = torch.maximum(unclipped, clipped)
-        per_seq = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)
-        pg = per_seq.mean()
-        clip_frac = masked_mean((clipped > unclipped).float(), mask)
-    else:
-        raise ValueError(f"unknown RL loss kind {kind!r} (relift | grpo)")
-    ent = masked_mean(entropy, mask)
-    loss = pg - entropy_coef * ent
-    return loss, {"pg_loss": pg.detach().item(), "entropy": ent.detach().item(),
-                  "ratio_mean": masked_mean(ratio, mask).detach().item(),
-                  "clip_frac": float(clip_frac)}
-
-
-def _policy_loss_share(logp, logp_old, advantages, mask, entropy, kind, l_max, clip_eps,
-                       entropy_coef, is_weight, n_tokens, n_seqs):
-    ratio = torch.exp(logp - logp_old)
-    if is_weight is not None:
-        ratio = ratio * is_weight.detach()
-    adv = advantages.unsqueeze(-1)
-    n_tokens = max(float(n_tokens), 1.0)
-    if kind == "relift":
-        pg = -(adv * ratio * mask).sum() / l_max
-        clip_frac = torch.zeros(())
-    elif kind == "grpo":
-        unclipped = -adv * ratio
-        clipped = -adv * ratio.clamp(1 - clip_eps, 1 + clip_eps)
-        per_token = torch.maximum(unclipped, clipped)
-        pg = ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)).sum() / max(n_seqs, 1)
+        pg = ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)).sum() / n_seqs
         clip_frac = ((clipped > unclipped).float() * mask).sum() / n_tokens
     else:
         raise ValueError(f"unknown RL loss kind {kind!r} (relift | grpo)")
@@ -108,13 +81,8 @@ def sft_loss(logp: torch.Tensor, mask: torch.Tensor, entropy: torch.Tensor,
     """Token-mean NLL over demonstration tokens minus alpha * token-mean entropy
     (``n_tokens``: the whole batch's demonstration tokens, for one micro-batch's share)."""
     mask = mask.float()
-    if n_tokens is not None:
-        n = max(float(n_tokens), 1.0)
-        nll, ent = (-logp * mask).sum() / n, (entropy * mask).sum() / n
-        return nll - alpha * ent, {"sft_nll": nll.detach().item(),
-                                   "sft_entropy": ent.detach().item()}
-    nll = masked_mean(-logp, mask)
-    ent = masked_mean(entropy, mask)
+    n = max(float(mask.sum() if n_tokens is None else n_tokens), 1.0)
+    nll, ent = (-logp * mask).sum() / n, (entropy * mask).sum() / n
     return nll - alpha * ent, {"sft_nll": nll.detach().item(), "sft_entropy": ent.detach().item()}
 
 

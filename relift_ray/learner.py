@@ -25,7 +25,7 @@ from relift_ray import chaos
 from relift_ray.actors import call, tell
 from relift_ray.checkpoint import load_learner, save_learner
 from relift_ray.console import say
-from relift_ray.algo import (logprob_mismatch, masked_mean, policy_loss, sft_loss, tis_weights,
+from relift_ray.algo import (logprob_mismatch, policy_loss, sft_loss, tis_weights,
                              token_logprobs)
 from relift_ray.config import RunConfig
 from relift_ray.records import Sample
@@ -221,81 +221,24 @@ class Learner:
         return forward_logprobs(self.engine, t, self.cfg.train.logits_chunk_tokens)
 
     def rl_update(self, samples: list[Sample], mixed_sft: list[Sample] | None = None) -> dict:
-        if self.cfg.train.max_tokens_per_microbatch:
-            return self._rl_update_micro(samples, mixed_sft or [])
-        t = to_tensors(samples, self.pad_id, self.device)
-        out = defaultdict(float)
-        k = self.a.minibatches
-        chunks = torch.arange(len(samples)).chunk(k)
-        # logp_old: the policy that sampled (exactly on-policy). The first minibatch is trained
-        # before any update, so its own forward pass gives them (detached, ratio exactly 1);
-        # only the later minibatches need this extra no-grad pass, before the first update.
-        # The sampler comparison (vLLM's log-probs) needs them for every row.
-        first = 0 if "blp" in t else len(chunks[0])  # logp_old[i] is row first + i
-        logp_old = None
-        if first < len(samples):
-            with torch.no_grad():
-                logp_old, _ = self._logprobs({key: v[first:] for key, v in t.items()})
-        sft_chunks = [mixed_sft[i::k] for i in range(k)] if mixed_sft else [[]] * k
-        mixed_nll = []
-        for j, (chunk, sft_chunk) in enumerate(zip(chunks, sft_chunks)):
-            if sft_chunk:
-                # mode=mixed: RL rows, then demonstration rows, in one forward pass (ZeRO
-                # reduces each gradient once per backward); loss = RL + coef * SFT
-                mb = to_tensors([samples[i] for i in chunk.tolist()] + sft_chunk, self.pad_id,
-                                self.device)
-            else:
-                mb = {key: v[chunk] for key, v in t.items()}
-            n = len(chunk)
-            logp, ent = self._logprobs(mb)
-            if j == 0 and first:
-                old = logp[:n].detach()
-            else:
-                old = _fit(logp_old[chunk - first], logp.shape[1])
-            is_w = None
-            if self.a.is_correction != "none":
-                if "blp" not in t:
-                    raise RuntimeError(f"algo.is_correction={self.a.is_correction}: the RL "
-                                       f"samples carry no sampler log-probs")
-                is_w = tis_weights(old, _fit(t["blp"][chunk], logp.shape[1]),
-                                   mb["mask"][:n], cap=self.a.is_cap, kind=self.a.is_correction)
-            loss, m = policy_loss(logp[:n], old, mb["adv"][:n],
-                                  mb["mask"][:n], ent[:n], kind=self.a.rl_loss,
-                                  l_max=self.a.max_new_tokens, clip_eps=self.a.clip_eps,
-                                  entropy_coef=self.a.entropy_coef, is_weight=is_w)
-            if is_w is not None:
-                m["is_weight_mean"] = float(masked_mean(is_w, mb["mask"][:n]))
-            if sft_chunk:
-                s_loss, sm = sft_loss(logp[n:], mb["mask"][n:], ent[n:],
-                                      alpha=self.a.sft_entropy_coef)
-                loss = loss + self.a.mixed_sft_coef * s_loss
-                mixed_nll.append(sm["sft_nll"])
-            self.engine.backward(loss)
-            m["grad_norm"] = self._step("rl", self.a.grad_clip)
-            m["loss"] = loss.item()
-            for key, v in m.items():
-                out[f"rl/{key}"] += v / k
-        if mixed_nll:
-            out["rl/mixed_sft_nll"] = sum(mixed_nll) / len(mixed_nll)
-        if "blp" in t:  # the sampler (vLLM) vs this learner, on the same sampled tokens
-            mm = logprob_mismatch(logp_old, t["blp"], t["mask"])
-            out.update({f"mismatch/{key}": v for key, v in mm.items()})
-        return dict(out)
+        """``algo.minibatches`` optimizer steps over the RL samples (mode=mixed: each with its
+        share of the demonstrations). Each minibatch goes through the model in micro-batches
+        (train.max_tokens_per_microbatch; 0 = one) that accumulate gradients (DeepSpeed
+        reduces them once, at the last) and whose losses are shares of the minibatch's: the
+        RL loss stays the sum over the minibatch's tokens / L_max, its entropy term the
+        minibatch's token mean, mode=mixed's SFT term the token mean over its
+        demonstrations.
 
-    def _rl_update_micro(self, samples: list[Sample], mixed_sft: list[Sample]) -> dict:
-        """``rl_update`` a micro-batch at a time (train.max_tokens_per_microbatch): each
-        minibatch's micro-batches accumulate gradients (DeepSpeed reduces them once, at the
-        last) and their losses are shares of the minibatch's, so the update is the one-pass
-        update: the RL loss stays the sum over the minibatch's tokens / L_max, its entropy
-        term the minibatch's token mean, mode=mixed's SFT term the token mean over its
-        demonstrations."""
+        Old log-probs (the policy that sampled) come from one no-grad pass before the first
+        update, over the later minibatches only: the first is trained before any update, so
+        its own forward pass gives them (detached, ratio exactly 1). The sampler comparison
+        (its log-probs, when the samples carry them) needs them for every row."""
+        mixed_sft = mixed_sft or []
         budget, k = self.cfg.train.max_tokens_per_microbatch, self.a.minibatches
         lengths = [len(x.prompt_ids) + len(x.response_ids) for x in samples]
         chunks = [c.tolist() for c in torch.arange(len(samples)).chunk(k)]
         blp = all(len(x.behavior_logprobs) == len(x.response_ids) > 0 for x in samples)
-        # old log-probs, before the first update: the later minibatches' rows (all of them
-        # when the sampler's log-probs are compared or corrected for), one row at a time kept
-        old: dict[int, torch.Tensor] = {}
+        old: dict[int, torch.Tensor] = {}  # row -> its old log-probs
         need = range(len(samples)) if blp else [i for c in chunks[1:] for i in c]
         with torch.no_grad():
             for rows in microbatches(need, lengths, budget):
@@ -363,31 +306,25 @@ class Learner:
         return loss, m
 
     def sft_update(self, samples: list[Sample]) -> dict:
-        budget = self.cfg.train.max_tokens_per_microbatch
-        if budget:
-            lengths = [len(x.prompt_ids) + len(x.response_ids) for x in samples]
-            parts = microbatches(range(len(samples)), lengths, budget)
-            n_tok = sum(len(x.response_ids) for x in samples)
-            acc = defaultdict(float)
-            for p, rows in enumerate(parts):
-                self.engine.set_gradient_accumulation_boundary(p == len(parts) - 1)
-                t = self._tensors([samples[i] for i in rows])
-                logp, ent = self._logprobs(t)
-                loss, m = sft_loss(logp, t["mask"], ent, alpha=self.a.sft_entropy_coef,
-                                   n_tokens=n_tok)
-                self.engine.backward(loss)
-                m["sft_loss"] = loss.item()
-                for key, v in m.items():
-                    acc[key] += v
-            acc["sft_grad_norm"] = self._step("sft", self.a.sft_grad_clip)
-            return {f"sft/{k}": v for k, v in acc.items()}
-        t = to_tensors(samples, self.pad_id, self.device)
-        logp, ent = self._logprobs(t)
-        loss, m = sft_loss(logp, t["mask"], ent, alpha=self.a.sft_entropy_coef)
-        self.engine.backward(loss)
-        m["sft_grad_norm"] = self._step("sft", self.a.sft_grad_clip)
-        m["sft_loss"] = loss.item()
-        return {f"sft/{k}": v for k, v in m.items()}
+        """One SFT optimizer step: the token mean over the demonstrations, in micro-batches
+        as ``rl_update``'s."""
+        lengths = [len(x.prompt_ids) + len(x.response_ids) for x in samples]
+        parts = microbatches(range(len(samples)), lengths,
+                             self.cfg.train.max_tokens_per_microbatch)
+        n_tok = sum(len(x.response_ids) for x in samples)
+        acc = defaultdict(float)
+        for p, rows in enumerate(parts):
+            self.engine.set_gradient_accumulation_boundary(p == len(parts) - 1)
+            t = self._tensors([samples[i] for i in rows])
+            logp, ent = self._logprobs(t)
+            loss, m = sft_loss(logp, t["mask"], ent, alpha=self.a.sft_entropy_coef,
+                               n_tokens=n_tok)
+            self.engine.backward(loss)
+            m["sft_loss"] = loss.item()
+            for key, v in m.items():
+                acc[key] += v
+        acc["sft_grad_norm"] = self._step("sft", self.a.sft_grad_clip)
+        return {f"sft/{k}": v for k, v in acc.items()}
 
     def gathered(self):
         """Context in which every parameter is whole (a no-op below ZeRO-3, where each rank
