@@ -42,7 +42,8 @@ def policy_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Te
                 l_max: int = 8192, clip_eps: float = 0.2,
                 entropy_coef: float = 0.001,
                 is_weight: torch.Tensor | None = None,
-                n_tokens: float | None = None, n_seqs: int | None = None) -> tuple[torch.Tensor, dict]:
+                n_tokens: float | None = None, n_seqs: int | None = None,
+                entropy_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """RL loss of one (mini)batch. advantages [B] (one per sequence), the rest [B, T].
 
     ``is_weight`` [B, T] (no gradient): the importance-sampling correction for the sampler /
@@ -50,6 +51,9 @@ def policy_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Te
     ``n_tokens`` / ``n_seqs``: the response tokens / sequences of the whole minibatch when
     these rows are one micro-batch of it (default: these rows'); the loss and every figure
     returned are then this micro-batch's share, and the shares add up to the minibatch's.
+    ``entropy_weight`` [B]: each row's weight per token in the entropy term instead of
+    1 / n_tokens (algo.entropy_agg=released: ``released_entropy_weights``); the reported
+    ``entropy`` stays the token mean.
     """
     mask = mask.float()
     n_tokens = max(float(mask.sum() if n_tokens is None else n_tokens), 1.0)
@@ -70,20 +74,82 @@ def policy_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Te
     else:
         raise ValueError(f"unknown RL loss kind {kind!r} (relift | grpo)")
     ent = (entropy * mask).sum() / n_tokens
-    loss = pg - entropy_coef * ent
+    ent_term = ent if entropy_weight is None else \
+        (entropy * mask * entropy_weight.unsqueeze(-1)).sum()
+    loss = pg - entropy_coef * ent_term
     return loss, {"pg_loss": pg.detach().item(), "entropy": ent.detach().item(),
                   "ratio_mean": ((ratio * mask).sum() / n_tokens).detach().item(),
                   "clip_frac": float(clip_frac)}
 
 
 def sft_loss(logp: torch.Tensor, mask: torch.Tensor, entropy: torch.Tensor,
-             alpha: float = 0.001, n_tokens: float | None = None) -> tuple[torch.Tensor, dict]:
+             alpha: float = 0.001, n_tokens: float | None = None,
+             token_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """Token-mean NLL over demonstration tokens minus alpha * token-mean entropy
-    (``n_tokens``: the whole batch's demonstration tokens, for one micro-batch's share)."""
+    (``n_tokens``: the whole batch's demonstration tokens, for one micro-batch's share).
+    ``token_weight`` [B]: each row's weight per token in the loss instead of 1 / n_tokens
+    (algo.sft_agg=released: ``released_sft_weights``); the reported figures stay token
+    means."""
     mask = mask.float()
     n = max(float(mask.sum() if n_tokens is None else n_tokens), 1.0)
     nll, ent = (-logp * mask).sum() / n, (entropy * mask).sum() / n
-    return nll - alpha * ent, {"sft_nll": nll.detach().item(), "sft_entropy": ent.detach().item()}
+    if token_weight is None:
+        loss = nll - alpha * ent
+    else:
+        loss = ((-logp - alpha * entropy) * mask * token_weight.unsqueeze(-1)).sum()
+    return loss, {"sft_nll": nll.detach().item(), "sft_entropy": ent.detach().item()}
+
+
+# ------------------------------------------------------------ the released code's aggregation
+# The released trainer (a verl fork) sends each rank's minibatch through the model in dynamic
+# micro-batches of at most ppo_max_token_len_per_gpu (32,768) tokens and adds up the
+# micro-batches' losses. Its policy-gradient term is a sum over tokens / L_max, so the
+# split does not change it; its entropy term is each micro-batch's token mean, so the
+# entropy bonus is counted once per micro-batch: its effective coefficient grows with the
+# number of micro-batches (the paper's formula counts it once per minibatch). Its SFT step
+# likewise adds micro-batch token means (micro-batches of sft_micro_batch_size rows), each
+# divided by the number of micro-batches in the whole SFT batch (sft_mini_batch_size /
+# sft_micro_batch_size). Both are written here as a weight per row on each token.
+
+def released_groups(lengths: list[int], budget: int) -> list[list[int]]:
+    """The released code's dynamic micro-batches of one rank's minibatch (row indices):
+    ceil(total tokens / budget) of them (at most one per row), rows balanced by their
+    tokens, longest first into the lightest group (the released code balances with
+    Karmarkar-Karp; the number of groups, which sets the entropy weight, is the same)."""
+    if not lengths:
+        return []
+    k = min(len(lengths), max(1, -(-sum(lengths) // budget)))
+    groups: list[list[int]] = [[] for _ in range(k)]
+    load = [0] * k
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        g = min(range(k), key=lambda j: (load[j], j))
+        groups[g].append(i)
+        load[g] += lengths[i]
+    return [sorted(g) for g in groups]
+
+
+def released_entropy_weights(lengths: list[int], response_lengths: list[int],
+                             budget: int) -> torch.Tensor:
+    """[B] per-token entropy weights of algo.entropy_agg=released: 1 / (response tokens of
+    the row's micro-batch), so the entropy term is the sum of micro-batch token means."""
+    w = torch.zeros(len(lengths))
+    for g in released_groups(lengths, budget):
+        n = max(sum(response_lengths[i] for i in g), 1)
+        w[g] = 1.0 / n
+    return w
+
+
+def released_sft_weights(response_lengths: list[int], micro: int,
+                         batch_rows: int) -> torch.Tensor:
+    """[B] per-token SFT loss weights of algo.sft_agg=released: consecutive micro-batches of
+    ``micro`` rows, each its token mean divided by batch_rows / micro (the released code's
+    sft_mini_batch_size / sft_micro_batch_size, with the whole SFT batch as the minibatch)."""
+    w = torch.zeros(len(response_lengths))
+    per = max(batch_rows / micro, 1.0)
+    for a in range(0, len(response_lengths), micro):
+        n = max(sum(response_lengths[a:a + micro]), 1)
+        w[a:a + micro] = 1.0 / (n * per)
+    return w
 
 
 def tis_weights(logp_old: torch.Tensor, behavior_logp: torch.Tensor, mask: torch.Tensor,

@@ -36,8 +36,18 @@ BENCHMARKS = {b.name: b for b in [
               what="Minerva math (LUFFY's extracted answers)"),
     Benchmark("olympiadbench", "eval/olympiadbench/test.jsonl", 1, what="OlympiadBench (675)"),
     Benchmark("gsm8k", "eval/gsm8k/test.jsonl", 1, what="GSM8K test"),
+    # out of distribution (the paper's Table 3): multiple choice, the ground truth a letter
+    # that math-verify compares with the boxed answer, as the released scripts score them.
+    # Not in the shared data: give the files (eval.files.<name>=path, any format
+    # relift_ray.data reads: LUFFY/verl parquet, jsonl) or put them at these paths.
+    Benchmark("arc_c", "eval/ood/arc_c.parquet", 1, what="ARC-Challenge (out of distribution)"),
+    Benchmark("gpqa_diamond", "eval/ood/gpqa_diamond.parquet", 1,
+              what="GPQA-Diamond (out of distribution)"),
+    Benchmark("mmlu_pro", "eval/ood/mmlu_pro.parquet", 1, what="MMLU-Pro (out of distribution)"),
 ]}
 PAPER_BENCHMARKS = ["math500", "aime24", "aime25", "amc", "minerva", "olympiadbench", "gsm8k"]
+PAPER_AVERAGE = ["aime24", "aime25", "amc", "math500", "minerva", "olympiadbench"]
+OOD_BENCHMARKS = ["arc_c", "gpqa_diamond", "mmlu_pro"]
 
 
 def default_data_dir() -> Path:
@@ -48,18 +58,22 @@ def default_data_dir() -> Path:
     return Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
 
-def load_benchmark(name: str, data_dir: str | Path = "", limit: int = 0) -> list[Question]:
+def load_benchmark(name: str, data_dir: str | Path = "", limit: int = 0,
+                   path: str | Path = "") -> list[Question]:
     """A benchmark's questions (the first ``limit`` when > 0), each with its problem text as
-    the prompt; the messages of a bundle are dropped so the run's prompt settings apply."""
+    the prompt; the messages of a bundle are dropped so the run's prompt settings apply.
+    ``path``: the benchmark's file itself (eval.files), instead of its place in data_dir."""
     if name not in BENCHMARKS:
         raise DataError(f"benchmark {name!r}: unknown (known: {', '.join(BENCHMARKS)})")
     b = BENCHMARKS[name]
     root = Path(data_dir) if data_dir else default_data_dir()
-    path = root / b.path
+    path = Path(path) if path else root / b.path
     if not path.exists():
-        raise DataError(f"benchmark {name}: {path} does not exist (set eval.data_dir or "
-                        f"RELIFT_EVAL_DATA to a folder with the layout of ../shared/data)")
-    if name == "olympiadbench":
+        hint = (f"give it as eval.files.{name}=<file>" if name in OOD_BENCHMARKS else
+                "set eval.data_dir or RELIFT_EVAL_DATA to a folder with the layout of "
+                "../shared/data")
+        raise DataError(f"benchmark {name}: {path} does not exist ({hint})")
+    if name == "olympiadbench" and path == root / b.path:  # its own layout
         qs = _olympiad(path)
     else:
         qs = load_questions(str(path))

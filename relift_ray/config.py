@@ -41,7 +41,9 @@ class DataConfig:
     test: str = "toy"  # held-out evaluation split ("toy" = the toy task's test split)
     max_prompt_tokens: int = 1024  # longer prompts (after the template) are dropped and counted
     max_test_questions: int = 0  # >0: evaluate on an evenly spaced subset of this size
-    answer_extraction: str = "boxed"  # whole | after_think | boxed (what the verifier sees)
+    # what the verifier sees: whole | after_think (the released reward) | think_or_whole (the
+    # released evaluation) | boxed; see relift_ray.rewards.extract_answer
+    answer_extraction: str = "boxed"
     # Prompting: auto = the tokenizer's chat template when it has one, else the plain template.
     prompt_template: str = "auto"  # auto | chat | plain
     plain_template: str = "{prompt}"  # plain: the text around the question
@@ -73,6 +75,12 @@ class AlgoConfig:
     rl_loss: str = "relift"  # relift (r - mean, no clip, sum/L_max) | grpo (clipped, std-normalised)
     clip_eps: float = 0.2  # grpo only: ratio clip range
     entropy_coef: float = 0.001  # RL entropy bonus coefficient
+    # How the entropy bonus is aggregated: minibatch (the paper's formula: one token mean over
+    # a rank's minibatch) | released (the released code: a token mean per dynamic micro-batch
+    # of at most entropy_token_budget tokens, summed, so the bonus counts once per
+    # micro-batch; see relift_ray.algo)
+    entropy_agg: str = "minibatch"
+    entropy_token_budget: int = 32768  # released: ppo_max_token_len_per_gpu
     minibatches: int = 2  # optimizer steps per RL batch
     lr: float = 1e-6  # RL optimizer (AdamW) learning rate
     weight_decay: float = 0.01  # both optimizers
@@ -81,6 +89,11 @@ class AlgoConfig:
     sft_lr: float = 1e-6  # SFT optimizer (a second AdamW over the same weights)
     sft_entropy_coef: float = 0.001  # alpha: 1e-3 in the released scripts, 1e-4 in the paper
     sft_grad_clip: float = 1.0
+    # How the SFT loss is aggregated: token_mean (the paper's: the token mean over the SFT
+    # batch's demonstrations) | released (the released code: token means of micro-batches of
+    # sft_micro_batch_size rows, each divided by the batch's number of micro-batches)
+    sft_agg: str = "token_mean"
+    sft_micro_batch_size: int = 4  # released: sft_micro_batch_size of the 7B scripts
     sft_batch_size: int = 128  # mode=sft / sft_then_rl: demonstrations per offline SFT step
     # The paper's ablations (mode=relift): when an SFT step runs, and what feeds the buffer.
     sft_trigger: str = "buffer_full"  # buffer_full (M waiting) | every_k | every_step
@@ -102,6 +115,10 @@ class AlgoConfig:
 @dataclass
 class TrainConfig:
     steps: int = 100  # learner steps (RL steps; SFT steps in mode=sft)
+    # > 0: train this many passes over the training questions instead of train.steps, in
+    # whole batches (a pass's remainder smaller than algo.batch_size is dropped, as the
+    # released code's data loader does); the steps follow from the data
+    epochs: int = 0
     seed: int = 1
     checkpoint_every: int = 10  # steps between checkpoints (the last step always checkpoints)
     zero_stage: int = 2  # DeepSpeed ZeRO stage
@@ -166,6 +183,13 @@ class TrackingConfig:
     # final evaluation, with the base weights read again: step 1 comes sooner; transformers
     # backend only) or none
     eval_before: str = "start"
+    # validation while training, as the released trainer's test_freq: every eval_every
+    # steps (0 = never) on the test split, val_samples sample(s) per question at
+    # val_temperature; the mean per data source and their average in MLflow (val/...), the
+    # best validation's policy kept beside the latest checkpoint (<output_dir>/<name>/best)
+    eval_every: int = 0
+    val_temperature: float = 0.6
+    val_samples: int = 1
 
 
 @dataclass
@@ -191,6 +215,15 @@ class EvalConfig:
         "math500", "aime24", "aime25", "amc", "minerva", "olympiadbench", "gsm8k"])
     data_dir: str = ""  # folder with the ../shared/data layout ("" = $RELIFT_EVAL_DATA or that)
     k: dict = field(default_factory=dict)  # samples per question by benchmark (default: paper's)
+    # the 'average' row: the mean avg@k of these (those run); the paper's table averages the
+    # six below; GSM8K and the out-of-distribution sets are reported outside it
+    average: list = field(default_factory=lambda: [
+        "aime24", "aime25", "amc", "math500", "minerva", "olympiadbench"])
+    # what the verifier sees: auto = the released evaluation script's think_or_whole (the
+    # answer after "</think>", or the whole text when there is none) when the run trains with
+    # data.answer_extraction=after_think, else data.answer_extraction
+    answer_extraction: str = "auto"
+    files: dict = field(default_factory=dict)  # benchmark -> its file (instead of data_dir's)
     max_questions: int = 0  # >0: only the first N questions of each benchmark (a slice)
     temperature: float = 0.6
     top_p: float = 1.0
@@ -272,7 +305,6 @@ _CHOICES = {
     "model.dtype": {"float32", "bfloat16"},
     "data.format": {"auto", "jsonl", "gsm8k", "math", "luffy", "parquet"},
     "data.prompt_template": {"auto", "chat", "plain"},
-    "data.answer_extraction": {"whole", "after_think", "boxed"},
     "algo.mode": {"relift", "rl", "sft", "sft_then_rl", "mixed"},
     "algo.sft_trigger": {"buffer_full", "every_k", "every_step"},
     "algo.buffer_feed": {"hardest", "non_hardest"},
@@ -282,6 +314,10 @@ _CHOICES = {
     "generator.backend": {"transformers", "vllm"},
     "generator.weight_sync": {"object_store", "ipc", "nccl"},
     "tracking.eval_before": {"start", "end", "none"},
+    "algo.entropy_agg": {"minibatch", "released"},
+    "algo.sft_agg": {"token_mean", "released"},
+    "eval.answer_extraction": {"auto", "whole", "after_think", "think_or_whole", "boxed"},
+    "data.answer_extraction": {"whole", "after_think", "think_or_whole", "boxed"},
 }
 _POSITIVE = ["algo.batch_size", "algo.n_samples", "algo.max_new_tokens", "algo.minibatches",
              "algo.buffer_size", "algo.sft_batch_size", "train.steps", "train.checkpoint_every",
@@ -292,7 +328,8 @@ _POSITIVE = ["algo.batch_size", "algo.n_samples", "algo.max_new_tokens", "algo.m
              "compare.parallel", "compare.threads", "compare.bucket_samples",
              "eval.chunk_questions", "eval.top_p", "algo.is_cap",
              "generator.tensor_parallel_size", "generator.gpu_memory_utilization",
-             "generator.bucket_mb", "generator.sync_timeout_s"]
+             "generator.bucket_mb", "generator.sync_timeout_s", "tracking.val_samples",
+             "algo.entropy_token_budget", "algo.sft_micro_batch_size"]
 _NON_NEGATIVE = ["train.max_tokens_per_microbatch", "train.logits_chunk_tokens",
                  "algo.max_staleness", "algo.temperature", "algo.entropy_coef", "algo.sft_entropy_coef",
                  "algo.weight_decay", "algo.clip_eps", "train.max_failures",
@@ -300,7 +337,8 @@ _NON_NEGATIVE = ["train.max_tokens_per_microbatch", "train.logits_chunk_tokens",
                  "cluster.scheduler_cpus", "cluster.torch_threads", "cluster.generator_threads",
                  "algo.sft_first_steps", "algo.mixed_sft_coef", "compare.eval_every",
                  "compare.eval_k", "data.max_test_questions", "eval.max_questions",
-                 "eval.temperature", "eval.max_new_tokens"]
+                 "eval.temperature", "eval.max_new_tokens", "train.epochs",
+                 "tracking.eval_every", "tracking.val_temperature"]
 
 
 def validate(cfg: RunConfig) -> RunConfig:
@@ -342,9 +380,11 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"compare.sft_then_rl_fraction={c.sft_then_rl_fraction}: must be in (0, 1)")
     from relift_ray.benchmarks import BENCHMARKS
     e = cfg.eval
-    unknown = [b for b in list(e.benchmarks) + list(e.k) if b not in BENCHMARKS]
+    unknown = [b for b in list(e.benchmarks) + list(e.k) + list(e.average) + list(e.files)
+               if b not in BENCHMARKS]
     if unknown:
-        raise ConfigError(f"eval.benchmarks / eval.k: unknown benchmark {unknown[0]!r} "
+        raise ConfigError(f"eval.benchmarks / eval.k / eval.average / eval.files: unknown "
+                          f"benchmark {unknown[0]!r} "
                           f"(known: {', '.join(BENCHMARKS)})")
     bad_k = {b: k for b, k in e.k.items() if not (isinstance(k, int) and k > 0)}
     if bad_k:

@@ -119,9 +119,11 @@ def worker_names(cfg: RunConfig, prefix: str = "") -> tuple[list[str], list[str]
             [f"{prefix}reward-{i}" for i in range(cfg.cluster.num_reward_workers)])
 
 
-def start_workers(cfg: RunConfig, model_path: str, prefix: str = "") -> tuple[list, list]:
+def start_workers(cfg: RunConfig, model_path: str, prefix: str = "",
+                  extraction: str = "") -> tuple[list, list]:
     """The reward workers and generators of a job, as Ray actors named ``<prefix>reward-i``
-    and ``<prefix>generator-i`` (readable in the dashboard)."""
+    and ``<prefix>generator-i`` (readable in the dashboard); the reward workers read answers
+    with ``extraction`` (default data.answer_extraction)."""
     import ray
 
     from relift_ray.generators.hf import HFGenerator
@@ -135,7 +137,7 @@ def start_workers(cfg: RunConfig, model_path: str, prefix: str = "") -> tuple[li
     rewarders = [ray.remote(RewardWorker).options(name=reward_names[i],
                                                   num_cpus=c.reward_cpus, max_restarts=-1,
                                                   max_task_retries=-1)
-                 .remote(cfg.data.answer_extraction, c.reward_timeout_s)
+                 .remote(extraction or cfg.data.answer_extraction, c.reward_timeout_s)
                  for i in range(c.num_reward_workers)]
     g = cfg.generator
     if g.backend == "vllm":
@@ -252,12 +254,15 @@ def run(cfg: RunConfig) -> dict:
         # The scheduler renders the prompts (tokenizer, template, length limit) for both.
         data = ray.get(scheduler.data_info.remote())
         test_qs = data["test"]
+        cfg.train.steps = data["steps"]  # train.epochs: from the training questions kept
         if data["dropped"]:
             say(f"[data] dropped {data['dropped']} of {data['train'] + data['dropped']} "
                 f"training questions whose prompt exceeds "
                 f"data.max_prompt_tokens={cfg.data.max_prompt_tokens}")
         say(f"[driver] run {cfg.name!r}: mode {cfg.algo.mode}, {data['train']} training "
-            f"questions, {len(test_qs)} test questions, model {model_path}"
+            f"questions, {len(test_qs)} test questions, {cfg.train.steps} steps"
+            + (f" ({cfg.train.epochs} epochs)" if cfg.train.epochs else "")
+            + f", model {model_path}"
             + (f"; continuing MLflow run {tracker.run_id}" if tracker.resumed else ""))
         tracker.log_config(cfg)
         tracker.log_metrics({"data_dropped_long_prompts": data["dropped"],
@@ -298,6 +303,7 @@ def run(cfg: RunConfig) -> dict:
         write_csv(rows, table_path)
         tracker.log_table(rows, "questions.csv")
         final = ray.get(scheduler.state_dict.remote())
+        val = final.get("validation") or {}
         reward_stats = ray.get([r.get_stats.remote() for r in rewarders])
         ckpt_path = result.checkpoint.path if result.checkpoint else ""
         tracker.set_tags({"final_checkpoint": ckpt_path,
@@ -310,6 +316,16 @@ def run(cfg: RunConfig) -> dict:
                    "reward_timeouts": sum(s["timeouts"] for s in reward_stats),
                    "checkpoint": ckpt_path, "question_table": str(table_path),
                    "wall_seconds": time.time() - t_start}
+        if val.get("best"):  # validation while training (tracking.eval_every)
+            from relift_ray.learner import BEST_DIR
+            best_policy = run_dir / BEST_DIR / "policy"
+            summary.update({"val_best_score": val["best"]["score"],
+                            "val_best_step": val["best"]["step"],
+                            "val_last_score": val["last"]["score"],
+                            "val_last_step": val["last"]["step"],
+                            "best_policy": str(best_policy)})
+            tracker.set_tags({"best_step": val["best"]["step"], "best_policy": str(best_policy),
+                              "best_val_score": f"{val['best']['score']:.4f}"})
         tracker.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
         status = "FINISHED"
         console.stop()
@@ -362,6 +378,12 @@ def print_summary(cfg: RunConfig, s: dict) -> None:
         print(f"{k:<16}{'-' if b is None else f'{b:.3f}':>10}{s['after'][k]:>10.3f}")
     print(f"SFT steps: {s['sft_steps']}; demonstrations used: {s['demos_used_unique']} unique, "
           f"{s['demos_used_total']} total, of {s['demos_available']} available")
+    if "val_best_score" in s:
+        print(f"validation (every {cfg.tracking.eval_every} steps, temperature "
+              f"{cfg.tracking.val_temperature:g}): best {s['val_best_score']:.3f} at step "
+              f"{s['val_best_step']}, last {s['val_last_score']:.3f} at step "
+              f"{s['val_last_step']}")
+        print(f"best policy: {s['best_policy']}")
     print(f"checkpoint: {s['checkpoint']}")
     print(f"question table: {s['question_table']}")
     print(f"MLflow run {s['run_id']} in {cfg.mlflow_uri}")

@@ -60,7 +60,8 @@ def _stream(generators: list, jobs: list[tuple]):
 def evaluate_benchmarks(generators: list, rewarders: list, suites: list[tuple[str, list, int]],
                         *, temperature: float = 0.6, top_p: float = 1.0,
                         max_new_tokens: int = 1024, chunk: int = 8, seed: int = 0,
-                        log=print) -> tuple[list[dict], list[dict]]:
+                        log=print, averaged: list[str] | None = None
+                        ) -> tuple[list[dict], list[dict]]:
     """suites: [(benchmark, questions, k)] -> (per-question rows, per-benchmark summary rows)."""
     jobs, owners = [], []
     for name, qs, k in suites:
@@ -102,12 +103,25 @@ def evaluate_benchmarks(generators: list, rewarders: list, suites: list[tuple[st
             log(f"[eval] {name}: {done_q[name]}/{total[name]} questions, avg so far "
                 f"{sum(acc) / len(acc):.3f} | all: {left} questions left, "
                 f"eta {left / max(rate, 1e-9):.0f} s")
-    return rows, summarize(rows, [s[0] for s in suites], seconds)
+    return rows, summarize(rows, [s[0] for s in suites], seconds, averaged)
 
 
-def summarize(rows: list[dict], names: list[str], seconds: dict | None = None) -> list[dict]:
+def eval_extraction(cfg: RunConfig) -> str:
+    """eval.answer_extraction, with auto resolved: a run trained on the released reward
+    (after_think) is evaluated as the released script does (think_or_whole)."""
+    e = cfg.eval.answer_extraction
+    if e != "auto":
+        return e
+    d = cfg.data.answer_extraction
+    return "think_or_whole" if d == "after_think" else d
+
+
+def summarize(rows: list[dict], names: list[str], seconds: dict | None = None,
+              averaged: list[str] | None = None) -> list[dict]:
     """One row per benchmark (avg@k, pass@k, no-answer rate, mean response tokens) and an
-    'average' row (the mean of the benchmarks' avg@k, as the paper averages)."""
+    'average' row: the mean of the avg@k (and pass@k) of the benchmarks in ``averaged``
+    (eval.average: the paper's six) that ran, named 'average (k of n)' when some did not;
+    every benchmark when ``averaged`` is None."""
     out = []
     for name in names:
         rs = [r for r in rows if r["benchmark"] == name]
@@ -120,10 +134,13 @@ def summarize(rows: list[dict], names: list[str], seconds: dict | None = None) -
                     "no_answer_rate": sum(r["no_answer"] for r in rs) / samples,
                     "mean_tokens": sum(r["mean_tokens"] * r["k"] for r in rs) / samples,
                     "seconds": round((seconds or {}).get(name, 0.0), 1)})
-    if len(out) > 1:
-        out.append({"benchmark": "average", "questions": sum(r["questions"] for r in out),
-                    "k": "", "avg_at_k": sum(r["avg_at_k"] for r in out) / len(out),
-                    "pass_at_k": sum(r["pass_at_k"] for r in out) / len(out),
+    inside = [r for r in out if averaged is None or r["benchmark"] in averaged]
+    if len(inside) > 1:
+        want = len(averaged) if averaged is not None else len(inside)
+        label = "average" if len(inside) == want else f"average ({len(inside)} of {want})"
+        out.append({"benchmark": label, "questions": sum(r["questions"] for r in inside),
+                    "k": "", "avg_at_k": sum(r["avg_at_k"] for r in inside) / len(inside),
+                    "pass_at_k": sum(r["pass_at_k"] for r in inside) / len(inside),
                     "no_answer_rate": "", "mean_tokens": "", "seconds": ""})
     return out
 
@@ -146,7 +163,8 @@ def load_suites(cfg: RunConfig, tokenizer, log=print) -> list[tuple[str, list[Qu
 
     suites = []
     for name in cfg.eval.benchmarks:
-        qs = load_benchmark(name, cfg.eval.data_dir, cfg.eval.max_questions)
+        qs = load_benchmark(name, cfg.eval.data_dir, cfg.eval.max_questions,
+                            path=cfg.eval.files.get(name, ""))
         kept, dropped = render_prompts(qs, tokenizer, cfg.data)
         if dropped:
             log(f"[eval] {name}: dropped {dropped} questions whose prompt exceeds "
@@ -172,7 +190,8 @@ def run(cfg: RunConfig) -> dict:
     max_tokens = cfg.eval.max_new_tokens or cfg.algo.max_new_tokens
     plan = ", ".join(f"{n} {len(q)}x{k}" for n, q, k in suites)
     print(f"[eval] model {model}: {plan} (questions x samples), temperature "
-          f"{cfg.eval.temperature}, top_p {cfg.eval.top_p}, up to {max_tokens} new tokens",
+          f"{cfg.eval.temperature}, top_p {cfg.eval.top_p}, up to {max_tokens} new tokens, "
+          f"answers read as {eval_extraction(cfg)}",
           flush=True)
 
     init_ray(cfg)
@@ -181,12 +200,14 @@ def run(cfg: RunConfig) -> dict:
     tracker.log_config(cfg)
     status, actors = "FAILED", []
     try:
-        rewarders, generators = start_workers(cfg, model, prefix="eval-")
+        rewarders, generators = start_workers(cfg, model, prefix="eval-",
+                                              extraction=eval_extraction(cfg))
         actors = [*rewarders, *generators]
         rows, summary = evaluate_benchmarks(
             generators, rewarders, suites, temperature=cfg.eval.temperature,
             top_p=cfg.eval.top_p, max_new_tokens=max_tokens, chunk=cfg.eval.chunk_questions,
-            seed=cfg.eval.seed, log=lambda line: print(line, flush=True))
+            seed=cfg.eval.seed, log=lambda line: print(line, flush=True),
+            averaged=list(cfg.eval.average))
         table = format_table(summary)
         out = Path(cfg.output_dir) / cfg.name
         out.mkdir(parents=True, exist_ok=True)

@@ -48,6 +48,18 @@ def summarize(questions: list[Question], scores: dict[str, float]) -> dict[str, 
     return out
 
 
+def source_scores(questions: list[Question], scores: dict[str, float]) -> dict[str, float]:
+    """{data source: mean score of its questions, ..., "mean": the average of those means}:
+    the released trainer's validation figures (each source counts once, whatever its size)."""
+    per = defaultdict(list)
+    for q in questions:
+        if q.id in scores:
+            per[q.source or "data"].append(scores[q.id])
+    out = {src: sum(v) / len(v) for src, v in sorted(per.items())}
+    out["mean"] = sum(out.values()) / max(len(out), 1)
+    return out
+
+
 def evaluate(generators: list, rewarders: list, questions: list[Question], *, n: int = 1,
              temperature: float = 0.0, max_new_tokens: int = 64, seed: int = 0) -> dict:
     """{"overall": acc, "level_<k>": acc, ...}: mean reward over n samples per question."""

@@ -25,8 +25,8 @@ from relift_ray import chaos
 from relift_ray.actors import call, tell
 from relift_ray.checkpoint import load_learner, save_learner
 from relift_ray.console import say
-from relift_ray.algo import (logprob_mismatch, policy_loss, sft_loss, tis_weights,
-                             token_logprobs)
+from relift_ray.algo import (logprob_mismatch, policy_loss, released_entropy_weights,
+                             released_sft_weights, sft_loss, tis_weights, token_logprobs)
 from relift_ray.config import RunConfig
 from relift_ray.records import Sample
 
@@ -168,7 +168,7 @@ class Learner:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # a bar per weight load floods the job logs
-        self.cfg, self.a, self.rank = cfg, cfg.algo, rank
+        self.cfg, self.a, self.rank, self.world = cfg, cfg.algo, rank, world
         self.device = torch.device("cuda", torch.cuda.current_device()) if cfg.cluster.use_gpu \
             else torch.device("cpu")
         model = AutoModelForCausalLM.from_pretrained(model_path,
@@ -248,6 +248,12 @@ class Learner:
         out = defaultdict(float)
         for j, (rows, demos) in enumerate(zip(chunks, sft_chunks)):
             n_tok = sum(len(samples[i].response_ids) for i in rows)
+            ent_w = None
+            if self.a.entropy_agg == "released":  # one token mean per released micro-batch
+                w = released_entropy_weights([lengths[i] for i in rows],
+                                             [len(samples[i].response_ids) for i in rows],
+                                             self.a.entropy_token_budget)
+                ent_w = dict(zip(rows, w.tolist()))
             parts = [("rl", m) for m in microbatches(rows, lengths, budget)]
             parts += [("sft", m) for m in microbatches(
                 range(len(demos)), [len(x.prompt_ids) + len(x.response_ids) for x in demos],
@@ -257,7 +263,7 @@ class Learner:
                 self.engine.set_gradient_accumulation_boundary(p == len(parts) - 1)
                 if kind == "rl":
                     loss, m = self._rl_share(samples, mrows, old, j == 0 and not blp, n_tok,
-                                             len(rows))
+                                             len(rows), ent_w)
                 else:
                     sub = [demos[i] for i in mrows]
                     t = self._tensors(sub)
@@ -283,7 +289,8 @@ class Learner:
     def _tensors(self, samples: list[Sample]) -> dict:
         return to_tensors(samples, self.pad_id, self.device)
 
-    def _rl_share(self, samples, rows, old, own_old: bool, n_tok: int, n_seq: int):
+    def _rl_share(self, samples, rows, old, own_old: bool, n_tok: int, n_seq: int,
+                  ent_w: dict | None = None):
         """One RL micro-batch's loss: its share of its minibatch's."""
         t = self._tensors([samples[i] for i in rows])
         logp, ent = self._logprobs(t)
@@ -300,7 +307,9 @@ class Learner:
         loss, m = policy_loss(logp, lp_old, t["adv"], t["mask"], ent, kind=self.a.rl_loss,
                               l_max=self.a.max_new_tokens, clip_eps=self.a.clip_eps,
                               entropy_coef=self.a.entropy_coef, is_weight=is_w,
-                              n_tokens=n_tok, n_seqs=n_seq)
+                              n_tokens=n_tok, n_seqs=n_seq,
+                              entropy_weight=None if ent_w is None else
+                              torch.tensor([ent_w[i] for i in rows], device=self.device))
         if is_w is not None:
             m["is_weight_mean"] = float((is_w * t["mask"]).sum() / max(n_tok, 1))
         return loss, m
@@ -312,13 +321,19 @@ class Learner:
         parts = microbatches(range(len(samples)), lengths,
                              self.cfg.train.max_tokens_per_microbatch)
         n_tok = sum(len(x.response_ids) for x in samples)
+        weights = None
+        if self.a.sft_agg == "released":  # token means of released micro-batches, rows in order
+            weights = released_sft_weights([len(x.response_ids) for x in samples],
+                                           self.a.sft_micro_batch_size,
+                                           len(samples) * self.world)
         acc = defaultdict(float)
         for p, rows in enumerate(parts):
             self.engine.set_gradient_accumulation_boundary(p == len(parts) - 1)
             t = self._tensors([samples[i] for i in rows])
             logp, ent = self._logprobs(t)
             loss, m = sft_loss(logp, t["mask"], ent, alpha=self.a.sft_entropy_coef,
-                               n_tokens=n_tok)
+                               n_tokens=n_tok, token_weight=None if weights is None else
+                               weights[rows].to(self.device))
             self.engine.backward(loss)
             m["sft_loss"] = loss.item()
             for key, v in m.items():
@@ -429,12 +444,17 @@ def train_loop_per_worker(config: dict) -> None:
         tracker = StepLogger(config["mlflow_uri"],
                              lambda: shared_run_id(config["mlflow_run_key"]))
 
+    # train.epochs: the steps follow from the training questions the scheduler kept
+    cfg.train.steps = call(scheduler, "total_steps")
     t_prev = time.perf_counter()
     for step in range(start + 1, cfg.train.steps + 1):
         if rank == world - 1 and chaos.due(cfg, "learner", step):
             say(f"[learner] rank {rank}: train.kill learner@{step}: SIGKILL")
             chaos.kill()
         metrics = learner_step(learner, scheduler, publisher, step, rank, world)
+        if cfg.tracking.eval_every and step % cfg.tracking.eval_every == 0:
+            metrics.update(validate_step(learner, scheduler, step, rank, world, config,
+                                         tracker))
         # Ray Train hears from the loop only when there is a checkpoint: it needs nothing
         # else (the metrics go to MLflow from rank 0), and in Ray Train V2 each report waits
         # for the controller's next poll (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s by default)
@@ -466,6 +486,59 @@ def train_loop_per_worker(config: dict) -> None:
 
 
 SCHEDULER_STATE = "scheduler_state.json"
+BEST_DIR = "best"  # <output_dir>/<name>/best: the best validation's policy
+
+
+def validate_step(learner: Learner, scheduler, step: int, rank: int, world: int, config: dict,
+                  tracker=None) -> dict:
+    """Validation after step ``step`` (tracking.eval_every): rank 0 has the scheduler
+    validate the generators, which hold this step's weights; when it is the best so far
+    every rank takes part in gathering the weights and rank 0 writes the policy to
+    <output_dir>/<name>/best (replacing the previous best) and tags the MLflow run."""
+    box = [call(scheduler, "validate", step) if rank == 0 else None]
+    if world > 1:
+        torch.distributed.broadcast_object_list(box, src=0)
+    val = box[0]
+    out = {"val/score": val["score"], "val/seconds": val["seconds"],
+           **{f"val/{src}": v for src, v in val["sources"].items()}}
+    if val["is_best"]:
+        cfg = learner.cfg
+        path = save_best(learner, Path(cfg.output_dir) / cfg.name / BEST_DIR, step, rank,
+                         val, config["model_path"])
+        if rank == 0 and tracker is not None:
+            tracker.set_tags({"best_step": step, "best_val_score": f"{val['score']:.4f}",
+                              "best_policy": str(path)})
+    out["val/best_score"] = val["best_score"]
+    if rank == 0:
+        srcs = ", ".join(f"{k} {v:.3f}" for k, v in val["sources"].items())
+        say(f"[validation] step {step}: {val['score']:.3f} ({srcs})"
+            + (" - best so far, policy kept" if val["is_best"] else ""))
+    return out
+
+
+def save_best(learner: Learner, best: Path, step: int, rank: int, val: dict,
+              model_path: str) -> Path:
+    """The policy of ``step`` (HF format, with its tokenizer) as ``best``/policy, with
+    best/meta.json saying which step and validation it is; written beside and then renamed
+    over the previous best, so a crash never leaves a half-written best."""
+    tmp = best.with_name(best.name + ".tmp")
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+    with learner.gathered():  # every rank: under ZeRO-3 each holds a part of the weights
+        if rank == 0:
+            learner.engine.module.save_pretrained(tmp / "policy")
+    if rank == 0:
+        from transformers import AutoTokenizer
+        AutoTokenizer.from_pretrained(model_path).save_pretrained(tmp / "policy")
+        (tmp / "meta.json").write_text(json.dumps(
+            {"step": step, "score": val["score"], "sources": val["sources"]}, indent=1))
+        old = best.with_name(best.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if best.exists():
+            best.rename(old)
+        tmp.rename(best)
+        shutil.rmtree(old, ignore_errors=True)
+    return best / "policy"
 
 
 def save_checkpoint(learner: Learner, scheduler, step: int, rank: int, world: int,

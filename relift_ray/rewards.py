@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from relift_ray.records import Reward
 
-EXTRACTIONS = ("whole", "after_think", "boxed")
+EXTRACTIONS = ("whole", "after_think", "think_or_whole", "boxed")
 
 OK, NO_ANSWER, TIMEOUT, ERROR = Reward.OK, Reward.NO_ANSWER, Reward.TIMEOUT, Reward.ERROR
 
@@ -39,13 +39,26 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
+THINK_END = "</think>"
+
+
 def extract_answer(response: str, extraction: str = "boxed") -> str | None:
-    """The part of a response the verifier sees, or None when there is no answer."""
+    """The part of a response the verifier sees, or None when there is no answer.
+
+    - ``whole``: all of it.
+    - ``after_think``: the released training reward's. The text after the first
+      "</think>", up to a second one if the model wrote another (the released code keeps
+      ``split("</think>")[1]``). No "</think>" at all scores 0.
+    - ``think_or_whole``: the released evaluation script's. The same piece when there is a
+      "</think>", else the whole text.
+    - ``boxed``: the last \\boxed{...}.
+    """
     if extraction == "whole":
         return response
-    if extraction == "after_think":
-        head, sep, tail = response.partition("</think>")
-        return tail if sep else None
+    if extraction in ("after_think", "think_or_whole"):
+        if THINK_END in response:
+            return response.split(THINK_END)[1]
+        return None if extraction == "after_think" else response
     if extraction == "boxed":
         inner = last_boxed(response)
         return None if inner is None else f"\\boxed{{{inner}}}"

@@ -125,8 +125,8 @@ class HardBuffer:
 class Sampler:
     """Shuffled passes over the training questions; its position and RNG are checkpointed."""
 
-    def __init__(self, n: int, seed: int):
-        self.n, self.rng = n, random.Random(seed)
+    def __init__(self, n: int, seed: int, drop_last: bool = False):
+        self.n, self.rng, self.drop_last = n, random.Random(seed), drop_last
         self.epoch, self.pos = 0, 0
         self.order = self._shuffle()
 
@@ -136,7 +136,12 @@ class Sampler:
         return order
 
     def take(self, k: int) -> list[int]:
+        """The next ``k`` questions. A pass that has fewer than ``k`` left either continues
+        into the next (the default) or, ``drop_last``, is cut there: every batch then comes
+        from one pass, as a data loader with drop_last gives them (the released code's)."""
         out = []
+        if self.drop_last and self.n - self.pos < k <= self.n:
+            self.pos = self.n
         while len(out) < k:
             if self.pos == self.n:
                 self.epoch, self.pos, self.order = self.epoch + 1, 0, self._shuffle()
@@ -161,7 +166,7 @@ def _as_rng_state(s):
 
 class Scheduler:
     def __init__(self, cfg: RunConfig, questions: list[Question], tokenizer, generators: list,
-                 rewarders: list):
+                 rewarders: list, val_questions: list[Question] | None = None):
         self.cfg, self.a = cfg, cfg.algo
         self.tok = tokenizer
         self.generators, self.rewarders = generators, rewarders
@@ -176,7 +181,8 @@ class Scheduler:
         self.demos_available = len(self.with_demo)
         self.table = QuestionTable()
         self.buffer = HardBuffer()
-        self.sampler = Sampler(len(questions), cfg.train.seed)
+        self.sampler = Sampler(len(questions), cfg.train.seed, drop_last=cfg.train.epochs > 0)
+        self.steps = steps_of(cfg, len(questions))
         self.sft_sampler = Sampler(len(self.with_demo), cfg.train.seed + 7919)
         self.counters = {"step": 0, "sft_steps": 0, "demos_used_total": 0,
                          "fed_without_demo": 0}
@@ -197,6 +203,10 @@ class Scheduler:
         self._producer: threading.Thread | None = None
         self._closed = False
         self.timeline: list[dict] = []  # what ran when (relift_ray.timeline)
+        # validation while training (tracking.eval_every): the questions, and the best and
+        # last results so far (part of the state: a resumed run compares with the same best)
+        self.val_questions = list(val_questions or [])
+        self.val = {"best": None, "last": None}
         self._initial = self.state_dict()
 
     def reset(self) -> None:
@@ -255,7 +265,7 @@ class Scheduler:
         while True:
             with self._cv:
                 step, epoch = self._next, self._epoch
-                if step > self.cfg.train.steps or self._closed:
+                if step > self.steps or self._closed:
                     return
                 need = self.behavior_version(step)
                 if self._published < need:
@@ -282,7 +292,7 @@ class Scheduler:
         generators and reward workers are idle until the next weight version (the in-process
         runner evaluates on them then)."""
         with self._cv:
-            while self.lag and self._next <= min(step, self.cfg.train.steps):
+            while self.lag and self._next <= min(step, self.steps):
                 if self._error is not None or self._closed:
                     return
                 self._cv.wait(1.0)
@@ -304,7 +314,7 @@ class Scheduler:
         batch is never sampled with other weights than its own version (determinism)."""
         deadline = time.monotonic() + timeout
         with self._cv:
-            while self._generated < min(step, self.cfg.train.steps):
+            while self._generated < min(step, self.steps):
                 if self._error is not None:
                     raise RuntimeError(f"making batch {self._next} failed: {self._error!r}")
                 if time.monotonic() > deadline:
@@ -519,6 +529,48 @@ class Scheduler:
             out.append(Sample(tuple(p), tuple(r), 0.0, qid))
         return tuple(out)
 
+    # ------------------------------------------------------------ validation
+    def total_steps(self) -> int:
+        """The learner steps of this run: train.steps, or train.epochs passes over the
+        training questions kept (whole batches only)."""
+        return self.steps
+
+    def validate(self, step: int) -> dict:
+        """Validation of the weights the generators hold after step ``step`` (version
+        ``step``), as the released trainer validates every test_freq steps: one sample per
+        question at tracking.val_temperature, the mean score per data source, and their
+        average (``score``). Remembers the best and the last; ``is_best`` says whether this
+        one is the best so far (the learners then keep its policy)."""
+        from relift_ray.evaluation import question_scores, source_scores
+        t = self.cfg.tracking
+        if not self.val_questions:
+            raise RuntimeError("tracking.eval_every: no validation questions (data.test)")
+        # asynchronous rollouts: the batch sampled ahead first, so the validation's sampling
+        # seeds never change its draws
+        self.wait_made(step + self.lag + 1)
+        t0 = time.time()
+        scores = question_scores(self.generators, self.rewarders, self.val_questions,
+                                 n=t.val_samples, temperature=t.val_temperature,
+                                 max_new_tokens=self.a.max_new_tokens,
+                                 seed=self.cfg.train.seed + 104729 * step)
+        per = source_scores(self.val_questions, scores)
+        result = {"step": step, "score": per.pop("mean"), "sources": per,
+                  "seconds": time.time() - t0}
+        with self._lock:
+            best = self.val["best"]
+            result["is_best"] = best is None or result["score"] > best["score"]
+            if result["is_best"]:
+                self.val["best"] = {k: v for k, v in result.items() if k != "is_best"}
+            self.val["last"] = {k: v for k, v in result.items() if k != "is_best"}
+            result["best_score"] = self.val["best"]["score"]
+        self._note("validate", "generators", step, t0, time.time())
+        return result
+
+    def validation(self) -> dict:
+        """{"best": ..., "last": ...}: the validations so far (None before the first)."""
+        with self._lock:
+            return dict(self.val)
+
     # ------------------------------------------------------------ metrics and state
     def _state_metrics(self) -> dict:
         c = self.counters
@@ -539,7 +591,8 @@ class Scheduler:
             out = {"records": {k: asdict(v) for k, v in self.table.records.items()},
                    "buffer": list(self.buffer.ids), "sampler": self.sampler.state_dict(),
                    "sft_sampler": self.sft_sampler.state_dict(),
-                   "counters": dict(self.counters), "demos_used": sorted(self.demos_used)}
+                   "counters": dict(self.counters), "demos_used": sorted(self.demos_used),
+                   "validation": dict(self.val)}
             if self.lag:
                 with self._cv:
                     out["ready"] = [b.to_dict() for _, b in sorted(self._ready.items())]
@@ -557,6 +610,7 @@ class Scheduler:
             self.sft_sampler.load_state_dict(s["sft_sampler"])
             self.counters = dict(s["counters"])
             self.demos_used = set(s["demos_used"])
+            self.val = dict(s.get("validation") or {"best": None, "last": None})
             self._batch = None
             with self._cv:
                 self._ready = {b.step: b for b in map(TrainBatch.from_dict, s.get("ready", []))}
@@ -596,14 +650,27 @@ class SchedulerActor(Scheduler):
         tokenizer = AutoTokenizer.from_pretrained(model_path)
         train, test, dropped = load_data(cfg, tokenizer, log=lambda line: None)
         self._data = {"test": test, "dropped": dropped, "train": len(train),
-                      "demos": sum(q.demo is not None for q in train)}
-        super().__init__(cfg, train, tokenizer, generators, rewarders)
+                      "demos": sum(q.demo is not None for q in train),
+                      "steps": steps_of(cfg, len(train))}
+        super().__init__(cfg, train, tokenizer, generators, rewarders, val_questions=test)
 
     def data_info(self) -> dict:
         """What the driver reports and evaluates on: the rendered test questions, and the
         training questions' count, long prompts dropped and demonstrations (the driver loads
         no tokenizer of its own)."""
         return self._data
+
+
+def steps_of(cfg: RunConfig, n_questions: int) -> int:
+    """train.steps, or with train.epochs > 0 that many passes of whole batches (drop_last:
+    a pass's remainder smaller than algo.batch_size is not trained on)."""
+    if cfg.train.epochs <= 0:
+        return cfg.train.steps
+    per_epoch = n_questions // cfg.algo.batch_size
+    if per_epoch == 0:
+        raise ValueError(f"train.epochs={cfg.train.epochs}: {n_questions} training questions "
+                         f"make no whole batch of algo.batch_size={cfg.algo.batch_size}")
+    return cfg.train.epochs * per_epoch
 
 
 def _group_metrics(groups: list[ScoredGroup]) -> dict:

@@ -157,6 +157,10 @@ class StepLogger:
                 g.set(clean[k])
         self.queue.put((step, int(time.time() * 1000), clean))
 
+    def set_tags(self, tags: dict) -> None:
+        """Tags on the run (written with the next metrics)."""
+        self.queue.put(("tags", {k: str(v) for k, v in tags.items()}))
+
     def _drain(self) -> None:
         import queue
 
@@ -173,7 +177,10 @@ class StepLogger:
                 except queue.Empty:
                     break
             stop = None in batch
-            metrics = [Metric(k, v, now, step) for step, now, clean in filter(None, batch)
+            items = [b for b in batch if b is not None and b[0] != "tags"]
+            tags = {k: v for b in batch if b is not None and b[0] == "tags"
+                    for k, v in b[1].items()}
+            metrics = [Metric(k, v, now, step) for step, now, clean in items
                        for k, v in clean.items()]
             if callable(self.run_id):
                 try:
@@ -184,6 +191,8 @@ class StepLogger:
                 try:
                     for i in range(0, len(metrics), 1000):  # MLflow's limit per batch
                         client.log_batch(self.run_id, metrics=metrics[i:i + 1000])
+                    for k, v in tags.items():
+                        client.set_tag(self.run_id, k, v)
                 except Exception as e:  # keep training; say so once, at close
                     self.error = self.error or e
             if stop:

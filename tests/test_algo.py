@@ -83,3 +83,57 @@ def test_unknown_loss_kind_is_an_error():
     mask, adv, ent, old = _batch()
     with pytest.raises(ValueError, match="unknown RL loss kind"):
         policy_loss(old, old, adv, mask, ent, kind="ppo")
+
+
+# ------------------------------------------------------------ the released code's aggregation
+
+def test_released_groups_count_and_balance_like_dynamic_micro_batches():
+    from relift_ray.algo import released_groups
+    # 65 tokens, at most 32 per micro-batch: ceil(65/32) = 3 groups, longest first into
+    # the lightest
+    assert released_groups([10, 30, 20, 5], 32) == [[1], [2], [0, 3]]
+    assert released_groups([10, 20], 32768) == [[0, 1]]  # one micro-batch
+    assert released_groups([40, 50], 32) == [[1], [0]]  # never more groups than rows
+    assert released_groups([], 32) == []
+
+
+def test_released_entropy_term_is_the_sum_of_micro_batch_token_means():
+    from relift_ray.algo import released_entropy_weights
+    torch.manual_seed(0)
+    lengths, resp = [10, 30, 20, 5], [4, 10, 6, 2]
+    w = released_entropy_weights(lengths, resp, 32)
+    assert w.tolist() == pytest.approx([1 / 6, 1 / 10, 1 / 6, 1 / 6])  # groups {1} {2} {0,3}
+    T = 10
+    mask = torch.zeros(4, T)
+    for i, r in enumerate(resp):
+        mask[i, :r] = 1
+    ent, logp = torch.rand(4, T), -torch.rand(4, T)
+    adv = torch.tensor([0.5, -0.25, 1.0, -1.0])
+    loss, m = policy_loss(logp, logp.detach(), adv, mask, ent, l_max=16, entropy_coef=0.1,
+                          entropy_weight=w)
+    groups = [[1], [2], [0, 3]]
+    by_hand = sum(-(adv[g, None] * mask[g]).sum() / 16
+                  - 0.1 * (ent[g] * mask[g]).sum() / mask[g].sum() for g in groups)
+    assert loss.item() == pytest.approx(by_hand.item(), rel=1e-6)
+    # the paper's formula counts the bonus once: 3 micro-batches here, so it differs
+    once, m1 = policy_loss(logp, logp.detach(), adv, mask, ent, l_max=16, entropy_coef=0.1)
+    assert once.item() != pytest.approx(loss.item(), rel=1e-3)
+    assert m["entropy"] == m1["entropy"]  # the figure reported stays the token mean
+
+
+def test_released_sft_loss_adds_micro_batch_means_over_their_count():
+    from relift_ray.algo import released_sft_weights
+    torch.manual_seed(1)
+    resp = [3, 5, 2, 4, 6]
+    w = released_sft_weights(resp, micro=2, batch_rows=10)  # 10 rows in all: 5 micro-batches
+    assert w.tolist() == pytest.approx([1 / 40, 1 / 40, 1 / 30, 1 / 30, 1 / 30])
+    mask = torch.zeros(5, 6)
+    for i, r in enumerate(resp):
+        mask[i, :r] = 1
+    logp, ent = -torch.rand(5, 6), torch.rand(5, 6)
+    loss, m = sft_loss(logp, mask, ent, alpha=0.01, token_weight=w)
+    by_hand = sum(((-logp[a:a + 2] - 0.01 * ent[a:a + 2]) * mask[a:a + 2]).sum()
+                  / mask[a:a + 2].sum() for a in (0, 2, 4)) / 5
+    assert loss.item() == pytest.approx(by_hand.item(), rel=1e-6)
+    plain, m0 = sft_loss(logp, mask, ent, alpha=0.01)
+    assert m["sft_nll"] == m0["sft_nll"] and plain.item() != pytest.approx(loss.item(), rel=1e-3)

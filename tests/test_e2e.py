@@ -38,7 +38,7 @@ def final_state(summary):
 def first_run(ray_local, relift_cache, tmp_path_factory):
     from relift_ray.driver import run
     out = tmp_path_factory.mktemp("e2e")
-    cfg = small_cfg(out, "plain")
+    cfg = small_cfg(out, "plain", "tracking.eval_every=2")
     return cfg, run(cfg), relift_cache
 
 
@@ -72,6 +72,17 @@ def test_run_trains_syncs_weights_and_fine_tunes(first_run):
     assert {"config.yaml", "questions.csv"} <= arts
     rows = Path(s["question_table"]).read_text().splitlines()
     assert rows[0].startswith("id,level,source,attempts") and len(rows) > 8
+    # validation every 2 steps: the curve, the best policy kept beside the checkpoints
+    val = metric(cfg, s["run_id"], "val/score")
+    assert len(val) == 2 and metric(cfg, s["run_id"], "val/toy") == val
+    best = max(range(2), key=lambda i: (val[i], -i))  # the first of equal scores stays best
+    assert s["val_best_step"] == 2 * (best + 1) and s["val_best_score"] == val[best]
+    assert s["val_last_step"] == 4 and s["val_last_score"] == val[1]
+    meta = json.loads((Path(s["best_policy"]).parent / "meta.json").read_text())
+    assert meta["step"] == s["val_best_step"] and meta["score"] == val[best]
+    assert (Path(s["best_policy"]) / "model.safetensors").exists()
+    assert run.data.tags["best_step"] == str(s["val_best_step"])
+    assert run.data.tags["best_policy"] == s["best_policy"]
 
 
 def test_rerun_resumes_from_checkpoint(first_run):

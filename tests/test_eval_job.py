@@ -57,7 +57,8 @@ def test_k_per_benchmark_defaults_to_the_paper_and_can_be_overridden():
     cfg = load_config(None, ["eval.k.aime24=4"])
     assert benchmark_k(cfg, "aime24") == 4 and benchmark_k(cfg, "amc") == 32
     assert benchmark_k(cfg, "math500") == 1
-    with pytest.raises(ConfigError, match="eval.benchmarks / eval.k: unknown benchmark 'aime99'"):
+    with pytest.raises(ConfigError, match="eval.benchmarks / eval.k / eval.average / eval.files: "
+                                          "unknown benchmark 'aime99'"):
         load_config(None, ["eval.benchmarks=math500,aime99"])
     with pytest.raises(ConfigError, match="eval.k.aime24=0: must be a positive integer"):
         load_config(None, ["eval.k={aime24: 0}"])
@@ -83,3 +84,48 @@ def test_model_resolution(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="exists but holds no model: looked for config.json"):
         resolve_model_path(str(tmp_path / "empty"))
+
+
+def test_average_is_the_papers_six_and_gsm8k_stays_outside():
+    from relift_ray.eval_job import summarize
+    six = ["aime24", "aime25", "amc", "math500", "minerva", "olympiadbench"]
+    assert load_config(None, []).eval.average == six
+    score = {"aime24": 0.1, "aime25": 0.2, "amc": 0.3, "math500": 0.8, "minerva": 0.4,
+             "olympiadbench": 0.5, "gsm8k": 0.9, "gpqa_diamond": 0.25}
+    rows = [{"benchmark": b, "k": 1, "avg": v, "correct": int(v > 0), "no_answer": 0,
+             "mean_tokens": 10.0} for b, v in score.items()]
+    by = {r["benchmark"]: r for r in summarize(rows, list(score), averaged=six)}
+    assert by["average"]["avg_at_k"] == pytest.approx((0.1 + 0.2 + 0.3 + 0.8 + 0.4 + 0.5) / 6)
+    assert by["gsm8k"]["avg_at_k"] == 0.9 and by["gpqa_diamond"]["avg_at_k"] == 0.25
+    # a run of some of the six says so in the row's name
+    part = {r["benchmark"]: r for r in summarize(rows[:3] + rows[6:7], six + ["gsm8k"],
+                                                averaged=six)}
+    assert part["average (3 of 6)"]["avg_at_k"] == pytest.approx(0.2)
+
+
+def test_evaluation_reads_answers_as_the_released_script():
+    from relift_ray.eval_job import eval_extraction
+    released = load_config(None, ["data.answer_extraction=after_think"])
+    assert eval_extraction(released) == "think_or_whole"  # no </think>: the whole text
+    assert eval_extraction(load_config(None, [])) == "boxed"
+    assert eval_extraction(load_config(None, ["data.answer_extraction=after_think",
+                                              "eval.answer_extraction=after_think"])) \
+        == "after_think"
+
+
+def test_out_of_distribution_sets_read_from_the_files_given(tmp_path):
+    import pandas as pd
+
+    from relift_ray.benchmarks import load_benchmark
+    rows = [{"data_source": "gpqa", "ability": "science",
+             "prompt": [{"role": "user", "content": f"Q{i}? (A) 1 (B) 2 (C) 3 (D) 4"}],
+             "reward_model": {"ground_truth": "ABCD"[i], "style": "rule"},
+             "extra_info": {"index": i, "split": "test"}} for i in range(4)]
+    path = tmp_path / "valid.gpqa.parquet"
+    pd.DataFrame(rows).to_parquet(path)
+    cfg = load_config(None, [f"eval.files.gpqa_diamond={path}", "eval.benchmarks=[gpqa_diamond]"])
+    qs = load_benchmark("gpqa_diamond", limit=0, path=cfg.eval.files["gpqa_diamond"])
+    assert [q.answer for q in qs] == ["A", "B", "C", "D"]
+    assert qs[2].prompt.startswith("Q2?") and qs[2].source == "gpqa_diamond"
+    with pytest.raises(DataError, match="eval.files.mmlu_pro=<file>"):
+        load_benchmark("mmlu_pro", data_dir=tmp_path)

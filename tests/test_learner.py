@@ -308,3 +308,53 @@ def test_chunked_log_probs_equal_the_whole_logits(tiny_model):
     assert torch.allclose(whole[0], chunked[0], atol=1e-6)
     assert torch.allclose(whole[1], chunked[1], atol=1e-6)
     assert all(torch.allclose(g_whole[n], p.grad, atol=1e-6) for n, p in model.named_parameters())
+
+
+def test_released_aggregation_in_the_learner_matches_the_hand_computed_loss(tiny_model):
+    """algo.entropy_agg=released: the RL loss is the sum over the released micro-batches
+    (ceil(30 / 8) = 4 of them here) of their pg share minus c * their own entropy token
+    mean, whatever memory micro-batching the learner uses; sft_agg=released likewise."""
+    from transformers import AutoModelForCausalLM
+
+    from relift_ray.algo import released_groups
+    from relift_ray.learner import forward_logprobs
+    from relift_ray.records import TrainBatch
+    rows = [Sample((3, 4), (5, 6, 1), 1.0, "a"), Sample((3, 4), (7, 1), -0.5, "a"),
+            Sample((3, 4, 5), (9, 8, 7, 6, 1), 0.75, "b"), Sample((3,), (6, 7, 8, 1), -1.25, "b"),
+            Sample((3, 4), (9, 1), 0.5, "c"), Sample((3, 5), (6, 6, 6, 1), -0.5, "c")]
+    over = {"algo.entropy_coef": 0.1, "algo.entropy_agg": "released",
+            "algo.entropy_token_budget": 8, "algo.sft_agg": "released",
+            "algo.sft_micro_batch_size": 1, "algo.sft_entropy_coef": 0.1}
+    a = _learner(tiny_model, **over)
+    b = _learner(tiny_model, **over, **{"train.max_tokens_per_microbatch": 12,
+                                        "train.logits_chunk_tokens": 5})
+    copy = AutoModelForCausalLM.from_pretrained(tiny_model)
+    lengths = [len(x.prompt_ids) + len(x.response_ids) for x in rows]
+    groups = released_groups(lengths, 8)
+    assert len(groups) == 4
+    by_hand = 0.0
+    with torch.no_grad():
+        for g in groups:
+            t = to_tensors([rows[i] for i in g], 0, "cpu")
+            logp, ent = forward_logprobs(copy, t)
+            pg = -(t["adv"][:, None] * t["mask"]).sum() / 4  # ratio 1 on the first minibatch
+            by_hand += float(pg - 0.1 * (ent * t["mask"]).sum() / t["mask"].sum())
+        demos = (Sample((3, 4), (8, 9, 1), 0.0, "a"), Sample((3,), (8, 8, 9, 9, 1), 0.0, "b"))
+        sft_by_hand = 0.0
+        for d in demos:  # micro-batches of one row, each its token mean / 2 micro-batches
+            t = to_tensors([d], 0, "cpu")
+            logp, ent = forward_logprobs(copy, t)
+            sft_by_hand += float(((-logp - 0.1 * ent) * t["mask"]).sum() / t["mask"].sum()) / 2
+    ma = a.train_step(TrainBatch(step=1, rl=tuple(rows)))
+    mb = b.train_step(TrainBatch(step=1, rl=tuple(rows)))
+    assert ma["rl/loss"] == pytest.approx(by_hand, rel=1e-5)
+    sft = _learner(tiny_model, **over).train_step(TrainBatch(step=1, sft=demos))
+    assert sft["sft/sft_loss"] == pytest.approx(sft_by_hand, rel=1e-5)
+    for key in ma:
+        assert mb[key] == pytest.approx(ma[key], rel=1e-4, abs=1e-6), key
+    wa, wb = a.full_state_dict(), b.full_state_dict()
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+    # the paper's aggregation gives another loss on the same batch
+    plain = _learner(tiny_model, **{"algo.entropy_coef": 0.1})
+    assert plain.train_step(TrainBatch(step=1, rl=tuple(rows)))["rl/loss"] != \
+        pytest.approx(by_hand, rel=1e-3)

@@ -55,3 +55,32 @@ def test_hard_time_limit_costs_one_timeout_and_scoring_goes_on():
         assert s["timeouts"] == 1 and s["restarts"] == 1 and s["seconds"] < 30
     finally:
         w.close()
+
+
+@pytest.mark.parametrize("response, training, evaluation", [
+    # one </think>: the answer after it, for both
+    ("reasoning</think>\nThe answer is \\boxed{7}.", "\nThe answer is \\boxed{7}.",
+     "\nThe answer is \\boxed{7}."),
+    # a second </think>: the released code keeps split("</think>")[1], the piece between the
+    # first and the second tag; what follows the second is never read
+    ("a</think> \\boxed{7} </think> \\boxed{8}", " \\boxed{7} ", " \\boxed{7} "),
+    # no </think>: the training reward gives 0, the released evaluation reads the whole text
+    ("no tag, \\boxed{7}", None, "no tag, \\boxed{7}"),
+    # a tag with nothing after it
+    ("thinking</think>", "", ""),
+])
+def test_think_handling_follows_the_released_reward_and_evaluation(response, training,
+                                                                    evaluation):
+    assert extract_answer(response, "after_think") == training
+    assert extract_answer(response, "think_or_whole") == evaluation
+
+
+def test_released_reward_scores_the_piece_after_the_first_think_end():
+    two = "a</think> \\boxed{7} </think> \\boxed{8}"
+    assert math_reward(two, "7", "after_think").value == 1.0
+    assert math_reward(two, "8", "after_think").value == 0.0  # after the 2nd tag: never read
+    assert math_reward("\\boxed{7}", "7", "after_think") == (0.0, "no_answer")
+    assert math_reward("\\boxed{7}", "7", "think_or_whole") == (1.0, "ok")
+    # out-of-distribution multiple choice: the letter goes through math-verify, as released
+    assert math_reward("x</think> The answer is \\boxed{C}.", "C", "think_or_whole").value == 1.0
+    assert math_reward("x</think> \\boxed{B}", "C", "think_or_whole").value == 0.0

@@ -358,3 +358,52 @@ def test_async_learner_out_of_sync_is_an_error():
     with pytest.raises(RuntimeError, match="learner asked for step 6, scheduler makes batch"):
         s.next_batch(6)  # batches 2 and 3 may be made, 4 needs version 2: never 6
     s.close()
+
+
+def test_drop_last_keeps_every_batch_within_one_pass():
+    s = Sampler(10, seed=3, drop_last=True)
+    first = s.take(4) + s.take(4)
+    assert sorted(first) == sorted(s.order[:8]) and s.epoch == 0
+    third = s.take(4)  # 2 left in the pass: dropped, the batch comes from the next pass
+    assert s.epoch == 1 and third == s.order[:4]
+    wrap = Sampler(10, seed=3)
+    wrap.take(8)
+    mixed = wrap.take(4)  # without drop_last the pass's last 2 open the next batch
+    assert wrap.epoch == 1 and mixed[2:] == wrap.order[:2]
+
+
+def test_epochs_give_the_steps_from_the_questions_kept():
+    from relift_ray.config import load_config
+    from relift_ray.scheduler import steps_of
+    cfg = load_config(overrides=["train.epochs=3", "algo.batch_size=128"])
+    # the released run: 45,7xx questions kept, 128 per step, drop_last, 3 epochs
+    assert steps_of(cfg, 45714) == 3 * 357
+    assert steps_of(load_config(overrides=["train.steps=7"]), 45714) == 7  # epochs=0: steps
+    with pytest.raises(ValueError, match="no whole batch"):
+        steps_of(cfg, 100)
+    s, _ = make({}, **{"train.epochs": 2})  # 8 questions, 4 per step
+    assert s.total_steps() == 4
+
+
+def test_validation_averages_sources_and_remembers_the_best():
+    # two sources of different sizes: each counts once in the average
+    val = [Question(id=f"a{i}", prompt="x", answer="1", source="aime") for i in range(2)] + \
+          [Question(id=f"m{i}", prompt="x", answer="1", source="math") for i in range(4)]
+    s, gen = make({}, **{"tracking.eval_every": 2})
+    s.val_questions = val
+    gen.script = {"a0": [1], "a1": [0], "m0": [1], "m1": [1], "m2": [1], "m3": [1]}
+    r1 = s.validate(2)
+    assert r1["sources"] == {"aime": 0.5, "math": 1.0} and r1["score"] == 0.75
+    assert r1["is_best"] and r1["best_score"] == 0.75
+    # validation samples once per question at tracking.val_temperature
+    params = gen.calls[-1][1]
+    assert params.n == 1 and params.temperature == pytest.approx(0.6)
+    gen.script["m0"] = [0]
+    r2 = s.validate(4)
+    assert r2["score"] == pytest.approx((0.5 + 0.75) / 2) and not r2["is_best"]
+    assert r2["best_score"] == 0.75
+    state = json.loads(json.dumps(s.state_dict()))
+    assert state["validation"]["best"]["step"] == 2 and state["validation"]["last"]["step"] == 4
+    s2, _ = make({})
+    s2.load_state_dict(state)  # a resumed run compares with the same best
+    assert s2.validation()["best"]["score"] == 0.75
