@@ -417,6 +417,10 @@ def validate(cfg: RunConfig) -> RunConfig:
     if g.colocate and g.weight_sync == "nccl":
         raise ConfigError("generator.weight_sync=nccl with generator.colocate=true: colocated "
                           "generators share the learners' GPUs, use weight_sync=ipc")
+    if g.colocate and cfg.cluster.num_generators != cfg.cluster.num_learners:
+        raise ConfigError(f"generator.colocate=true: one engine per learner GPU, so "
+                          f"cluster.num_generators ({cfg.cluster.num_generators}) must equal "
+                          f"cluster.num_learners ({cfg.cluster.num_learners})")
     if g.weight_sync == "ipc" and not g.colocate:
         raise ConfigError("generator.weight_sync=ipc: needs generator.colocate=true (CUDA IPC "
                           "works only between processes on the same GPU)")

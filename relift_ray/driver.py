@@ -120,10 +120,11 @@ def worker_names(cfg: RunConfig, prefix: str = "") -> tuple[list[str], list[str]
 
 
 def start_workers(cfg: RunConfig, model_path: str, prefix: str = "",
-                  extraction: str = "") -> tuple[list, list]:
+                  extraction: str = "", groups: list | None = None) -> tuple[list, list]:
     """The reward workers and generators of a job, as Ray actors named ``<prefix>reward-i``
     and ``<prefix>generator-i`` (readable in the dashboard); the reward workers read answers
-    with ``extraction`` (default data.answer_extraction)."""
+    with ``extraction`` (default data.answer_extraction). vLLM engines go into the
+    placement groups ``groups`` of ``relift_ray.placement.plan(cfg)`` when given."""
     import ray
 
     from relift_ray.generators.hf import HFGenerator
@@ -141,7 +142,10 @@ def start_workers(cfg: RunConfig, model_path: str, prefix: str = "",
                  for i in range(c.num_reward_workers)]
     g = cfg.generator
     if g.backend == "vllm":
-        generators = [_vllm_actor(cfg, model_path, gen_names[i])
+        from relift_ray.placement import engine_options, plan
+        layout = plan(cfg) if groups else None
+        generators = [_vllm_actor(cfg, model_path, gen_names[i],
+                                  engine_options(layout, groups, i) if layout else None)
                       for i in range(c.num_generators)]
     else:
         generators = [ray.remote(HFGenerator).options(
@@ -158,9 +162,11 @@ def start_workers(cfg: RunConfig, model_path: str, prefix: str = "",
 COLOCATED_GENERATOR_GPU = 0.4
 
 
-def _vllm_actor(cfg: RunConfig, model_path: str, name: str):
+def _vllm_actor(cfg: RunConfig, model_path: str, name: str, placed: dict | None = None):
     """One vLLM engine as a Ray actor. Tensor parallel engines (tensor_parallel_size > 1) take
-    no GPU themselves: vLLM places its workers with Ray in a placement group of that size."""
+    no GPU themselves: vLLM places its workers with Ray in a placement group of that size.
+    ``placed``: the actor options putting it in its placement-group bundle (the job's
+    layout, relift_ray.placement); without them (the evaluation job) Ray places it."""
     import ray
 
     from relift_ray.generators.vllm_gen import VLLMGenerator
@@ -168,8 +174,9 @@ def _vllm_actor(cfg: RunConfig, model_path: str, name: str):
     g, c = cfg.generator, cfg.cluster
     tp = g.tensor_parallel_size
     gpus = COLOCATED_GENERATOR_GPU if g.colocate else (1 if tp == 1 else 0)
+    options = {"num_gpus": gpus, **(placed or {})}
     return ray.remote(VLLMGenerator).options(
-        name=name, num_cpus=c.generator_cpus, num_gpus=gpus, max_restarts=-1).remote(
+        name=name, num_cpus=c.generator_cpus, max_restarts=-1, **options).remote(
         model_path, tensor_parallel_size=tp, dtype=cfg.model.dtype,
         gpu_memory_utilization=g.gpu_memory_utilization, max_model_len=g.max_model_len,
         eos_token=cfg.model.eos_token, seed=cfg.train.seed, enable_sleep_mode=g.colocate,
@@ -178,10 +185,12 @@ def _vllm_actor(cfg: RunConfig, model_path: str, name: str):
         **({"distributed_executor_backend": "ray"} if tp > 1 else {}))
 
 
-def learner_resources(cfg: RunConfig) -> dict:
-    """Each learner worker's Ray resources: a whole GPU, or what a colocated generator leaves."""
+def learner_resources(cfg: RunConfig, pinned: bool = False) -> dict:
+    """Each learner worker's Ray resources: a whole GPU, or what a colocated generator leaves;
+    CPUs only when ``pinned`` (the colocated layout: the learner takes its engine's GPU,
+    reserved in the engines' placement group, relift_ray.placement)."""
     res = {"CPU": cfg.cluster.learner_cpus}
-    if cfg.cluster.use_gpu:
+    if cfg.cluster.use_gpu and not pinned:
         res["GPU"] = 1 - COLOCATED_GENERATOR_GPU if cfg.generator.colocate else 1
     return res
 
@@ -209,8 +218,17 @@ def run(cfg: RunConfig) -> dict:
     run_dir = Path(cfg.output_dir) / cfg.name
     status, actors, tracker = "FAILED", [], None
     try:
+        # vLLM engines: their GPUs reserved first, in placement groups (relift_ray.placement)
+        from relift_ray.placement import create_groups, plan
+        layout = plan(cfg)
+        groups = create_groups(layout, cfg.name) if layout else []
         # Actors: plain classes made remote here, each with a readable name in the dashboard.
-        rewarders, generators = start_workers(cfg, model_path)
+        rewarders, generators = start_workers(cfg, model_path, groups=groups)
+        engines = None
+        if layout and layout.kind == "colocated":  # each learner goes to its engine's GPU
+            engines = [tuple(p) for p in ray.get([g.placement.remote() for g in generators])]
+            say("[driver] colocated engines (node, GPU): "
+                + ", ".join(f"{n[:8]}:{gpu}" for n, gpu in engines))
         # The scheduler reads its questions itself, so Ray can restart it from its small
         # constructor arguments alone; the learner group's restart from its last checkpoint
         # (the learners' calls fail when the scheduler dies) then loads that checkpoint's state.
@@ -231,7 +249,7 @@ def run(cfg: RunConfig) -> dict:
         from relift_ray.tracking import Tracker, run_id_key, share_run_id, write_csv
         resuming = check_resumable(cfg)
         key = run_id_key(cfg.name)
-        trainer = _trainer(cfg, model_path, scheduler, generators, key, t_start)
+        trainer = _trainer(cfg, model_path, scheduler, generators, key, t_start, engines)
         hf = cfg.generator.backend == "transformers"
         eval_first = cfg.tracking.eval_before == "start"
         early = not eval_first or (hf and not resuming)
@@ -336,28 +354,40 @@ def run(cfg: RunConfig) -> dict:
             tracker.end(status)
         for a in actors:  # names are free again for the next run in this Ray session
             ray.kill(a)
+        if "groups" in locals():
+            from ray.util.placement_group import remove_placement_group
+            for pg in groups:
+                remove_placement_group(pg)
         console.stop()
 
 
 def _trainer(cfg: RunConfig, model_path: str, scheduler, generators, mlflow_run_key: str,
-             job_start: float):
+             job_start: float, engines: list | None = None):
     """The learner group: a Ray Train TorchTrainer running ``train_loop_per_worker``; its run
-    name and storage make a re-run resume from the last checkpoint."""
+    name and storage make a re-run resume from the last checkpoint. ``engines``: the
+    colocated engines' (node, GPU): each worker is sent to one's node and takes its GPU."""
     from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
     from ray.train import RunConfig as TrainRunConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     from relift_ray.learner import train_loop_per_worker
+    from relift_ray.placement import learner_label_selectors
 
     c = cfg.cluster
+    placed = {}
+    if engines:  # Ray's GPUs are the engines' bundles: the learners ask for CPUs only
+        placed = {"label_selector": learner_label_selectors(engines)}
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.to_dict(), "model_path": model_path,
                            "scheduler": scheduler, "generators": generators,
                            "mlflow_uri": cfg.mlflow_uri, "mlflow_run_key": mlflow_run_key,
-                           "job_start": job_start},
-        scaling_config=ScalingConfig(num_workers=c.num_learners, use_gpu=c.use_gpu,
-                                     resources_per_worker=learner_resources(cfg)),
+                           "job_start": job_start, "engines": engines},
+        torch_config=TorchConfig(backend="nccl") if engines else None,
+        scaling_config=ScalingConfig(num_workers=c.num_learners,
+                                     use_gpu=c.use_gpu and not engines,
+                                     resources_per_worker=learner_resources(cfg, bool(engines)),
+                                     **placed),
         run_config=TrainRunConfig(
             name=cfg.name, storage_path=cfg.storage_path,
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),

@@ -406,6 +406,9 @@ def train_loop_per_worker(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     scheduler, generators = config["scheduler"], config["generators"]
     torch.manual_seed(cfg.train.seed + rank)
+    if config.get("engines"):  # colocated: the GPU of the engine on this node (placement)
+        from relift_ray.placement import pin_learner_gpu
+        pin_learner_gpu(config["engines"])
     if cfg.cluster.torch_threads and not cfg.cluster.use_gpu:
         torch.set_num_threads(cfg.cluster.torch_threads)
 

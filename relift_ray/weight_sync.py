@@ -81,6 +81,18 @@ def on_all(gens: list, method: str, *args) -> list:
     return call_all(gens, method, [args] * len(gens))
 
 
+def begin_all(gens: list, method: str, *args):
+    """Starts the same call on every generator without waiting for it; returns a function
+    that waits for all of them (and raises the first error)."""
+    if gens and is_actor(gens[0]):
+        import ray
+        refs = [getattr(g, method).remote(*args) for g in gens]
+        return lambda: ray.get(refs)
+    running = [Background(lambda g=g: getattr(g, method)(*args), f"begin-{method}")
+               for g in gens]
+    return lambda: [r.result() for r in running]
+
+
 def free_port() -> int:
     import socket
     with socket.socket() as s:
@@ -198,7 +210,6 @@ class NCCLWeightSync:
     def send(self, module, version: int, zero3: bool = False, rank: int = 0) -> dict:
         """Every learner rank calls this; under ZeRO-3 the others take part in gathering each
         parameter, and rank 0 broadcasts it."""
-        import ray
         from vllm.distributed.weight_transfer.nccl_engine import (
             NCCLTrainerSendWeightsArgs, NCCLWeightTransferEngine)
 
@@ -216,14 +227,16 @@ class NCCLWeightSync:
 
         def run():
             on_all(self.generators, "start_weight_update")
-            info = {"update_info": {"names": names, "dtype_names": dtypes, "shapes": shapes,
-                                    "packed": True}}
-            refs = [g.update_weights.remote(info) for g in self.generators]
-            NCCLWeightTransferEngine.trainer_send_weights(
-                named_weights(module, zero3),
-                NCCLTrainerSendWeightsArgs(group=self.group, packed=True))
-            ray.get(refs)
-            on_all(self.generators, "finish_weight_update")
+            try:
+                info = {"update_info": {"names": names, "dtype_names": dtypes,
+                                        "shapes": shapes, "packed": True}}
+                receiving = begin_all(self.generators, "update_weights", info)
+                NCCLWeightTransferEngine.trainer_send_weights(
+                    named_weights(module, zero3),
+                    NCCLTrainerSendWeightsArgs(group=self.group, packed=True))
+                receiving()
+            finally:  # an update left open blocks every later one (as ipc_send)
+                on_all(self.generators, "finish_weight_update")
             return on_all(self.generators, "set_version", version)
 
         t0 = time.perf_counter()

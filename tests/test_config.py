@@ -204,7 +204,7 @@ def test_gpu_generator_settings_are_checked(overrides, message):
 def test_gpu_generator_settings_that_go_together_load():
     cfg = load_config(overrides=["generator.backend=vllm", "cluster.use_gpu=true",
                                  "generator.weight_sync=ipc", "generator.colocate=true",
-                                 "algo.is_correction=tis", "train.zero_stage=3",
+                                 "cluster.num_generators=2", "algo.is_correction=tis", "train.zero_stage=3",
                                  "train.gradient_checkpointing=true"])
     assert cfg.generator.colocate and cfg.algo.is_cap == 2.0 and cfg.train.zero_stage == 3
 

@@ -111,7 +111,8 @@ def test_colocated_learners_leave_the_generator_its_share_of_the_gpu():
     from relift_ray.driver import COLOCATED_GENERATOR_GPU, learner_resources
     gpu = ["generator.backend=vllm", "cluster.use_gpu=true", "cluster.learner_cpus=2"]
     assert learner_resources(load_config(overrides=gpu)) == {"CPU": 2, "GPU": 1}
-    both = load_config(overrides=gpu + ["generator.colocate=true", "generator.weight_sync=ipc"])
+    both = load_config(overrides=gpu + ["generator.colocate=true", "generator.weight_sync=ipc",
+                                        "cluster.num_generators=2"])
     assert learner_resources(both)["GPU"] + COLOCATED_GENERATOR_GPU == pytest.approx(1.0)
     assert learner_resources(load_config(overrides=[])) == {"CPU": 0.5}
 
@@ -169,3 +170,39 @@ def test_publisher_refuses_a_generator_that_reports_another_version():
 
     with pytest.raises(RuntimeError, match=r"weight versions \[0\] after the sync, expected 2"):
         InProcessPublisher([Stuck([])]).publish(_FakeLearner(), 2)
+
+
+def test_nccl_sync_finishes_the_update_when_the_transfer_fails(monkeypatch):
+    """A broadcast that fails leaves no engine inside an open weight update (the next sync
+    would block on it): finish_weight_update runs anyway, and the error reaches the step."""
+    import sys
+    import types
+
+    from relift_ray.weight_sync import NCCLWeightSync
+
+    class Engine:
+        @staticmethod
+        def trainer_send_weights(named, args):
+            next(iter(named))
+            raise RuntimeError("NCCL error: remote process exited")
+
+    fake = types.ModuleType("vllm.distributed.weight_transfer.nccl_engine")
+    fake.NCCLWeightTransferEngine = Engine
+    fake.NCCLTrainerSendWeightsArgs = lambda **kw: kw
+    for name in ("vllm", "vllm.distributed", "vllm.distributed.weight_transfer"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, fake.__name__, fake)
+
+    class Gen:
+        def __init__(self):
+            self.calls = []
+
+        def __getattr__(self, method):
+            return lambda *a: self.calls.append(method)
+
+    gens = [Gen(), Gen()]
+    sync = NCCLWeightSync(gens, "127.0.0.1", 1, timeout_s=30)
+    with pytest.raises(RuntimeError, match="NCCL error"):
+        sync.send(torch.nn.Linear(2, 2), version=3)
+    for g in gens:
+        assert g.calls == ["start_weight_update", "update_weights", "finish_weight_update"]

@@ -51,6 +51,11 @@ class VLLMGenerator:
         self.tokens_generated = 0
         self.asleep = False
 
+    def placement(self) -> tuple[str, str]:
+        """(node id, Ray GPU id) of this engine (relift_ray.placement pins its learner)."""
+        from relift_ray.placement import engine_placement
+        return engine_placement()
+
     # ------------------------------------------------------------------ sampling
 
     def get_version(self) -> int:
