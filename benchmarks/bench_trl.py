@@ -118,8 +118,9 @@ def child_relift(args) -> dict:
     overrides = [f"train.steps={steps}",
                  f"output_dir={args.out_dir}", "name=bench-rl",
                  "tracking.experiment=bench_trl",
-                 # only the last step checkpoints (and is left out of the timing)
-                 f"train.checkpoint_every={steps}"]
+                 # only the last step checkpoints (and is left out of the timing); no
+                 # validation while training (TRL's loop validates nothing either)
+                 f"train.checkpoint_every={steps}", "tracking.eval_every=0"]
     if args.eval_questions:  # the before/after test evaluations are outside the step timings
         overrides.append(f"data.max_test_questions={args.eval_questions}")
     if args.relift_threads:

@@ -297,7 +297,7 @@ PRESETS: dict[str, dict] = {
         # of the 2 learners 1 (more would spin against each other; benchmarks/bench_trl.py)
         "cluster": {"num_reward_workers": 1, "generator_threads": 2},
         # on 2 cores the base evaluation would share them with the learners' start-up
-        "tracking": {"eval_before": "end"},
+        "tracking": {"eval_before": "end", "eval_every": 20},
     },
 }
 
