@@ -131,6 +131,10 @@ class TrainConfig:
     # each chunk's logits recomputed in backward: no [tokens x vocabulary] fp32 tensor larger
     # than one chunk exists (0 = the whole forward's logits at once)
     logits_chunk_tokens: int = 0
+    # padding-free: a micro-batch's rows go through the model as one sequence without padding
+    # (positions restart per row; transformers keeps the rows apart), and the token budget
+    # counts their own tokens; checked against the padded forward when the learner starts
+    padding_free: bool = False
     max_failures: int = 2  # Ray Train restarts of the learner group after a worker dies
     # testing: actors killed with SIGKILL once, as <actor>@<step> (learner, scheduler,
     # generator, reward), e.g. [generator@14]; see relift_ray.chaos

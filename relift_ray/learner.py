@@ -101,44 +101,97 @@ def _fit(x: torch.Tensor, width: int) -> torch.Tensor:
 _LOGIT_EXTRAS = ("final_logit_softcapping", "logits_scaling", "logit_scale")
 
 
-def forward_logprobs(model, t: dict, chunk_tokens: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def forward_logprobs(model, t: dict, chunk_tokens: int = 0,
+                     packed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(log p of each next token, entropy), both [B, T-1] fp32. With ``chunk_tokens`` the
     logits are made from the final hidden states a chunk of positions at a time (about
     ``chunk_tokens`` rows x positions), each chunk recomputed in backward instead of kept, so
-    no [tokens x vocabulary] tensor larger than one chunk ever exists."""
+    no [tokens x vocabulary] tensor larger than one chunk ever exists.
+
+    ``packed`` (train.padding_free): the rows go through the model as one sequence without
+    their padding, each row's positions restarting at 0 so that attention stays within it
+    (transformers builds the block-diagonal mask from the position ids); the results come
+    back in the padded [B, T-1] layout, so nothing downstream changes."""
+    if not packed:
+        return _logprobs_of(model, t["ids"], t["attn"], None, chunk_tokens)
+    lens = t["attn"].sum(1).tolist()  # rows are right-padded
+    ids = torch.cat([t["ids"][i, :n] for i, n in enumerate(lens)])[None]
+    pos = torch.cat([torch.arange(n, device=ids.device) for n in lens])[None]
+    lp, ent = _logprobs_of(model, ids, None, pos, chunk_tokens)
+    # the position ending row i predicts row i+1's first token: never a response position
+    out_lp = lp.new_zeros(t["ids"].shape[0], t["ids"].shape[1] - 1)
+    out_ent = torch.zeros_like(out_lp)
+    rows = torch.cat([torch.full((n - 1,), i, device=ids.device) for i, n in enumerate(lens)])
+    cols = torch.cat([torch.arange(n - 1, device=ids.device) for n in lens])
+    starts = torch.tensor([0] + lens[:-1], device=ids.device).cumsum(0)
+    src = torch.cat([torch.arange(a, a + n - 1, device=ids.device)
+                     for a, n in zip(starts.tolist(), lens)])
+    out_lp = out_lp.index_put((rows, cols), lp[0, src])
+    out_ent = out_ent.index_put((rows, cols), ent[0, src])
+    return out_lp, out_ent
+
+
+def _logprobs_of(model, ids, attn, pos, chunk_tokens: int):
     net = getattr(model, "module", model)  # a DeepSpeed engine's model
+    kw = {"input_ids": ids, "attention_mask": attn, "use_cache": False}
+    if pos is not None:
+        kw["position_ids"] = pos
     if not chunk_tokens or any(getattr(net.config, a, None) for a in _LOGIT_EXTRAS):
-        logits = model(input_ids=t["ids"], attention_mask=t["attn"],
-                       use_cache=False).logits[:, :-1]
-        return token_logprobs(logits, t["ids"][:, 1:])
+        logits = model(**kw).logits[:, :-1]
+        return token_logprobs(logits, ids[:, 1:])
     from torch.utils.checkpoint import checkpoint
-    hidden = net.get_decoder()(input_ids=t["ids"], attention_mask=t["attn"],
-                               use_cache=False).last_hidden_state[:, :-1]
-    head, targets = net.get_output_embeddings(), t["ids"][:, 1:]
+    hidden = net.get_decoder()(**kw).last_hidden_state[:, :-1]
+    head, targets = net.get_output_embeddings(), ids[:, 1:]
     width = max(1, chunk_tokens // hidden.shape[0])
     parts = [checkpoint(_head_logprobs, head, hidden[:, a:a + width], targets[:, a:a + width],
                         use_reentrant=False) for a in range(0, hidden.shape[1], width)]
     return torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1)
 
 
+def check_packing(model) -> None:
+    """train.padding_free needs a model whose attention keeps packed rows apart (transformers
+    builds that mask from the position ids for most decoders); compare on two short rows and
+    stop with a clear error when it does not."""
+    vocab = model.config.vocab_size
+    rows = [torch.arange(3, 8) % vocab, torch.arange(5, 8) % vocab]
+    ids = torch.zeros((2, 5), dtype=torch.long)
+    attn = torch.zeros((2, 5), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)], attn[i, :len(r)] = r, 1
+    t = {"ids": ids.to(model.device), "attn": attn.to(model.device)}
+    with torch.no_grad():
+        a, _ = forward_logprobs(model, t)
+        b, _ = forward_logprobs(model, t, packed=True)
+    valid = attn[:, 1:].bool().to(a.device)
+    diff = float((a - b)[valid].abs().max())
+    if diff > 1e-3:
+        raise RuntimeError(
+            f"train.padding_free=true: {type(model).__name__} lets packed rows attend to each "
+            f"other (log-probs differ by {diff:.2e} from the padded forward); set "
+            f"train.padding_free=false for this model")
+
+
 def _head_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor):
     return token_logprobs(head(hidden), targets)
 
 
-def microbatches(rows: list[int], lengths: list[int], budget: int) -> list[list[int]]:
-    """``rows`` packed into micro-batches of at most ``budget`` padded tokens (rows x the
-    longest row), longest first; a row longer than the budget goes alone. 0 = one batch."""
+def microbatches(rows: list[int], lengths: list[int], budget: int,
+                 padded: bool = True) -> list[list[int]]:
+    """``rows`` packed into micro-batches of at most ``budget`` tokens, longest first: padded
+    tokens (rows x the longest row), or with ``padded=False`` (train.padding_free) the rows'
+    own tokens. A row longer than the budget goes alone. 0 = one batch."""
     rows = list(rows)
     if not budget or not rows:
         return [rows] if rows else []
-    out, cur, widest = [], [], 0
+    out, cur, widest, total = [], [], 0, 0
     for r in sorted(rows, key=lambda i: -lengths[i]):
         w = max(widest, lengths[r])
-        if cur and (len(cur) + 1) * w > budget:
+        size = (len(cur) + 1) * w if padded else total + lengths[r]
+        if cur and size > budget:
             out.append(cur)
-            cur, w = [], lengths[r]
+            cur, w, total = [], lengths[r], 0
         cur.append(r)
-        widest = w
+        widest, total = w, total + lengths[r]
     return out + [cur]
 
 
@@ -181,6 +234,8 @@ class Learner:
             model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False})
         self.pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+        if cfg.train.padding_free:
+            check_packing(model)
         self.opt = TwoPhaseAdamW(model.parameters(), {
             "rl": {"lr": self.a.lr, "weight_decay": self.a.weight_decay},
             "sft": {"lr": self.a.sft_lr, "weight_decay": self.a.weight_decay}})
@@ -218,7 +273,12 @@ class Learner:
         return metrics
 
     def _logprobs(self, t: dict):
-        return forward_logprobs(self.engine, t, self.cfg.train.logits_chunk_tokens)
+        return forward_logprobs(self.engine, t, self.cfg.train.logits_chunk_tokens,
+                                packed=self.cfg.train.padding_free)
+
+    def _micro(self, rows, lengths) -> list[list[int]]:
+        return microbatches(rows, lengths, self.cfg.train.max_tokens_per_microbatch,
+                            padded=not self.cfg.train.padding_free)
 
     def rl_update(self, samples: list[Sample], mixed_sft: list[Sample] | None = None) -> dict:
         """``algo.minibatches`` optimizer steps over the RL samples (mode=mixed: each with its
@@ -234,14 +294,14 @@ class Learner:
         its own forward pass gives them (detached, ratio exactly 1). The sampler comparison
         (its log-probs, when the samples carry them) needs them for every row."""
         mixed_sft = mixed_sft or []
-        budget, k = self.cfg.train.max_tokens_per_microbatch, self.a.minibatches
+        k = self.a.minibatches
         lengths = [len(x.prompt_ids) + len(x.response_ids) for x in samples]
         chunks = [c.tolist() for c in torch.arange(len(samples)).chunk(k)]
         blp = all(len(x.behavior_logprobs) == len(x.response_ids) > 0 for x in samples)
         old: dict[int, torch.Tensor] = {}  # row -> its old log-probs
         need = range(len(samples)) if blp else [i for c in chunks[1:] for i in c]
         with torch.no_grad():
-            for rows in microbatches(need, lengths, budget):
+            for rows in self._micro(need, lengths):
                 lp, _ = self._logprobs(self._tensors([samples[i] for i in rows]))
                 old.update(zip(rows, lp))
         sft_chunks = [mixed_sft[i::k] for i in range(k)] if mixed_sft else [[]] * k
@@ -254,10 +314,9 @@ class Learner:
                                              [len(samples[i].response_ids) for i in rows],
                                              self.a.entropy_token_budget)
                 ent_w = dict(zip(rows, w.tolist()))
-            parts = [("rl", m) for m in microbatches(rows, lengths, budget)]
-            parts += [("sft", m) for m in microbatches(
-                range(len(demos)), [len(x.prompt_ids) + len(x.response_ids) for x in demos],
-                budget)]
+            parts = [("rl", m) for m in self._micro(rows, lengths)]
+            parts += [("sft", m) for m in self._micro(
+                range(len(demos)), [len(x.prompt_ids) + len(x.response_ids) for x in demos])]
             acc = defaultdict(float)
             for p, (kind, mrows) in enumerate(parts):
                 self.engine.set_gradient_accumulation_boundary(p == len(parts) - 1)
@@ -318,8 +377,7 @@ class Learner:
         """One SFT optimizer step: the token mean over the demonstrations, in micro-batches
         as ``rl_update``'s."""
         lengths = [len(x.prompt_ids) + len(x.response_ids) for x in samples]
-        parts = microbatches(range(len(samples)), lengths,
-                             self.cfg.train.max_tokens_per_microbatch)
+        parts = self._micro(range(len(samples)), lengths)
         n_tok = sum(len(x.response_ids) for x in samples)
         weights = None
         if self.a.sft_agg == "released":  # token means of released micro-batches, rows in order

@@ -192,9 +192,9 @@ def test_first_minibatch_needs_no_extra_old_logprob_pass(tiny_model):
     calls = []
     real = forward_logprobs
 
-    def counting(model, t, chunk_tokens=0):
+    def counting(model, t, chunk_tokens=0, packed=False):
         calls.append((torch.is_grad_enabled(), t["ids"].shape[0]))
-        return real(model, t, chunk_tokens)
+        return real(model, t, chunk_tokens, packed)
 
     import relift_ray.learner as learner_mod
     learner_mod.forward_logprobs = counting
@@ -358,3 +358,41 @@ def test_released_aggregation_in_the_learner_matches_the_hand_computed_loss(tiny
     plain = _learner(tiny_model, **{"algo.entropy_coef": 0.1})
     assert plain.train_step(TrainBatch(step=1, rl=tuple(rows)))["rl/loss"] != \
         pytest.approx(by_hand, rel=1e-3)
+
+
+def test_padding_free_forward_equals_the_padded_one(tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    from relift_ray.learner import check_packing, forward_logprobs, microbatches
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    rows = [Sample((3, 4), (5, 6, 7, 8, 1), 1.0, "a"), Sample((3,), (7, 1), 1.0, "a"),
+            Sample((3, 4, 9), (6, 1), 1.0, "a")]
+    t = to_tensors(rows, 0, "cpu")
+    for chunk in (0, 4):
+        a = forward_logprobs(model, t, chunk)
+        b = forward_logprobs(model, t, chunk, packed=True)
+        m = t["mask"].bool()
+        assert torch.allclose(a[0][m], b[0][m], atol=1e-5)
+        assert torch.allclose(a[1][m], b[1][m], atol=1e-5)
+    check_packing(model)  # the toy Llama keeps packed rows apart
+    # the token budget counts the rows' own tokens: 7 + 3 + 5 = 15 fits 16 unpadded
+    lengths = [7, 3, 5]
+    assert microbatches(range(3), lengths, 16, padded=False) == [[0, 2, 1]]
+    assert len(microbatches(range(3), lengths, 16)) == 2  # padded: 3 x 7 = 21 > 16
+
+
+def test_padding_free_update_equals_the_padded_update(tiny_model):
+    from relift_ray.records import TrainBatch
+    rows = [Sample((3, 4), (5, 6, 1), 1.0, "a"), Sample((3, 4), (7, 1), -0.5, "a"),
+            Sample((3, 4, 5), (9, 8, 7, 6, 1), 0.75, "b"), Sample((3,), (6, 7, 8, 1), -1.25, "b")]
+    over = {"algo.minibatches": 2, "algo.entropy_coef": 0.01, "algo.sft_entropy_coef": 0.01}
+    demos = (Sample((3, 4), (8, 9, 1), 0.0, "a"), Sample((3,), (8, 8, 9, 9, 1), 0.0, "b"))
+    a = _learner(tiny_model, **over)
+    b = _learner(tiny_model, **over, **{"train.padding_free": True,
+                                        "train.max_tokens_per_microbatch": 12})
+    for batch in (TrainBatch(step=1, rl=tuple(rows)), TrainBatch(step=2, sft=demos)):
+        ma, mb = a.train_step(batch), b.train_step(batch)
+        for key in ma:
+            assert mb[key] == pytest.approx(ma[key], rel=1e-4, abs=1e-6), key
+    wa, wb = a.full_state_dict(), b.full_state_dict()
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
