@@ -177,6 +177,12 @@ class ClusterConfig:
     # show Ray's own log lines (Ray Train's controller, uploads, ...) on the job's console too;
     # they always go to Ray's log files (/tmp/ray/session_latest/logs) and the dashboard
     ray_logs: bool = False
+    # a locally started cluster: the Ray dashboard on 127.0.0.1:dashboard_port (its URL is
+    # printed at start; a cluster run uses the cluster's own), and the Prometheus metrics
+    # endpoint on metrics_export_port (0 = a free port Ray picks)
+    dashboard: bool = True
+    dashboard_port: int = 8265
+    metrics_export_port: int = 0
 
 
 @dataclass
@@ -342,7 +348,8 @@ _NON_NEGATIVE = ["train.max_tokens_per_microbatch", "train.logits_chunk_tokens",
                  "algo.sft_first_steps", "algo.mixed_sft_coef", "compare.eval_every",
                  "compare.eval_k", "data.max_test_questions", "eval.max_questions",
                  "eval.temperature", "eval.max_new_tokens", "train.epochs",
-                 "tracking.eval_every", "tracking.val_temperature"]
+                 "tracking.eval_every", "tracking.val_temperature",
+                 "cluster.dashboard_port", "cluster.metrics_export_port"]
 
 
 def validate(cfg: RunConfig) -> RunConfig:

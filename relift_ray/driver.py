@@ -35,10 +35,30 @@ def init_ray(cfg: RunConfig) -> None:
         # this environment.
         env = {k: os.environ.setdefault(k, v) for k, v in
                {"RAY_AUTH_MODE": "disabled", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}.items()}
-        ray.init(num_cpus=cfg.cluster.num_cpus, include_dashboard=False,
-                 log_to_driver=cfg.cluster.ray_logs, runtime_env={"env_vars": env})
+        c = cfg.cluster
+        extra = {"_metrics_export_port": c.metrics_export_port} if c.metrics_export_port else {}
+        ctx = ray.init(num_cpus=c.num_cpus, include_dashboard=c.dashboard,
+                       dashboard_host="127.0.0.1", dashboard_port=c.dashboard_port,
+                       log_to_driver=c.ray_logs, runtime_env={"env_vars": env}, **extra)
     else:
-        ray.init(address=cfg.cluster.address, log_to_driver=cfg.cluster.ray_logs)
+        ctx = ray.init(address=cfg.cluster.address, log_to_driver=cfg.cluster.ray_logs)
+    global DASHBOARD_URL
+    DASHBOARD_URL = f"http://{ctx.dashboard_url}" if getattr(ctx, "dashboard_url", "") else ""
+
+
+DASHBOARD_URL = ""  # the Ray dashboard of the cluster init_ray joined or started ("" = none)
+
+
+def dashboard_line() -> str:
+    """The console line naming the Ray dashboard and whether it answers."""
+    if not DASHBOARD_URL:
+        return "[driver] Ray dashboard: off (cluster.dashboard=false)"
+    import urllib.request
+    try:
+        urllib.request.urlopen(f"{DASHBOARD_URL}/api/version", timeout=5).read()
+        return f"[driver] Ray dashboard: {DASHBOARD_URL}"
+    except Exception as e:
+        return f"[driver] Ray dashboard: {DASHBOARD_URL} does not answer yet ({e})"
 
 
 def _cluster_running() -> bool:
@@ -213,6 +233,7 @@ def run(cfg: RunConfig) -> dict:
     init_ray(cfg)
     from relift_ray.console import Console, say
     console = Console.start()
+    say(dashboard_line())
     phases["python+ray"] = time.time() - t_start
     c = cfg.cluster
     run_dir = Path(cfg.output_dir) / cfg.name
@@ -283,6 +304,7 @@ def run(cfg: RunConfig) -> dict:
             + f", model {model_path}"
             + (f"; continuing MLflow run {tracker.run_id}" if tracker.resumed else ""))
         tracker.log_config(cfg)
+        tracker.set_tags({"mlflow.note.content": describe(cfg, data, model_path)})
         tracker.log_metrics({"data_dropped_long_prompts": data["dropped"],
                              "train_questions": data["train"]})
         phases["data"] = time.time() - t_start - sum(phases.values())
@@ -320,6 +342,10 @@ def run(cfg: RunConfig) -> dict:
         table_path = run_dir / "questions.csv"
         write_csv(rows, table_path)
         tracker.log_table(rows, "questions.csv")
+        moves = tracker.log_questions(rows, run_dir, cfg.name)  # questions.png beside it
+        tracker.log_metrics({"hardest_left": sum(moves["hardest_left"].values()),
+                             "hardest_left_after_sft":
+                                 sum(moves["hardest_left_after_sft"].values())})
         final = ray.get(scheduler.state_dict.remote())
         val = final.get("validation") or {}
         reward_stats = ray.get([r.get_stats.remote() for r in rewarders])
@@ -392,6 +418,15 @@ def _trainer(cfg: RunConfig, model_path: str, scheduler, generators, mlflow_run_
             name=cfg.name, storage_path=cfg.storage_path,
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2)))
+
+
+def describe(cfg: RunConfig, data: dict, model_path: str) -> str:
+    """The MLflow run's description: what was run, in one line."""
+    a, c = cfg.algo, cfg.cluster
+    return (f"{a.mode} on {cfg.data.train} ({data['train']} questions, test {cfg.data.test}): "
+            f"{cfg.train.steps} steps of {a.batch_size} questions x {a.n_samples} rollouts, "
+            f"model {cfg.model.path} ({model_path}), {c.num_learners} learner(s), "
+            f"{c.num_generators} {cfg.generator.backend} generator(s)")
 
 
 def _fmt(acc: dict) -> str:

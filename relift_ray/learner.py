@@ -503,7 +503,7 @@ def train_loop_per_worker(config: dict) -> None:
     if rank == 0 and config.get("mlflow_run_key"):
         from relift_ray.tracking import StepLogger, shared_run_id
         tracker = StepLogger(config["mlflow_uri"],
-                             lambda: shared_run_id(config["mlflow_run_key"]))
+                             lambda: shared_run_id(config["mlflow_run_key"]), cfg.name)
 
     # train.epochs: the steps follow from the training questions the scheduler kept
     cfg.train.steps = call(scheduler, "total_steps")

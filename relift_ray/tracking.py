@@ -14,9 +14,13 @@ import time
 from pathlib import Path
 
 # the figures exported to the Ray dashboard while a job runs
-RAY_GAUGES = ("reward_mean", "buffer_size", "sft_steps", "demos_used_unique", "demos_used_total",
-              "step_seconds", "gen_tokens_per_s", "weight_sync_seconds", "bucket_easy",
-              "bucket_medium", "bucket_hard", "bucket_hardest")
+# The step metrics also exported as Ray gauges (Prometheus: ray_relift_<name>{run="<name>"};
+# monitoring/relift_grafana_dashboard.json draws them): metric key -> gauge name
+RAY_GAUGES = {k: k.replace("/", "_") for k in (
+    "reward_mean", "bucket_easy", "bucket_medium", "bucket_hard", "bucket_hardest",
+    "buffer_size", "sft_steps", "sft_this_step", "demos_used_unique", "demos_used_total",
+    "step_seconds", "gen_seconds", "reward_seconds", "train_seconds", "weight_sync_seconds",
+    "gen_tokens_per_s", "reward_timeouts", "staleness", "val/score")}
 
 
 def _clean(metrics: dict) -> dict:
@@ -91,6 +95,19 @@ class Tracker:
             self.mlflow.log_artifact(str(draw(events, Path(d) / "timeline.png", title)))
         self.mlflow.log_dict(events, "timeline.json")
 
+    def log_questions(self, rows: list[dict], folder: Path, title: str = "") -> dict:
+        """The question table as pictures (relift_ray.question_plots): questions.png and
+        question_transitions.json, written to ``folder`` and logged; returns the transitions."""
+        import json
+
+        from relift_ray.question_plots import draw, transitions
+        moves = transitions(rows)
+        pic = draw(rows, Path(folder) / "questions.png", title)
+        (Path(folder) / "question_transitions.json").write_text(json.dumps(moves, indent=1))
+        self.mlflow.log_artifact(str(pic))
+        self.mlflow.log_dict(moves, "question_transitions.json")
+        return moves
+
     def set_tags(self, tags: dict) -> None:
         self.mlflow.set_tags(tags)
 
@@ -131,16 +148,17 @@ class StepLogger:
     ``run_id`` may be a function returning it (``shared_run_id``): the thread calls it before
     its first write, and the steps logged meanwhile keep their own times."""
 
-    def __init__(self, uri: str, run_id):
+    def __init__(self, uri: str, run_id, run_name: str = ""):
         import queue
         import threading
 
         self.uri, self.run_id = uri, run_id
-        self.gauges = {}
+        self.gauges, self.tags = {}, {"run": run_name or "relift"}
         try:
             from ray.util.metrics import Gauge
-            self.gauges = {k: Gauge(f"relift_{k}", description=f"relift_ray {k}")
-                           for k in RAY_GAUGES}
+            self.gauges = {k: Gauge(f"relift_{name}", description=f"relift_ray {k}",
+                                    tag_keys=("run",))
+                           for k, name in RAY_GAUGES.items()}
         except Exception:  # not inside Ray: MLflow only
             pass
         self.queue: queue.Queue = queue.Queue()
@@ -154,7 +172,7 @@ class StepLogger:
         clean = _clean(metrics)
         for k, g in self.gauges.items():
             if k in clean:
-                g.set(clean[k])
+                g.set(clean[k], tags=self.tags)
         self.queue.put((step, int(time.time() * 1000), clean))
 
     def set_tags(self, tags: dict) -> None:

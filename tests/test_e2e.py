@@ -69,7 +69,9 @@ def test_run_trains_syncs_weights_and_fine_tunes(first_run):
                 "step_seconds", "gen_tokens_per_s", "weight_sync_seconds", "test_after/overall"):
         assert key in run.data.metrics, key
     arts = {a.path for a in client.list_artifacts(s["run_id"])}
-    assert {"config.yaml", "questions.csv"} <= arts
+    assert {"config.yaml", "questions.csv", "questions.png", "question_transitions.json"} <= arts
+    assert (Path(s["question_table"]).parent / "questions.png").stat().st_size > 10_000
+    assert run.data.tags["mlflow.note.content"].startswith("relift on toy (")
     rows = Path(s["question_table"]).read_text().splitlines()
     assert rows[0].startswith("id,level,source,attempts") and len(rows) > 8
     # validation every 2 steps: the curve, the best policy kept beside the checkpoints
