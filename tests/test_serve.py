@@ -1,28 +1,80 @@
-"""Serving: the transformers deployment on Ray Serve answers real HTTP requests in OpenAI's
-completions format, with the same text the generator gives directly."""
+"""Serving: the engine's stop strings, log-probs and streams; the deployment on Ray Serve
+against the official openai client (completions, chat, streams, log-probs, seeds, concurrent
+requests, errors), with the same text the generator gives directly."""
 import json
+import shutil
 import socket
+import threading
 import urllib.error
 import urllib.request
 
 import pytest
 
 from relift_ray.records import Question, SamplingParams
-from relift_ray.serve import RequestError, parse_request
+from relift_ray.serve import Job, RequestError, TextEngine
+
+CHAT = ("{% for m in messages %}{% if m['role'] == 'user' %}{{ m['content'] }}{% endif %}"
+        "{% endfor %}")
 
 
-def test_request_parsing_and_errors_name_the_field():
-    prompts, p = parse_request({"prompt": "Q:1+1", "max_tokens": 8, "temperature": 0})
-    assert prompts == ["Q:1+1"] and (p.max_new_tokens, p.temperature, p.n) == (8, 0.0, 1)
-    assert parse_request({"prompt": ["a", "b"], "n": 2})[1].n == 2
-    for body, param in [({}, "prompt"), ({"prompt": ""}, "prompt"), ({"prompt": [1]}, "prompt"),
-                        ({"prompt": "a", "max_tokens": 0}, "max_tokens"),
-                        ({"prompt": "a", "max_tokens": 1.5}, "max_tokens"),
-                        ({"prompt": "a", "temperature": "hot"}, "temperature"),
-                        ({"prompt": "a", "top_p": 0}, "top_p"), ([], "body")]:
-        with pytest.raises(RequestError) as e:
-            parse_request(body)
-        assert e.value.param == param
+@pytest.fixture(scope="module")
+def chat_model(relift_cache, tmp_path_factory):
+    """The toy base with a chat template (the user's message is the prompt)."""
+    from transformers import AutoTokenizer
+    path = tmp_path_factory.mktemp("toy-chat")
+    shutil.copytree(relift_cache, path, dirs_exist_ok=True)
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.chat_template = CHAT
+    tok.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def engine(chat_model):
+    return TextEngine(chat_model)
+
+
+def direct(path, prompt, **kw):
+    from relift_ray.generators.hf import HFGenerator
+    p = SamplingParams(**{"n": 1, "temperature": 0.0, "max_new_tokens": 48, **kw})
+    return HFGenerator(path).generate([Question(id="0", prompt=prompt, answer="")], p)[0]
+
+
+def job(prompt, stops=(), top=None, **kw):
+    p = SamplingParams(**{"n": 1, "temperature": 0.0, "max_new_tokens": 48, "seed": -1, **kw,
+                          "logprobs": top is not None})
+    return Job([prompt], p, top, list(stops))
+
+
+def test_engine_stops_logprobs_and_streams(engine, chat_model):
+    full = direct(chat_model, "Q:27+5*2\n", logprobs=True)[0]
+    assert "=" in full.text and full.text.endswith("}")
+    (c,), = engine.run([job("Q:27+5*2\n", top=3)])[0]
+    assert c.text == full.text and c.finish_reason == "stop"
+    # the EOS that ended the text is in the usage, not among the text's tokens
+    assert c.generated == len(full.response_ids) == len(c.token_ids) + 1
+    assert c.logprobs == pytest.approx(list(full.logprobs)[:-1], abs=1e-5)
+    assert all(len(alts) == 3 and alts[0][0] == t for alts, t in zip(c.top, c.token_ids))
+    # a stop string: the text before it, the tokens that made that text, finish "stop"
+    (s,), = engine.run([job("Q:27+5*2\n", stops=["="])])[0]
+    assert s.text == full.text[:full.text.index("=")] and s.finish_reason == "stop"
+    assert engine.tok.decode(s.token_ids) == s.text
+    (m,), = engine.run([job("Q:27+5*2\n", max_new_tokens=3)])[0]
+    assert m.finish_reason == "length" and len(m.token_ids) == 3
+    # a stream's deltas add up to the text, stop strings held back until they are decided
+    for stops in ([], ["=3"]):
+        deltas = []
+        got = engine.stream(job("Q:27+5*2\n", stops=stops), lambda r, d: deltas.append(d))
+        assert "".join(deltas) == got[0].text == engine.run([job("Q:27+5*2\n",
+                                                                 stops=stops)])[0][0][0].text
+        assert len(deltas) > 3
+    assert engine.chat_prompt([{"role": "user", "content": "Q:1+2\n"}]) == "Q:1+2\n"
+    engine.tok.chat_template = None
+    try:
+        with pytest.raises(RequestError, match="no chat template"):
+            engine.chat_prompt([{"role": "user", "content": "hi"}])
+    finally:
+        engine.tok.chat_template = CHAT
 
 
 def _free_port() -> int:
@@ -31,8 +83,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _post(url, body):
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+def _post(url, data: bytes):
+    req = urllib.request.Request(url, data=data, method="POST",
                                  headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=120) as r:
@@ -41,38 +93,98 @@ def _post(url, body):
         return e.code, json.loads(e.read())
 
 
-@pytest.mark.e2e
-def test_cpu_deployment_answers_http_requests(ray_local, relift_cache):
+@pytest.fixture(scope="module")
+def served(ray_local, chat_model):
     from ray import serve
 
-    from relift_ray.generators.hf import HFGenerator
     from relift_ray.serve import start
-    from relift_ray.toy.task import make_questions
+    url = start(chat_model, port=_free_port(), name="toy", num_cpus=0.25, batch_size=8)
+    yield url
+    serve.shutdown()
 
-    q = make_questions("test")[0]
-    url = start(relift_cache, port=_free_port(), name="toy-base", num_cpus=0.25)
-    try:
-        status, out = _post(f"{url}/completions", {"model": "toy-base", "prompt": q.prompt,
-                                                   "max_tokens": 48, "temperature": 0})
-        assert status == 200, out
-        assert out["object"] == "text_completion" and out["model"] == "toy-base"
-        (choice,) = out["choices"]
-        direct = HFGenerator(relift_cache).generate(
-            [Question(id="0", prompt=q.prompt, answer="")],
-            SamplingParams(n=1, temperature=0.0, max_new_tokens=48))[0][0]
-        assert choice["text"] == direct.text and "\\boxed{" in choice["text"]
-        assert choice["finish_reason"] == "stop"
-        assert out["usage"]["completion_tokens"] == len(direct.response_ids)
-        assert out["usage"]["prompt_tokens"] == len(direct.prompt_ids)
 
-        status, out = _post(f"{url}/completions", {"prompt": [q.prompt, q.prompt], "n": 2,
-                                                   "max_tokens": 4, "temperature": 1.0})
-        assert status == 200 and [c["index"] for c in out["choices"]] == [0, 1, 2, 3]
-        assert all(c["finish_reason"] == "length" for c in out["choices"])
+@pytest.mark.e2e
+def test_openai_client_completions_chat_streams_and_errors(served, chat_model):
+    import openai
+    client = openai.OpenAI(base_url=served, api_key="none", max_retries=0)
+    assert [m.id for m in client.models.list()] == ["toy"]
+    q = "Q:27+5*2\n"
+    want = direct(chat_model, q, logprobs=True)[0]
 
-        status, out = _post(f"{url}/completions", {"prompt": "1+1", "max_tokens": -3})
-        assert status == 400 and out["error"]["param"] == "max_tokens"
-        with urllib.request.urlopen(f"{url}/models", timeout=30) as r:
-            assert json.loads(r.read())["data"][0]["id"] == "toy-base"
-    finally:
-        serve.shutdown()
+    out = client.completions.create(model="toy", prompt=q, max_tokens=48, temperature=0)
+    assert out.choices[0].text == want.text and out.choices[0].finish_reason == "stop"
+    assert out.usage.completion_tokens == len(want.response_ids)
+    assert out.usage.prompt_tokens == len(want.prompt_ids)
+
+    out = client.completions.create(model="toy", prompt=[q, "Q:3+4\n"], n=2, max_tokens=4,
+                                    temperature=1.0)
+    assert [c.index for c in out.choices] == [0, 1, 2, 3]
+    assert all(c.finish_reason == "length" for c in out.choices)
+
+    out = client.completions.create(model="toy", prompt=q, max_tokens=48, temperature=0,
+                                    logprobs=2)
+    lp = out.choices[0].logprobs
+    assert "".join(lp.tokens) == want.text
+    assert lp.token_logprobs == pytest.approx(list(want.logprobs)[:-1], abs=1e-4)
+    assert all(len(alts) == 2 for alts in lp.top_logprobs)
+
+    stream = client.completions.create(model="toy", prompt=q, max_tokens=48, temperature=0,
+                                       stream=True)
+    chunks = list(stream)
+    assert "".join(c.choices[0].text for c in chunks) == want.text and len(chunks) > 3
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+    out = client.completions.create(model="toy", prompt=q, max_tokens=48, temperature=0,
+                                    stop=["="])
+    assert out.choices[0].text == want.text[:want.text.index("=")]
+
+    seeded = direct(chat_model, q, temperature=1.0, seed=7)[0]
+    out = client.completions.create(model="toy", prompt=q, max_tokens=48, temperature=1.0,
+                                    seed=7)
+    assert out.choices[0].text == seeded.text
+
+    chat = client.chat.completions.create(model="toy", messages=[{"role": "user",
+                                                                  "content": q}],
+                                          max_tokens=48, temperature=0, logprobs=True,
+                                          top_logprobs=2)
+    msg = chat.choices[0]
+    assert msg.message.role == "assistant" and msg.message.content == want.text
+    assert [e.logprob for e in msg.logprobs.content] == \
+        pytest.approx(list(want.logprobs)[:-1], abs=1e-4)
+    assert all(len(e.top_logprobs) == 2 for e in msg.logprobs.content)
+    stream = client.chat.completions.create(model="toy", messages=[{"role": "user",
+                                                                    "content": q}],
+                                            max_tokens=48, temperature=0, stream=True)
+    parts = list(stream)
+    assert parts[0].choices[0].delta.role == "assistant"
+    assert "".join(p.choices[0].delta.content or "" for p in parts) == want.text
+    assert parts[-1].choices[0].finish_reason == "stop"
+
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model="toy", prompt=q, max_tokens=-3)
+    assert e.value.body["param"] == "max_tokens"
+    status, body = _post(f"{served}/completions", b"{not json")
+    assert status == 400 and body["error"]["param"] == "body"
+    status, body = _post(f"{served}/chat/completions", json.dumps({"messages": []}).encode())
+    assert status == 400 and body["error"]["param"] == "messages"
+
+
+@pytest.mark.e2e
+def test_concurrent_requests_share_forward_passes_and_match_the_generator(served, chat_model):
+    import openai
+    client = openai.OpenAI(base_url=served, api_key="none", max_retries=0)
+    prompts = [f"Q:{a}+{b}*2\n" for a, b in [(27, 5), (3, 4), (11, 9), (40, 2)] * 2]
+    texts = [None] * len(prompts)
+
+    def ask(i):
+        texts[i] = client.completions.create(model="toy", prompt=prompts[i], max_tokens=48,
+                                             temperature=0).choices[0].text
+    stats = f"{served.rsplit('/v1', 1)[0]}/stats"
+    before = json.loads(urllib.request.urlopen(stats, timeout=30).read())
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(prompts))]
+    [t.start() for t in threads]
+    [t.join(timeout=300) for t in threads]
+    assert texts == [direct(chat_model, p)[0].text for p in prompts]
+    after = json.loads(urllib.request.urlopen(stats, timeout=30).read())
+    assert after["requests"] - before["requests"] == len(prompts)
+    assert after["generate_calls"] - before["generate_calls"] < len(prompts)  # batched

@@ -49,6 +49,25 @@ class HFGenerator:
         return self.load_weights(0, base.state_dict())
 
     @torch.no_grad()
+    def sample(self, prompts: list[str], params: SamplingParams, streamer=None,
+               logits: bool | None = None):
+        """One ``model.generate`` call: (the tokenized prompts, its output with ``sequences``
+        and, when ``logits`` (default params.logprobs), the raw ``logits`` of each step).
+        The RNG is not seeded here (``generate`` seeds it once per call)."""
+        tok = self.tokenizer
+        enc = tok(prompts, return_tensors="pt", padding=True,
+                  add_special_tokens=False).to(self.device)
+        sample = params.temperature > 0
+        res = self.model.generate(
+            **enc, do_sample=sample, num_return_sequences=params.n,
+            max_new_tokens=params.max_new_tokens, pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id, return_dict_in_generate=True,
+            output_logits=params.logprobs if logits is None else logits, streamer=streamer,
+            **({"temperature": params.temperature, "top_p": params.top_p, "top_k": 0}
+               if sample else {}))
+        return enc, res
+
+    @torch.no_grad()
     def generate(self, questions: list[Question], params: SamplingParams) -> list[list[Completion]]:
         tok = self.tokenizer
         out: list[list[Completion]] = []
@@ -56,16 +75,7 @@ class HFGenerator:
         per_call = max(1, self.max_batch // params.n)
         for start in range(0, len(questions), per_call):
             chunk = questions[start:start + per_call]
-            enc = tok([q.prompt for q in chunk], return_tensors="pt", padding=True,
-                      add_special_tokens=False).to(self.device)
-            sample = params.temperature > 0
-            res = self.model.generate(
-                **enc, do_sample=sample, num_return_sequences=params.n,
-                max_new_tokens=params.max_new_tokens, pad_token_id=tok.pad_token_id,
-                eos_token_id=tok.eos_token_id, return_dict_in_generate=True,
-                output_logits=params.logprobs,
-                **({"temperature": params.temperature, "top_p": params.top_p, "top_k": 0}
-                   if sample else {}))
+            enc, res = self.sample([q.prompt for q in chunk], params)
             gen = res.sequences
             width = enc["input_ids"].shape[1]
             lp = None
