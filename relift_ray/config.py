@@ -198,6 +198,9 @@ class TrackingConfig:
     # val_temperature; the mean per data source and their average in MLflow (val/...), the
     # best validation's policy kept beside the latest checkpoint (<output_dir>/<name>/best)
     eval_every: int = 0
+    # the final policy (and the best validation's) as an MLflow model, registered under the
+    # run's name with the aliases "final" and "best" (mlflow models serve -m models:/<name>@final)
+    register_model: bool = True
     val_temperature: float = 0.6
     val_samples: int = 1
 

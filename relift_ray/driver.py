@@ -370,6 +370,14 @@ def run(cfg: RunConfig) -> dict:
                             "best_policy": str(best_policy)})
             tracker.set_tags({"best_step": val["best"]["step"], "best_policy": str(best_policy),
                               "best_val_score": f"{val['best']['score']:.4f}"})
+        if cfg.tracking.register_model and ckpt_path:
+            policies = {"final": Path(ckpt_path) / "policy"}
+            if summary.get("best_policy"):
+                policies["best"] = Path(summary["best_policy"])
+            for alias, folder in policies.items():
+                uri = tracker.log_policy(folder, f"{alias}_policy", cfg.name, alias,
+                                         cfg.algo.max_new_tokens)
+                summary[f"mlflow_model_{alias}"] = uri
         tracker.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
         status = "FINISHED"
         console.stop()
@@ -450,6 +458,9 @@ def print_summary(cfg: RunConfig, s: dict) -> None:
               f"{s['val_last_step']}")
         print(f"best policy: {s['best_policy']}")
     print(f"checkpoint: {s['checkpoint']}")
+    if s.get("mlflow_model_final"):
+        print("MLflow model: " + ", ".join(s[k] for k in ("mlflow_model_final",
+                                                          "mlflow_model_best") if k in s))
     print(f"question table: {s['question_table']}")
     print(f"MLflow run {s['run_id']} in {cfg.mlflow_uri}")
     print("=" * 60, flush=True)

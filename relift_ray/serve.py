@@ -538,7 +538,9 @@ def build_app(model_path: str, model_name: str, backend: str = "transformers", *
     if backend != "transformers":
         raise ValueError(f"serve backend {backend!r}: must be transformers or vllm")
     server = build_deployment(batch_size, batch_wait_ms)
-    return server.options(num_replicas=replicas, ray_actor_options={
+    # a replica takes enough requests at once to fill a batch (and queue the next one)
+    return server.options(num_replicas=replicas, max_ongoing_requests=max(8, 2 * batch_size),
+                          ray_actor_options={
         "num_cpus": num_cpus, "num_gpus": 1 if use_gpu else 0}).bind(
         model_path, model_name, "cuda" if use_gpu else "cpu", dtype, threads, batch_size)
 

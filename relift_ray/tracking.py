@@ -95,6 +95,31 @@ class Tracker:
             self.mlflow.log_artifact(str(draw(events, Path(d) / "timeline.png", title)))
         self.mlflow.log_dict(events, "timeline.json")
 
+    def log_policy(self, path: str | Path, name: str, registered: str, alias: str,
+                   max_new_tokens: int = 512) -> str:
+        """An HF policy folder as an MLflow model (transformers flavour, text generation,
+        greedy by default; ``max_new_tokens`` and sampling settings overridable per call),
+        registered as a version of ``registered`` with ``alias``; returns its models:/ URI."""
+        import mlflow
+        import mlflow.transformers
+        import torch
+        import transformers
+        from mlflow.models import infer_signature
+
+        params = {"max_new_tokens": max_new_tokens, "do_sample": False, "temperature": 1.0,
+                  "top_p": 1.0}
+        info = mlflow.transformers.log_model(
+            transformers_model=str(path), name=name, task="text-generation",
+            registered_model_name=registered,
+            signature=infer_signature(["Q: 1+1"], ["2"], params=params),
+            model_config={"return_full_text": False, **params},
+            # pinned here: inferring them imports packages (torchvision) we do not have
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
+                              f"transformers=={transformers.__version__}"])
+        self.mlflow.MlflowClient().set_registered_model_alias(
+            registered, alias, info.registered_model_version)
+        return f"models:/{registered}@{alias}"
+
     def log_questions(self, rows: list[dict], folder: Path, title: str = "") -> dict:
         """The question table as pictures (relift_ray.question_plots): questions.png and
         question_transitions.json, written to ``folder`` and logged; returns the transitions."""

@@ -85,6 +85,21 @@ def test_run_trains_syncs_weights_and_fine_tunes(first_run):
     assert (Path(s["best_policy"]) / "model.safetensors").exists()
     assert run.data.tags["best_step"] == str(s["val_best_step"])
     assert run.data.tags["best_policy"] == s["best_policy"]
+    # the final and best policies registered as MLflow models under the run's name
+    import mlflow
+    mlflow.set_tracking_uri(cfg.mlflow_uri)
+    assert s["mlflow_model_final"] == "models:/plain@final"
+    final_v = client.get_model_version_by_alias("plain", "final")
+    best_v = client.get_model_version_by_alias("plain", "best")
+    assert final_v.run_id == best_v.run_id == s["run_id"] and final_v.version != best_v.version
+    from relift_ray.generators.hf import HFGenerator
+    from relift_ray.records import Question, SamplingParams
+    prompt = "Q:27+5*2\n"
+    want = HFGenerator(str(Path(s["checkpoint"]) / "policy")).generate(
+        [Question(id="0", prompt=prompt, answer="")],
+        SamplingParams(n=1, temperature=0.0, max_new_tokens=48))[0][0].text
+    got = mlflow.pyfunc.load_model("models:/plain@final").predict([prompt])
+    assert got == [want]
 
 
 def test_rerun_resumes_from_checkpoint(first_run):
