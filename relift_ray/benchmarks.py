@@ -51,11 +51,23 @@ OOD_BENCHMARKS = ["arc_c", "gpqa_diamond", "mmlu_pro"]
 
 
 def default_data_dir() -> Path:
-    """$RELIFT_EVAL_DATA, else the shared data folder beside the checkout (../shared/data)."""
+    """$RELIFT_EVAL_DATA, else the shared data folder beside the checkout (../shared/data,
+    the developers' machines), else the folder ``relift data fetch`` fills by default."""
     env = os.environ.get("RELIFT_EVAL_DATA") or os.environ.get("RELIFT_SHARED_DATA")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+    shared = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+    if shared.exists():
+        return shared
+    from relift_ray.fetch import default_fetch_dir
+    return default_fetch_dir()
+
+
+def benchmark_path(name: str, data_dir: str | Path = "", path: str | Path = "") -> Path:
+    """Where benchmark ``name`` is read from: ``path`` (eval.files), else its place in
+    ``data_dir`` (default: ``default_data_dir()``)."""
+    root = Path(data_dir) if data_dir else default_data_dir()
+    return Path(path) if path else root / BENCHMARKS[name].path
 
 
 def load_benchmark(name: str, data_dir: str | Path = "", limit: int = 0,
@@ -67,12 +79,13 @@ def load_benchmark(name: str, data_dir: str | Path = "", limit: int = 0,
         raise DataError(f"benchmark {name!r}: unknown (known: {', '.join(BENCHMARKS)})")
     b = BENCHMARKS[name]
     root = Path(data_dir) if data_dir else default_data_dir()
-    path = Path(path) if path else root / b.path
+    path = benchmark_path(name, data_dir, path)
     if not path.exists():
-        hint = (f"give it as eval.files.{name}=<file>" if name in OOD_BENCHMARKS else
-                "set eval.data_dir or RELIFT_EVAL_DATA to a folder with the layout of "
-                "../shared/data")
-        raise DataError(f"benchmark {name}: {path} does not exist ({hint})")
+        if name in OOD_BENCHMARKS:
+            raise DataError(f"benchmark {name}: {path} does not exist (give it as "
+                            f"eval.files.{name}=<file>)")
+        from relift_ray.fetch import how_to_get
+        raise DataError(how_to_get(name, path))
     if name == "olympiadbench" and path == root / b.path:  # its own layout
         qs = _olympiad(path)
     else:

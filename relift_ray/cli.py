@@ -1,4 +1,5 @@
-"""Command line: `relift train|compare|evaluate [--config FILE] [dotted.key=value ...]`."""
+"""Command line: `relift train|compare|evaluate [--config FILE] [dotted.key=value ...]`,
+`relift serve ...` (relift_ray.serve) and `relift data fetch ...` (relift_ray.fetch)."""
 from __future__ import annotations
 
 import argparse
@@ -50,9 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "serve":
         from relift_ray.serve import serve_main
         return serve_main(argv[1:])
+    if argv and argv[0] == "data":
+        from relift_ray.fetch import data_main
+        return data_main(argv[1:])
     if not argv or argv[0] not in DEFAULTS:
         print("usage: relift {train,compare,evaluate} [--config FILE] [key=value ...]\n"
-              "       relift serve --model PATH [--backend transformers|vllm] [--port 8000]",
+              "       relift serve --model PATH [--backend transformers|vllm] [--port 8000]\n"
+              "       relift data fetch [--benchmarks a,b] [--to DIR]",
               file=sys.stderr)
         return 2
     return command_main(argv[0], argv[1:])

@@ -156,6 +156,36 @@ def format_table(summary: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def ensure_benchmarks(cfg: RunConfig, log=print) -> None:
+    """Before any model loads: every configured benchmark is on disk, or fetched from its
+    source into the default fetch folder when no data folder was named; else a DataError
+    saying in one line how to get them."""
+    import os
+
+    from relift_ray.benchmarks import OOD_BENCHMARKS, benchmark_path
+    from relift_ray.data import DataError
+    from relift_ray.fetch import fetch, how_to_get
+    e = cfg.eval
+    missing = [n for n in e.benchmarks
+               if not benchmark_path(n, e.data_dir, e.files.get(n, "")).exists()]
+    named = e.data_dir or os.environ.get("RELIFT_EVAL_DATA") or \
+        os.environ.get("RELIFT_SHARED_DATA")
+    fetchable = [n for n in missing if n not in OOD_BENCHMARKS and n not in e.files]
+    if fetchable and not named:
+        log(f"[eval] {', '.join(fetchable)}: not on this machine; fetching them once "
+            f"(relift data fetch)")
+        try:
+            fetch(fetchable, log=log)
+        except DataError as err:
+            path = benchmark_path(fetchable[0], e.data_dir)
+            raise DataError(f"{how_to_get(fetchable[0], path)}; fetching failed: {err}") \
+                from None
+        missing = [n for n in missing if n not in fetchable]
+    if missing:
+        from relift_ray.benchmarks import load_benchmark
+        load_benchmark(missing[0], e.data_dir, path=e.files.get(missing[0], ""))  # raises
+
+
 def load_suites(cfg: RunConfig, tokenizer, log=print) -> list[tuple[str, list[Question], int]]:
     """The configured benchmarks with prompts rendered for the model."""
     from relift_ray.benchmarks import load_benchmark
@@ -183,6 +213,7 @@ def run(cfg: RunConfig) -> dict:
 
     t_start = time.time()
     cfg.output_dir = str(Path(cfg.output_dir).expanduser().resolve())
+    ensure_benchmarks(cfg)  # before any model is converted or loaded
     model = resolve_model_path(cfg.eval.model) if cfg.eval.model else resolve_model(cfg.model.path)
     tokenizer = AutoTokenizer.from_pretrained(model)
     prepare_tokenizer(tokenizer, cfg)

@@ -7,6 +7,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/helpers.py
 
+from helpers import SHARED, fake_hub  # noqa: E402
+
 
 @pytest.fixture(scope="session")
 def relift_cache(tmp_path_factory):
@@ -26,3 +28,21 @@ def ray_local(relift_cache):
              runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}})
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def fetched(tmp_path_factory):
+    """Every benchmark fetched from the fake hub (the shared data) into one folder."""
+    from relift_ray import fetch as F
+    if not SHARED.exists():
+        pytest.skip(f"{SHARED} is not beside this checkout")
+    mp = pytest.MonkeyPatch()
+    tmp = tmp_path_factory.mktemp("fetch")
+    calls: list = []
+    snapshot, get = fake_hub(tmp, calls)
+    mp.setattr(F, "hub_snapshot", snapshot)
+    mp.setattr(F, "url_get", get)
+    lines: list = []
+    manifest = F.fetch(to=tmp / "benchmarks", log=lines.append)
+    mp.undo()
+    return tmp / "benchmarks", manifest, lines, calls

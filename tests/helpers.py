@@ -1,11 +1,13 @@
 """In-process stand-ins used by the tests: scripted generators and reward workers, a slow
 scoring function for the reward-timeout test."""
 import os
+import shutil
 import time
 from pathlib import Path
 
 import pytest
 
+from relift_ray import fetch as _F
 from relift_ray.records import Completion, Reward
 
 
@@ -53,3 +55,33 @@ SHARED = Path(os.environ.get("RELIFT_SHARED_DATA")
 needs_shared = pytest.mark.skipif(not SHARED.exists(), reason=(
     f"the public data sets are kept outside the repo and {SHARED} is not beside this checkout "
     "(the developers' machines have it there; set RELIFT_SHARED_DATA to run this test elsewhere)"))
+
+
+# ``relift data fetch`` offline: the shared data served as a fake hub and fake URLs
+# dataset id -> (shared file, where the hub repository would hold it)
+FAKE_HUB = {
+    "HuggingFaceH4/MATH-500": ("eval/math500/test.jsonl", "test.jsonl"),
+    "HuggingFaceH4/aime_2024": ("eval/aime24/test.jsonl", "data/train-00000.jsonl"),
+    "math-ai/aime25": ("eval/aime25/test.jsonl", "test.jsonl"),
+    "AI-MO/aimo-validation-amc": ("eval/amc22_23/amc.json", "train.json"),
+    "math-ai/amc23": ("eval/amc23/test.jsonl", "test.jsonl"),
+    "Hothan/OlympiadBench": ("eval/olympiadbench/test.jsonl",
+                             "OE_TO_maths_en_COMP/train.jsonl"),
+    "openai/gsm8k": ("eval/gsm8k/test.jsonl", "main/test.jsonl"),
+}
+FAKE_URLS = {_F.LUFFY_VALID: "eval/bundles/luffy_valid.parquet",
+             _F.RELIFT_VALID: "eval/bundles/relift_valid.parquet"}
+def fake_hub(tmp: Path, calls: list):
+    def snapshot(repo, revision):
+        calls.append((repo, revision))
+        src, where = FAKE_HUB[repo]
+        root = tmp / "hub" / repo.replace("/", "--")
+        (root / where).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(SHARED / src, root / where)
+        (root / "README.md").write_text("card")
+        return root
+
+    def get(url, dest):
+        calls.append((url, None))
+        shutil.copy(SHARED / FAKE_URLS[url], dest)
+    return snapshot, get

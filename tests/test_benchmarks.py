@@ -16,9 +16,12 @@ ALLOWED_MISSES = {"olympiadbench": 2, "minerva": 1}
 
 
 @needs_shared
+@pytest.mark.parametrize("where", ["shared", "fetched"])
 @pytest.mark.parametrize("name", [b for b in BENCHMARKS if b not in OOD_BENCHMARKS])
-def test_every_gold_answer_verifies_against_itself(name):
-    qs = load_benchmark(name, SHARED)
+def test_every_gold_answer_verifies_against_itself(name, where, request):
+    # the shared data, and the folder `relift data fetch` made from it through a fake hub
+    root = SHARED if where == "shared" else request.getfixturevalue("fetched")[0]
+    qs = load_benchmark(name, root)
     assert len(qs) == SIZES[name] and len({q.id for q in qs}) == len(qs)
     assert all(q.prompt.strip() and q.answer.strip() and not q.messages for q in qs)
 
