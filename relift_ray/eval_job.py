@@ -135,7 +135,7 @@ def summarize(rows: list[dict], names: list[str], seconds: dict | None = None,
                     "mean_tokens": sum(r["mean_tokens"] * r["k"] for r in rs) / samples,
                     "seconds": round((seconds or {}).get(name, 0.0), 1)})
     inside = [r for r in out if averaged is None or r["benchmark"] in averaged]
-    if len(inside) > 1:
+    if len(inside) > 1 or (inside and averaged is not None and len(averaged) > 1):
         want = len(averaged) if averaged is not None else len(inside)
         label = "average" if len(inside) == want else f"average ({len(inside)} of {want})"
         out.append({"benchmark": label, "questions": sum(r["questions"] for r in inside),

@@ -101,6 +101,9 @@ def test_average_is_the_papers_six_and_gsm8k_stays_outside():
     part = {r["benchmark"]: r for r in summarize(rows[:3] + rows[6:7], six + ["gsm8k"],
                                                 averaged=six)}
     assert part["average (3 of 6)"]["avg_at_k"] == pytest.approx(0.2)
+    one = {r["benchmark"]: r for r in summarize(rows[:1] + rows[6:7], six + ["gsm8k"],
+                                               averaged=six)}
+    assert one["average (1 of 6)"]["avg_at_k"] == 0.1
 
 
 def test_evaluation_reads_answers_as_the_released_script():
