@@ -54,6 +54,8 @@ def test_evaluate_job_on_a_gsm8k_slice(ray_local, smollm2, tmp_path):
         assert (Path(out["output"]) / f).exists()
     run_data = mlflow.MlflowClient(cfg.mlflow_uri).get_run(out["run_id"]).data
     assert "eval/gsm8k/avg_at_k" in run_data.metrics and run_data.tags["job"] == "evaluate"
+    assert "eval/average/avg_at_k" in run_data.metrics
+    assert run_data.tags["eval_average"] == "average (1 of 6)"
     print(f"\nSmolLM2-135M on 8 GSM8K test questions: avg@1 {by['gsm8k']['avg_at_k']:.3f}; "
           f"on 8 AIME24 x 2: {by['aime24']['avg_at_k']:.3f}; {out['seconds']:.0f} s")
 
