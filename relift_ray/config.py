@@ -431,6 +431,10 @@ def validate(cfg: RunConfig) -> RunConfig:
     if g.colocate and g.weight_sync == "nccl":
         raise ConfigError("generator.weight_sync=nccl with generator.colocate=true: colocated "
                           "generators share the learners' GPUs, use weight_sync=ipc")
+    if g.colocate and g.tensor_parallel_size > 1:
+        raise ConfigError(f"generator.tensor_parallel_size={g.tensor_parallel_size} with "
+                          f"generator.colocate=true: a colocated engine shares one learner's "
+                          f"GPU; use tensor_parallel_size=1, or engines on GPUs of their own")
     if g.colocate and cfg.cluster.num_generators != cfg.cluster.num_learners:
         raise ConfigError(f"generator.colocate=true: one engine per learner GPU, so "
                           f"cluster.num_generators ({cfg.cluster.num_generators}) must equal "

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import tempfile
 import time
@@ -116,8 +117,20 @@ def _hub_rows(name: str, src: Source) -> list[dict]:
                    and p.suffix in (".parquet", ".jsonl", ".json"))
     rel = [(p, p.relative_to(root).as_posix()) for p in files]
     if src.config:
-        rel = [(p, r) for p, r in rel if src.config in r] or rel
-    chosen = [p for p, r in rel if src.split in Path(r).name or f"/{src.split}/" in f"/{r}"]
+        rel = [(p, r) for p, r in rel if src.config in r.split("/")]
+        if not rel:
+            raise DataError(f"benchmark {name}: {where} has no data files of config "
+                            f"{src.config!r}")
+
+    def is_split(r: str) -> bool:  # test.jsonl, test-00000-of-00001.parquet, test/...
+        parts = r.split("/")
+        name_tokens = re.split(r"[^A-Za-z0-9]+", Path(parts[-1]).stem)
+        return src.split in parts[:-1] or name_tokens[0] == src.split
+    chosen = [p for p, r in rel if is_split(r)]
+    kinds = {p.suffix for p in chosen}
+    if len(kinds) > 1:  # one copy of the split: parquet before jsonl before json
+        keep = next(k for k in (".parquet", ".jsonl", ".json") if k in kinds)
+        chosen = [p for p in chosen if p.suffix == keep]
     if not chosen:
         raise DataError(f"benchmark {name}: {where} has no data file of split "
                         f"{src.split!r}{' in config ' + src.config if src.config else ''} "
@@ -191,6 +204,8 @@ def fetch(names: list[str] | None = None, to: str | Path = "", log=print) -> dic
                           "rows": check["questions"], "bytes": len(data),
                           "sha256": hashlib.sha256(data).hexdigest(), "check": check,
                           "fetched": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        root.mkdir(parents=True, exist_ok=True)  # after each set: never ahead of the files
+        manifest_path.write_text(json.dumps(manifest, indent=1))
         log(f"[fetch] {name}: {check['questions']} questions, {len(data) / 1e3:.0f} kB from "
             f"{src.where}{'@' + src.revision if src.kind == HUB else ''} "
             f"({time.time() - t0:.1f}s); golds verified {check['golds_verified']}/"

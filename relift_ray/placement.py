@@ -126,6 +126,9 @@ def pin_learner_gpu(engines: list[tuple[str, str]]) -> int:
     gpu = learner_gpu(engines, ray.get_runtime_context().get_node_id(), ctx.get_local_rank())
     index = cuda_index(gpu)
     torch.cuda.set_device(index)
+    # DeepSpeed places the engine on cuda:LOCAL_RANK (Ray Train's local rank): make it this
+    # GPU, which is the local rank only when the node's engines got GPUs in rank order
+    os.environ["LOCAL_RANK"] = str(index)
     return index
 
 

@@ -39,6 +39,7 @@ from relift_ray.records import SamplingParams
 
 ROUTE = "/v1"
 MAX_TOP_LOGPROBS = 20
+CHAT_MAX_TOKENS = 1024  # a chat request without max_tokens (OpenAI's has no fixed limit)
 
 
 class RequestError(ValueError):
@@ -114,7 +115,8 @@ class Job:
         p = self.params
         if p.temperature > 0 and p.seed >= 0:
             return None  # seeded sampling: reproducible only alone
-        return (p.n, p.temperature, p.top_p, p.max_new_tokens, self.top is not None)
+        return (p.n, p.temperature, p.top_p, p.max_new_tokens, self.top is not None,
+                tuple(self.stops))
 
 
 @dataclass
@@ -132,6 +134,9 @@ def _seed(seed: int | None) -> int:
 
 
 def to_job(req, prompts: list[str], max_tokens: int, top: int | None) -> Job:
+    if req.n > 1 and req.temperature == 0:
+        raise RequestError("n > 1 needs temperature > 0 (greedy decoding gives one answer)",
+                           "n")
     return Job(prompts, SamplingParams(
         n=req.n, temperature=req.temperature, top_p=req.top_p, max_new_tokens=max_tokens,
         seed=req.seed if req.seed is not None else -1, logprobs=top is not None),
@@ -171,7 +176,8 @@ class TextEngine:
             self.stats["requests"] += len(jobs)
             self.stats["generate_calls"] += 1
             torch.manual_seed(seed)
-            enc, res = self.gen.sample(prompts, params, logits=first.top is not None)
+            enc, res = self.gen.sample(prompts, params, logits=first.top is not None,
+                                       stop_strings=_stops_of(jobs))
         width = enc["input_ids"].shape[1]
         lps = None
         if first.top is not None:
@@ -257,7 +263,7 @@ class TextEngine:
             self.stats["generate_calls"] += 1
             torch.manual_seed(seed)
             enc, res = self.gen.sample(job.prompts, job.params, streamer=Rows(),
-                                       logits=False)
+                                       logits=False, stop_strings=job.stops)
         width = enc["input_ids"].shape[1]
         choices = [self._choice(res.sequences[r, width:].tolist(), None, job)
                    for r in range(n)]
@@ -282,6 +288,13 @@ class TextEngine:
         if safe > sent[row]:
             emit(row, text[sent[row]:safe])
             sent[row] = safe
+
+
+def _stops_of(jobs: list[Job]) -> list[str]:
+    """Stop strings that end generation early: only when every job of the call has the same
+    (each row is cut at its own job's strings afterwards anyway)."""
+    first = jobs[0].stops
+    return first if first and all(j.stops == first for j in jobs) else []
 
 
 def _first_stop(text: str, stops: list[str]) -> int | None:
@@ -440,8 +453,8 @@ def build_deployment(batch_size: int = 8, batch_wait_ms: float = 10.0):
         async def chat(self, req: ChatCompletionRequest):
             prompt = self.engine.chat_prompt([m.model_dump() for m in req.messages])
             top = (req.top_logprobs or 0) if req.logprobs else None
-            job = to_job(req, [prompt], req.max_completion_tokens or req.max_tokens or 16,
-                         top)
+            job = to_job(req, [prompt], req.max_completion_tokens or req.max_tokens
+                         or CHAT_MAX_TOKENS, top)
             if req.stream:
                 return StreamingResponse(self._stream_chat(job),
                                          media_type="text/event-stream")
@@ -455,13 +468,22 @@ def build_deployment(batch_size: int = 8, batch_wait_ms: float = 10.0):
             loop = asyncio.get_running_loop()
             queue: asyncio.Queue = asyncio.Queue()
             if job.top is not None:
-                (group,) = await self._generate(job)
-                for row, c in enumerate(group):
+                groups = await self._generate(job)
+                rows = [c for group in groups for c in group]  # index i * n + j
+                tok = self.engine.tok
+                for row, c in enumerate(rows):
+                    sent = 0
                     for k, t in enumerate(c.token_ids):
-                        piece = Choice([t], self.engine.tok.decode([t]), "",
-                                       c.logprobs[k:k + 1], c.top[k:k + 1] if c.top else [])
+                        # the text so far decoded whole (a character may span tokens)
+                        text = tok.decode(c.token_ids[:k + 1], skip_special_tokens=True)
+                        safe = len(text) - (1 if text.endswith("\ufffd") else 0)
+                        piece = Choice([t], text[sent:safe], "", c.logprobs[k:k + 1],
+                                       c.top[k:k + 1] if c.top else [])
+                        sent = max(sent, safe)
                         yield row, piece.text, piece
-                for row, c in enumerate(group):
+                    if len(c.text) > sent:  # the rest of the text (a stop cut mid-token)
+                        yield row, c.text[sent:], None
+                for row, c in enumerate(rows):
                     yield row, None, c
                 return
 

@@ -160,9 +160,21 @@ def test_openai_client_completions_chat_streams_and_errors(served, chat_model):
     assert "".join(p.choices[0].delta.content or "" for p in parts) == want.text
     assert parts[-1].choices[0].finish_reason == "stop"
 
+    # a stream with log-probs over a list of prompts: every choice, numbered as without stream
+    stream = client.completions.create(model="toy", prompt=[q, "Q:3+4\n"], max_tokens=48,
+                                       temperature=0, logprobs=1, stream=True)
+    texts: dict = {}
+    for ch in stream:
+        c = ch.choices[0]
+        texts[c.index] = texts.get(c.index, "") + c.text
+    assert texts == {0: want.text, 1: direct(chat_model, "Q:3+4\n")[0].text}
+
     with pytest.raises(openai.BadRequestError) as e:
         client.completions.create(model="toy", prompt=q, max_tokens=-3)
     assert e.value.body["param"] == "max_tokens"
+    with pytest.raises(openai.BadRequestError) as e:  # greedy has one answer
+        client.completions.create(model="toy", prompt=q, n=2, temperature=0)
+    assert e.value.body["param"] == "n"
     status, body = _post(f"{served}/completions", b"{not json")
     assert status == 400 and body["error"]["param"] == "body"
     status, body = _post(f"{served}/chat/completions", json.dumps({"messages": []}).encode())

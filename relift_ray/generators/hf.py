@@ -50,10 +50,11 @@ class HFGenerator:
 
     @torch.no_grad()
     def sample(self, prompts: list[str], params: SamplingParams, streamer=None,
-               logits: bool | None = None):
+               logits: bool | None = None, stop_strings: list[str] | None = None):
         """One ``model.generate`` call: (the tokenized prompts, its output with ``sequences``
         and, when ``logits`` (default params.logprobs), the raw ``logits`` of each step).
-        The RNG is not seeded here (``generate`` seeds it once per call)."""
+        The RNG is not seeded here (``generate`` seeds it once per call). ``stop_strings``
+        end a row's generation once its text contains one (the caller cuts the text)."""
         tok = self.tokenizer
         enc = tok(prompts, return_tensors="pt", padding=True,
                   add_special_tokens=False).to(self.device)
@@ -63,6 +64,8 @@ class HFGenerator:
             max_new_tokens=params.max_new_tokens, pad_token_id=tok.pad_token_id,
             eos_token_id=tok.eos_token_id, return_dict_in_generate=True,
             output_logits=params.logprobs if logits is None else logits, streamer=streamer,
+            **({"stopping_criteria": _stop_on(tok, stop_strings, enc["input_ids"].shape[1])}
+               if stop_strings else {}),
             **({"temperature": params.temperature, "top_p": params.top_p, "top_k": 0}
                if sample else {}))
         return enc, res
@@ -98,6 +101,22 @@ class HFGenerator:
                         logprobs=tuple(lp[row, :len(resp)].tolist()) if lp is not None else ()))
                 out.append(group)
         return out
+
+
+def _stop_on(tok, stops: list[str], width: int):
+    """A stopping criterion: a row is done once the text it generated contains a stop string
+    (only the last few tokens are decoded each step, enough to hold the longest one)."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    tail = 4 * max(map(len, stops)) + 8
+
+    class StopOnStrings(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            new = input_ids[:, width:][:, -tail:]
+            texts = tok.batch_decode(new, skip_special_tokens=True)
+            return torch.tensor([any(s in t for s in stops) for t in texts],
+                                dtype=torch.bool, device=input_ids.device)
+    return StoppingCriteriaList([StopOnStrings()])
 
 
 def _trim(ids: list[int], eos: int, pad: int) -> list[int]:
