@@ -577,6 +577,18 @@ def validate_step(learner: Learner, scheduler, step: int, rank: int, world: int,
     return out
 
 
+def save_policy(learner: Learner, folder: Path, rank: int, model_path: str) -> None:
+    """Rank 0 writes the policy in HF format with its tokenizer (loadable by from_pretrained;
+    model_path may be a local dir or a hub id); every rank must call it (under ZeRO-3 each
+    holds a part of the weights)."""
+    with learner.gathered():
+        if rank == 0:
+            learner.engine.module.save_pretrained(folder)
+    if rank == 0:
+        from transformers import AutoTokenizer
+        AutoTokenizer.from_pretrained(model_path).save_pretrained(folder)
+
+
 def save_best(learner: Learner, best: Path, step: int, rank: int, val: dict,
               model_path: str) -> Path:
     """The policy of ``step`` (HF format, with its tokenizer) as ``best``/policy, with
@@ -585,12 +597,8 @@ def save_best(learner: Learner, best: Path, step: int, rank: int, val: dict,
     tmp = best.with_name(best.name + ".tmp")
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
-    with learner.gathered():  # every rank: under ZeRO-3 each holds a part of the weights
-        if rank == 0:
-            learner.engine.module.save_pretrained(tmp / "policy")
+    save_policy(learner, tmp / "policy", rank, model_path)
     if rank == 0:
-        from transformers import AutoTokenizer
-        AutoTokenizer.from_pretrained(model_path).save_pretrained(tmp / "policy")
         (tmp / "meta.json").write_text(json.dumps(
             {"step": step, "score": val["score"], "sources": val["sources"]}, indent=1))
         old = best.with_name(best.name + ".old")
@@ -610,13 +618,8 @@ def save_checkpoint(learner: Learner, scheduler, step: int, rank: int, world: in
     evaluation and serving), the scheduler's whole state (JSON) and meta.json."""
     d = Path(tempfile.mkdtemp(prefix=f"relift-save-{rank}-"))
     save_learner(learner, d, rank, world)
-    with learner.gathered():
-        if rank == 0:  # an HF-format copy of the policy: loadable by from_pretrained
-            learner.engine.module.save_pretrained(d / "policy")
+    save_policy(learner, d / "policy", rank, config["model_path"])
     if rank == 0:
-        # the tokenizer travels with the policy (model_path may be a local dir or a hub id)
-        from transformers import AutoTokenizer
-        AutoTokenizer.from_pretrained(config["model_path"]).save_pretrained(d / "policy")
         state = call(scheduler, "state_dict")
         (d / SCHEDULER_STATE).write_text(json.dumps(state))
         (d / "meta.json").write_text(json.dumps({"step": step}))

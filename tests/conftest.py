@@ -35,7 +35,10 @@ def fetched(tmp_path_factory):
     """Every benchmark fetched from the fake hub (the shared data) into one folder."""
     from relift_ray import fetch as F
     if not SHARED.exists():
-        pytest.skip(f"{SHARED} is not beside this checkout")
+        # the fake hub serves the public math sets, which live outside the repo (never
+        # copied in): without them beside the checkout there is nothing to serve
+        pytest.skip(f"the public data sets are kept outside the repo and {SHARED} is not "
+                    f"beside this checkout (set RELIFT_SHARED_DATA to run this test)")
     mp = pytest.MonkeyPatch()
     tmp = tmp_path_factory.mktemp("fetch")
     calls: list = []
