@@ -49,6 +49,43 @@ def test_accuracy(gen, rewarder, test_qs: list[Question], max_new_tokens: int, e
             "sampled_scores": sampled_scores}
 
 
+@torch.no_grad()
+def greedy_profile(gen, rewarder, questions: list[Question], max_new_tokens: int,
+                   ) -> tuple[dict[str, float], dict[str, float]]:
+    """Greedy answers to ``questions`` (in-process generator): ({question id: reward},
+    {"response_length": mean tokens per response (EOS counted), "truncated": share cut at the
+    budget (no EOS), "entropy": the policy's mean token entropy over its own responses}).
+    The same greedy decoding as ``question_scores``; the logits only add the entropy."""
+    from relift_ray.actors import score_all
+    from relift_ray.records import SamplingParams
+
+    tok = gen.tokenizer
+    params = SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens)
+    texts, lengths, cut, ent_sum = [], [], 0, 0.0
+    for start in range(0, len(questions), gen.max_batch):
+        chunk = questions[start:start + gen.max_batch]
+        enc, res = gen.sample([q.prompt for q in chunk], params, logits=True)
+        width = enc["input_ids"].shape[1]
+        logp = torch.log_softmax(torch.stack(res.logits, dim=1).float(), -1)
+        ent = -(logp.exp() * logp).sum(-1)  # [rows, new tokens]
+        for row in range(len(chunk)):
+            ids = res.sequences[row, width:].tolist()
+            n = ids.index(tok.eos_token_id) + 1 if tok.eos_token_id in ids else None
+            if n is None:  # no EOS: cut at the budget (or padding after another row's end)
+                cut += 1
+                n = len(ids)
+                while n and ids[n - 1] == tok.pad_token_id and tok.pad_token_id != tok.eos_token_id:
+                    n -= 1
+            texts.append(tok.decode(ids[:n], skip_special_tokens=True))
+            lengths.append(n)
+            ent_sum += ent[row, :n].sum().item()
+    rewards = score_all([rewarder], [(t, q.answer) for t, q in zip(texts, questions)])
+    scores = {q.id: r.value for q, r in zip(questions, rewards)}
+    total = max(sum(lengths), 1)
+    return scores, {"response_length": sum(lengths) / max(len(lengths), 1),
+                    "truncated": cut / max(len(lengths), 1), "entropy": ent_sum / total}
+
+
 def device_of(cfg: RunConfig) -> str:
     return "cuda" if cfg.cluster.use_gpu else "cpu"
 
@@ -89,8 +126,8 @@ def run_colocated(cfg: RunConfig, model_path: str, train_qs: list[Question],
 
         def greedy(step: int) -> dict:
             nonlocal last_scores
-            last_scores = question_scores([gen], [rewarder], test_qs, max_new_tokens=max_tokens)
-            return {"step": step, **summarize(test_qs, last_scores)}
+            last_scores, stats = greedy_profile(gen, rewarder, test_qs, max_tokens)
+            return {"step": step, **summarize(test_qs, last_scores), **stats}
 
         last_scores: dict = {}
         curve = [greedy(0)]
@@ -122,6 +159,7 @@ def run_colocated(cfg: RunConfig, model_path: str, train_qs: list[Question],
             "history": history, "curve": curve, **final,
             "sft_steps": state["counters"]["sft_steps"],
             "demos_used_unique": len(state["demos_used"]),
+            "demos_used_ids": list(state["demos_used"]),
             "demos_used_total": state["counters"]["demos_used_total"],
             "demos_available": sched.demos_available,
             "learner_updates": sum(h["learner_updates"] for h in history),

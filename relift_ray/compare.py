@@ -9,6 +9,13 @@ colocated run (``relift_ray.colocated``), ``compare.parallel`` of them at once. 
 - demonstrations used (unique, total, share of all available), learner updates, wall time;
 - the paper's bucket analysis: test questions bucketed by the base model's pass rate over
   N samples (Easy >= 6/8, Medium 3-5/8, Hard 1-2/8, Hardest 0/8), each method's gain per bucket;
+- the test responses' length, share cut at the budget and the policy's entropy over them, at
+  every evaluation point (SFT included);
+- controls for ReLIFT's demonstrations: offline SFT on as many demonstrations as ReLIFT used
+  in the same seed (``sft_matched_random``) or on exactly those (``sft_matched_hardest``),
+  started when that ReLIFT run ends;
+- the paper's claims as pre-registered (docs/preregistration_toy_claims.md), each with a
+  verdict from 95% Welch intervals over seeds (``claims``);
 - MLflow: one parent run, one child run per (method, seed) with its config, per-step metrics
   and accuracy curve; the tables and the figure as the parent's artifacts;
 - CSV files and a PNG figure in ``<output_dir>/<name>/``.
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import math
+import random
 import statistics
 import time
 from pathlib import Path
@@ -40,7 +48,25 @@ METHODS: dict[str, dict] = {
     # asynchronous rollouts: each batch sampled with weights one version behind the learner
     "relift_async": {"mode": "relift", "max_staleness": 1},
     "rl_async": {"mode": "rl", "max_staleness": 1},
+    # controls for ReLIFT's demonstrations: offline SFT on as many as ReLIFT used in the same
+    # seed, a random subset / exactly those (the same steps and SFT batch size as `sft`)
+    "sft_matched_random": {"mode": "sft"},
+    "sft_matched_hardest": {"mode": "sft"},
 }
+MATCHED = ("sft_matched_random", "sft_matched_hardest")  # they wait for relift's run
+
+
+def matched_questions(method: str, train_qs: list, relift_ids, seed: int) -> list:
+    """The training questions of a matched control: only those whose demonstration it trains
+    on (offline SFT samples from the questions with a demonstration)."""
+    with_demo = [q for q in train_qs if q.demo]
+    if method == "sft_matched_hardest":
+        ids = set(relift_ids)
+        return [q for q in with_demo if q.id in ids]
+    if method == "sft_matched_random":
+        picked = set(random.Random(seed).sample(range(len(with_demo)), len(relift_ids)))
+        return [q for i, q in enumerate(with_demo) if i in picked]
+    raise ValueError(f"{method} is not a matched control ({', '.join(MATCHED)})")
 
 
 def method_config(cfg: RunConfig, method: str, seed: int) -> RunConfig:
@@ -80,7 +106,7 @@ def _base_task(cfg_dict: dict, model_path: str, test_qs, eval_k: int, n_bucket: 
     from relift_ray.imports import skip_unused_modules
     skip_unused_modules()
 
-    from relift_ray.colocated import device_of, test_accuracy
+    from relift_ray.colocated import device_of, greedy_profile, test_accuracy
     from relift_ray.evaluation import question_scores
     from relift_ray.generators.hf import HFGenerator
     from relift_ray.rewards import RewardWorker
@@ -93,8 +119,10 @@ def _base_task(cfg_dict: dict, model_path: str, test_qs, eval_k: int, n_bucket: 
         t = cfg.algo.max_new_tokens
         pass_rates = question_scores([gen], [rewarder], test_qs, n=n_bucket,
                                      temperature=cfg.algo.temperature, max_new_tokens=t, seed=1)
-        return {**test_accuracy(gen, rewarder, test_qs, t, eval_k, seed=0),
-                "pass_rates": pass_rates}
+        greedy_scores, profile = greedy_profile(gen, rewarder, test_qs, t)
+        return {**test_accuracy(gen, rewarder, test_qs, t, eval_k, seed=0,
+                                greedy_scores=greedy_scores),
+                "pass_rates": pass_rates, "profile": profile}
     finally:
         rewarder.close()
 
@@ -108,18 +136,58 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def ci95(values: list[float]) -> float:
+    """Half-width of the 95% t interval of the mean (0 for fewer than 2 values)."""
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if len(values) < 2:
+        return 0.0
+    from scipy.stats import t
+    return t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def welch(a: list[float], b: list[float]) -> tuple[float, float, float]:
+    """(mean(a) - mean(b), and its 95% Welch interval); one-sample t interval when b is [].
+    The interval is (nan, nan) when a side has fewer than 2 values: no spread to judge by."""
+    ma, nan = statistics.fmean(a), float("nan")
+    if not b:
+        h = ci95(a)
+        return (ma, ma - h, ma + h) if len(a) > 1 else (ma, nan, nan)
+    mb = statistics.fmean(b)
+    if len(a) < 2 or len(b) < 2:
+        return ma - mb, nan, nan
+    va = statistics.variance(a) / len(a) if len(a) > 1 else 0.0
+    vb = statistics.variance(b) / len(b) if len(b) > 1 else 0.0
+    d, se = ma - mb, math.sqrt(va + vb)
+    if se == 0.0:
+        return d, d, d
+    df_den = (va ** 2 / (len(a) - 1) if len(a) > 1 else 0.0) + \
+        (vb ** 2 / (len(b) - 1) if len(b) > 1 else 0.0)
+    from scipy.stats import t
+    h = t.ppf(0.975, (va + vb) ** 2 / df_den) * se
+    return d, d - h, d + h
+
+
+def _buckets(base: dict) -> dict[str, list[str]]:
+    return {b: [qid for qid, p in base["pass_rates"].items() if bucket_of(p) == b]
+            for b in BUCKETS}
+
+
+def run_gain(base: dict, r: dict, qids: list[str]) -> float:
+    """One run's mean (avg@k - base avg@k) over ``qids`` (greedy when no avg@k was made)."""
+    scores = r["sampled_scores"] or r["greedy_scores"]
+    ref = base["sampled_scores"] if r["sampled_scores"] else base["greedy_scores"]
+    return statistics.fmean(scores[q] - ref[q] for q in qids)
+
+
 def bucket_gains(base: dict, results: list[dict]) -> dict[str, dict[str, float]]:
     """{method: {bucket: mean over seeds of (method's avg@k - base avg@k) on that bucket}}."""
-    buckets = {b: [qid for qid, p in base["pass_rates"].items() if bucket_of(p) == b]
-               for b in BUCKETS}
+    buckets = _buckets(base)
     per_method: dict[str, dict[str, list]] = {}
     for r in results:
-        scores = r["sampled_scores"] or r["greedy_scores"]
-        ref = base["sampled_scores"] if r["sampled_scores"] else base["greedy_scores"]
         for b, qids in buckets.items():
             if qids:
-                gain = statistics.fmean(scores[q] - ref[q] for q in qids)
-                per_method.setdefault(r["method"], {}).setdefault(b, []).append(gain)
+                per_method.setdefault(r["method"], {}).setdefault(b, []).append(
+                    run_gain(base, r, qids))
     return {m: {b: statistics.fmean(v) for b, v in d.items()} for m, d in per_method.items()} | {
         "_counts": {b: len(q) for b, q in buckets.items()}}
 
@@ -129,7 +197,8 @@ def method_table(base: dict, results: list[dict], methods: list[str]) -> list[di
     levels = [k for k in base["greedy"] if k != "overall"]
     rows = [_row("base", [{"greedy": base["greedy"], "sampled": base["sampled"],
                            "demos_used_unique": 0, "demos_used_total": 0, "demos_available": 0,
-                           "learner_updates": 0, "sft_steps": 0, "wall_seconds": 0.0}], levels)]
+                           "learner_updates": 0, "sft_steps": 0, "wall_seconds": 0.0,
+                           "curve": [base.get("profile", {})]}], levels)]
     for m in methods:
         runs = [r for r in results if r["method"] == m]
         if runs:
@@ -139,13 +208,19 @@ def method_table(base: dict, results: list[dict], methods: list[str]) -> list[di
 
 def _row(name: str, runs: list[dict], levels: list[str]) -> dict:
     row = {"method": name, "seeds": len(runs)}
+
+    def put(key, values):
+        row[key], row[f"{key}_std"] = mean_std(values)
+        row[f"{key}_ci95"] = ci95(values)
+
     for kind in ("greedy", "sampled"):
         for key in ["overall", *levels]:
-            mu, sd = mean_std([r[kind].get(key, float("nan")) for r in runs])
-            row[f"{kind}_{key}"], row[f"{kind}_{key}_std"] = mu, sd
+            put(f"{kind}_{key}", [r[kind].get(key, float("nan")) for r in runs])
     for key in ("demos_used_unique", "demos_used_total", "learner_updates", "sft_steps",
                 "wall_seconds"):
-        row[key], row[f"{key}_std"] = mean_std([r[key] for r in runs])
+        put(key, [r[key] for r in runs])
+    for key in ("response_length", "truncated", "entropy"):  # the final policy's, greedy, test
+        put(key, [r["curve"][-1].get(key, float("nan")) for r in runs])
     avail = runs[0]["demos_available"]
     row["demos_available"] = avail
     row["demos_share"] = row["demos_used_unique"] / avail if avail else 0.0
@@ -154,20 +229,23 @@ def _row(name: str, runs: list[dict], levels: list[str]) -> dict:
 
 def format_table(rows: list[dict], gains: dict, eval_k: int) -> str:
     levels = sorted({k[len("greedy_"):] for k in rows[0] if k.startswith("greedy_level_")
-                     and not k.endswith("_std")})
+                     and not k.endswith(("_std", "_ci95"))})
     head = (f"{'method':<20}{'overall':>14}" + "".join(f"{lv.replace('level_', 'L'):>13}"
                                                      for lv in levels)
             + f"{'avg@' + str(eval_k):>14}{'demos uniq':>12}{'total':>8}{'share':>7}"
             + f"{'updates':>9}{'wall s':>8}")
-    lines = ["test accuracy, greedy (mean ± std over seeds); avg@k at temperature 0.6", head,
-             "-" * len(head)]
+    head += f"{'length':>8}{'cut':>6}{'entropy':>8}"
+    lines = ["test accuracy, greedy (mean ± half-width of the 95% t interval over seeds); "
+             "avg@k at temperature 0.6; the final policy's greedy test responses: mean length "
+             "(tokens), share cut at the budget, mean token entropy", head, "-" * len(head)]
     for r in rows:
-        cell = lambda k: f"{r[k]:.3f}±{r[k + '_std']:.3f}"  # noqa: E731
+        cell = lambda k: f"{r[k]:.3f}±{r[k + '_ci95']:.3f}"  # noqa: E731
         lines.append(f"{r['method']:<20}{cell('greedy_overall'):>14}"
                      + "".join(f"{cell('greedy_' + lv):>13}" for lv in levels)
                      + f"{cell('sampled_overall'):>14}{r['demos_used_unique']:>12.0f}"
                      + f"{r['demos_used_total']:>8.0f}{r['demos_share']:>7.1%}"
-                     + f"{r['learner_updates']:>9.0f}{r['wall_seconds']:>8.0f}")
+                     + f"{r['learner_updates']:>9.0f}{r['wall_seconds']:>8.0f}"
+                     + f"{r['response_length']:>8.1f}{r['truncated']:>6.1%}{r['entropy']:>8.3f}")
     counts = gains.get("_counts", {})
     lines += ["", "gain over the base model per bucket of test questions (avg@k, mean over seeds);"
               " buckets by the base model's pass rate",
@@ -176,6 +254,93 @@ def format_table(rows: list[dict], gains: dict, eval_k: int) -> str:
     for m, g in gains.items():
         if m != "_counts":
             lines.append(f"{m:<20}" + "".join(f"{g.get(b, float('nan')):>+16.3f}" for b in BUCKETS))
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ the pre-registered claims
+
+SHARE_LIMIT = 0.20  # H4: ReLIFT uses at most this share of the demonstrations, in every seed
+
+
+def _verdict(lo: float, hi: float) -> str:
+    return "holds" if lo > 0 else "does not hold" if hi < 0 else "inconclusive"  # nan: neither
+
+
+def _combine(verdicts: list[str]) -> str:
+    if "not run" in verdicts:
+        return "not run"
+    if "does not hold" in verdicts:
+        return "does not hold"
+    return "holds" if all(v == "holds" for v in verdicts) else "inconclusive"
+
+
+def claims(base: dict, results: list[dict]) -> list[dict]:
+    """The hypotheses of docs/preregistration_toy_claims.md, each comparison with its 95%
+    interval and verdict, then one combined row per hypothesis. "A > B" holds when the Welch
+    interval of mean(A) - mean(B) over seeds lies above 0, does not hold when it lies below,
+    and is inconclusive otherwise; "not run" when a method it needs is missing."""
+    by = {}
+    for r in results:
+        by.setdefault(r["method"], []).append(r)
+    overall = {m: [r["greedy"]["overall"] for r in rs] for m, rs in by.items()}
+    rows: list[dict] = []
+
+    def compare(h: str, what: str, a: list | None, b: list | None, sign: int = 1) -> str:
+        if a is None or b is None or not a:
+            rows.append({"hypothesis": h, "comparison": what, "verdict": "not run"})
+            return "not run"
+        d, lo, hi = welch(a, b)
+        v = _verdict(lo, hi) if sign > 0 else _verdict(-hi, -lo)  # "A < B": B - A > 0
+        rows.append({"hypothesis": h, "comparison": what, "difference": d, "low": lo,
+                     "high": hi, "verdict": v})
+        return v
+
+    g = overall.get
+    h1 = [compare("H1", "relift > sft_then_rl (overall)", g("relift"), g("sft_then_rl")),
+          compare("H1", "sft_then_rl > sft (overall)", g("sft_then_rl"), g("sft")),
+          compare("H1", "sft > rl (overall)", g("sft"), g("rl"))]
+    buckets = _buckets(base)
+    mid = buckets["medium"] + buckets["hard"]
+    gain = lambda m, qids: ([run_gain(base, r, qids) for r in by[m]]  # noqa: E731
+                            if m in by and qids else None)
+    h2 = [compare("H2", "rl's gain on medium+hard > 0", gain("rl", mid), []),
+          compare("H2", "sft's gain on hardest > rl's", gain("sft", buckets["hardest"]),
+                  gain("rl", buckets["hardest"]))]
+    length = {m: [r["curve"][-1].get("response_length", float("nan")) for r in rs]
+              for m, rs in by.items()}
+    h3 = [compare("H3", "relift's test responses shorter than sft's", length.get("relift"),
+                  length.get("sft"), sign=-1)]
+    if "relift" in by:
+        shares = [r["demos_used_unique"] / max(r["demos_available"], 1) for r in by["relift"]]
+        v4 = "holds" if max(shares) <= SHARE_LIMIT else "does not hold"
+        rows.append({"hypothesis": "H4", "comparison": f"relift's demo share <= "
+                     f"{SHARE_LIMIT:.0%} in every seed", "difference": statistics.fmean(shares),
+                     "low": min(shares), "high": max(shares), "verdict": v4})
+    else:
+        v4 = "not run"
+        rows.append({"hypothesis": "H4", "comparison": "relift's demonstration share",
+                     "verdict": v4})
+    h5 = [compare("H5", "relift > sft_matched_random (overall)", g("relift"),
+                  g("sft_matched_random")),
+          compare("H5", "relift > sft_matched_hardest (overall)", g("relift"),
+                  g("sft_matched_hardest"))]
+    for h, vs in (("H1", h1), ("H2", h2), ("H3", h3), ("H4", [v4]), ("H5", h5)):
+        rows.append({"hypothesis": h, "comparison": "verdict", "verdict": _combine(vs)})
+    return rows
+
+
+def format_claims(rows: list[dict]) -> str:
+    lines = ["the pre-registered claims (docs/preregistration_toy_claims.md): difference of "
+             "the seed means [95% Welch interval; nan with fewer than 2 seeds] (H3: relift - "
+             "sft; H4: mean share [lowest, highest])"]
+    for r in rows:
+        if r["comparison"] == "verdict":
+            lines.append(f"  {r['hypothesis']} verdict: {r['verdict'].upper()}")
+        elif "difference" in r:
+            lines.append(f"  {r['hypothesis']}  {r['comparison']:<46} {r['difference']:+.3f} "
+                         f"[{r['low']:+.3f}, {r['high']:+.3f}]  {r['verdict']}")
+        else:
+            lines.append(f"  {r['hypothesis']}  {r['comparison']:<46} {r['verdict']}")
     return "\n".join(lines)
 
 
@@ -230,15 +395,20 @@ def write_diagnostics(path: Path, results: list[dict], methods: list[str]) -> No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = (("reward_mean", "training reward (rollouts)"),
-            ("response_length", "response length (tokens)"), ("rl/entropy", "policy entropy"))
-    fig, axes = plt.subplots(1, 3, figsize=(17, 4.5))
+    keys = (("history", "reward_mean", "training reward (rollouts)"),
+            ("history", "response_length", "rollout response length (tokens)"),
+            ("history", "rl/entropy", "rollout entropy"),
+            ("curve", "response_length", "test response length (greedy, tokens)"),
+            ("curve", "entropy", "policy entropy on its greedy test responses"),
+            ("curve", "truncated", "test responses cut at the budget (share)"))
+    fig, axes = plt.subplots(2, 3, figsize=(17, 9))
+    axes = axes.ravel()
     for i, m in enumerate(methods):
         runs = [r for r in results if r["method"] == m]
-        for ax, (key, title) in zip(axes, keys):
+        for ax, (where, key, title) in zip(axes, keys):
             points = {}
             for r in runs:
-                for h in r["history"]:
+                for h in r[where]:
                     if key in h:
                         points.setdefault(h["step"], []).append(h[key])
             if points:
@@ -303,6 +473,7 @@ def run(cfg: RunConfig) -> dict:
     model_path = resolve_model(cfg)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     train_qs, test_qs, _ = load_data(cfg, tokenizer)
+    n_demos = sum(1 for q in train_qs if q.demo)
     n_runs = len(configs)
     print(f"[compare] {len(cc.methods)} methods x {len(cc.seeds)} seeds = {n_runs} runs of "
           f"{cfg.train.steps} steps, {cc.parallel} at a time; {len(train_qs)} training and "
@@ -319,11 +490,16 @@ def run(cfg: RunConfig) -> dict:
         base_ref = ray.remote(_base_task).options(name="compare-base", **res).remote(
             cfg.to_dict(), model_path, test_ref, cc.eval_k, cc.bucket_samples, cc.threads)
         pending = {}
-        for (m, s), mcfg in configs.items():
+
+        def submit(m: str, s: int, questions_ref) -> None:
             ref = ray.remote(_run_task).options(name=f"compare-{m}-s{s}", **res).remote(
-                mcfg.to_dict(), model_path, train_ref, test_ref, cc.eval_every, cc.eval_k,
-                cc.threads)
+                configs[(m, s)].to_dict(), model_path, questions_ref, test_ref, cc.eval_every,
+                cc.eval_k, cc.threads)
             pending[ref] = (m, s)
+
+        for m, s in configs:
+            if m not in MATCHED:  # the matched controls start when relift's run of s ends
+                submit(m, s, train_ref)
         base = ray.get(base_ref)
         print(f"[compare] base model: greedy {base['greedy']['overall']:.3f}, "
               f"avg@{cc.eval_k} {base['sampled']['overall']:.3f}", flush=True)
@@ -333,14 +509,26 @@ def run(cfg: RunConfig) -> dict:
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             m, s = pending.pop(done[0])
+            waiting = [c for c in MATCHED if (c, s) in configs] if m == "relift" else []
             try:
                 r = ray.get(done[0])
             except ray.exceptions.RayError as e:  # one run's crash does not lose the others
-                failed.append(f"{m} seed {s}")
-                print(f"[compare] FAILED: {m} seed {s}: {str(e).strip().splitlines()[-1]}",
+                failed += [f"{x} seed {s}" for x in [m, *waiting]]
+                print(f"[compare] FAILED: {m} seed {s}: {str(e).strip().splitlines()[-1]}"
+                      + (f" (so {', '.join(waiting)} cannot run)" if waiting else ""),
                       flush=True)
                 continue
+            for c in waiting:
+                subset = matched_questions(c, train_qs, r["demos_used_ids"], s)
+                if subset:
+                    submit(c, s, ray.put(subset))
+                else:
+                    failed.append(f"{c} seed {s}")
+                    print(f"[compare] {c} seed {s} not run: relift used no demonstrations "
+                          f"in seed {s}", flush=True)
             r["method"] = m
+            if m in MATCHED:  # its share is of every training demonstration, as the others'
+                r["demos_available"] = n_demos
             results.append(r)
             r["mlflow_run_id"] = _log_child(client, exp_id, tracker.run_id, configs[(m, s)], r)
             print(f"[compare] {len(results) + len(failed)}/{n_runs} done: {m} seed {s}: greedy "
@@ -354,6 +542,8 @@ def run(cfg: RunConfig) -> dict:
         rows = method_table(base, results, cc.methods)
         gains = bucket_gains(base, results)
         text = format_table(rows, gains, cc.eval_k)
+        claim_rows = claims(base, results)
+        text += "\n\n" + format_claims(claim_rows)
         if failed:
             text += f"\n\nFAILED runs (left out of the table): {', '.join(failed)}"
         per_run = [{"method": r["method"], "seed": r["seed"],
@@ -361,7 +551,9 @@ def run(cfg: RunConfig) -> dict:
                     **{f"sampled_{k}": v for k, v in r["sampled"].items()},
                     **{k: r[k] for k in ("demos_used_unique", "demos_used_total",
                                          "demos_available", "learner_updates", "sft_steps",
-                                         "wall_seconds")}}
+                                         "wall_seconds")},
+                    **{k: r["curve"][-1].get(k) for k in ("response_length", "truncated",
+                                                          "entropy")}}
                    for r in sorted(results, key=lambda r: (cc.methods.index(r["method"]),
                                                            r["seed"]))]
         gain_rows = [{"method": m, **{b: g.get(b) for b in BUCKETS}}
@@ -369,7 +561,7 @@ def run(cfg: RunConfig) -> dict:
         gain_rows.append({"method": "questions", **gains["_counts"]})
         curves = [{"method": r["method"], "seed": r["seed"], **p} for r in results
                   for p in r["curve"]]
-        files = {"compare_table.csv": rows, "compare_runs.csv": per_run,
+        files = {"compare_table.csv": rows, "compare_runs.csv": per_run, "claims.csv": claim_rows,
                  "bucket_gains.csv": gain_rows, "curves.csv": curves}
         for name, table in files.items():
             write_csv(table, out_dir / name)

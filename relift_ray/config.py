@@ -390,6 +390,10 @@ def validate(cfg: RunConfig) -> RunConfig:
                           f"need at least one of each")
     if not all(isinstance(x, int) and not isinstance(x, bool) for x in c.seeds):
         raise ConfigError(f"compare.seeds={c.seeds!r}: must be integers")
+    matched = [m for m in c.methods if str(m).startswith("sft_matched")]
+    if matched and "relift" not in c.methods:
+        raise ConfigError(f"compare.methods: {', '.join(matched)} match the demonstrations "
+                          f"ReLIFT used in the same seed, so relift must be in compare.methods")
     if not 0 < c.sft_then_rl_fraction < 1:
         raise ConfigError(f"compare.sft_then_rl_fraction={c.sft_then_rl_fraction}: must be in (0, 1)")
     from relift_ray.benchmarks import BENCHMARKS

@@ -5,7 +5,7 @@ The embedded toy and SmolLM2 plug in here the way a user's own would: by name, a
 
     model.path: toy | smollm2-135m | <HF model folder> | <checkpoint or run folder> | owner/name
                 | py:my_pkg.models:build      (a function returning an HF model folder)
-    data.train: toy | <file> | hf://owner/name[/glob]
+    data.train: toy | toy-teacher | <file> | hf://owner/name[/glob]
                 | py:my_pkg.data:questions    (a function of the split returning Questions)
 
 Imports no Ray, and nothing of the toy task unless a config names it.
@@ -25,6 +25,8 @@ MODELS = {
 }
 DATA_SOURCES = {
     "toy": "relift_ray.toy.task:make_questions",  # the toy task's train / test splits
+    # the same questions, demonstrations in a teacher's long self-verifying style (issue 13)
+    "toy-teacher": "relift_ray.toy.task:make_teacher_questions",
 }
 
 

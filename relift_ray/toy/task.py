@@ -12,6 +12,13 @@ base model never saw (multiplication, worked as repeated addition), so its pass 
 
 Every problem of a level is either in the train split or the test split, fixed by a hash of its
 text, so the test questions are never trained on.
+
+A variant, ``toy-teacher`` (``make_teacher_questions``), has the same questions with a
+teacher's demonstrations: the same steps, then a verification pass that undoes every step by
+subtraction, as a long reasoning model checks its work (about twice as long, in a style and a
+procedure the base model never saw; docs/preregistration_toy_claims.md says why):
+
+    level 4  27+5*2     ->  27+5=32,32+5=37.37-5=32,32-5=27 \\boxed{37}
 """
 from __future__ import annotations
 
@@ -25,8 +32,12 @@ BASE_LEVELS = (1, 2)  # what the base model is pretrained on
 TEST_FRACTION = 0.2
 
 
+DEMO_STYLES = ("base", "teacher")
+
+
 def _problems(level: int):
-    """Yield (expression, demonstration, answer) for every problem of a level."""
+    """Yield (expression, steps, answer) for every problem of a level; the steps are the base
+    model's own procedure, "a+b=c" additions joined by commas."""
     digits = range(10)
     if level == 1:
         for a, b in itertools.product(range(90), digits):
@@ -59,20 +70,40 @@ def response_of(steps: str, answer: int) -> str:
     return f"{steps} \\boxed{{{answer}}}"
 
 
+def teacher_steps(steps: str) -> str:
+    """The teacher's trace: the steps, ".", then each step undone by subtraction, last first:
+    "27+5=32,32+5=37" -> "27+5=32,32+5=37.37-5=32,32-5=27"."""
+    checks = []
+    for step in reversed(steps.split(",")):
+        lhs, total = step.split("=")
+        first, added = lhs.rsplit("+", 1)
+        checks.append(f"{total}-{added}={first}")
+    return f"{steps}.{','.join(checks)}"
+
+
 def _in_test(expr: str) -> bool:
     h = int(hashlib.sha256(expr.encode()).hexdigest()[:8], 16)
     return (h % 1000) / 1000 < TEST_FRACTION
 
 
-def make_questions(split: str = "train", levels=LEVELS) -> list[Question]:
-    """All questions of the given levels in one split ("train" or "test"), in a fixed order."""
+def make_questions(split: str = "train", levels=LEVELS, demos: str = "base") -> list[Question]:
+    """All questions of the given levels in one split ("train" or "test"), in a fixed order,
+    with demonstrations in the base model's own style (``demos="base"``) or the teacher's."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be train or test, not {split!r}")
+    if demos not in DEMO_STYLES:
+        raise ValueError(f"demos must be one of {DEMO_STYLES}, not {demos!r}")
     out = []
     for level in levels:
         for expr, steps, ans in _problems(level):
             if _in_test(expr) == (split == "test"):
+                trace = teacher_steps(steps) if demos == "teacher" else steps
                 out.append(Question(id=f"toy-L{level}-{expr}", prompt=prompt_of(expr),
-                                    answer=str(ans), demo=response_of(steps, ans),
+                                    answer=str(ans), demo=response_of(trace, ans),
                                     source="toy", level=level))
     return out
+
+
+def make_teacher_questions(split: str = "train") -> list[Question]:
+    """The ``toy-teacher`` data source: the toy questions with the teacher's demonstrations."""
+    return make_questions(split, demos="teacher")
