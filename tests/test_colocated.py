@@ -22,3 +22,43 @@ def test_async_one_process_run_samples_behind_and_is_deterministic(relift_cache)
     b = _run(relift_cache, 1)  # the producer thread changes when, never what
     assert [h["reward_mean"] for h in a["history"]] == [h["reward_mean"] for h in b["history"]]
     assert a["curve"] == b["curve"]
+
+
+def test_greedy_profile_scores_lengths_and_entropy(relift_cache):
+    """The comparison's test-response figures: the same greedy scores as question_scores; the
+    length counts EOS; a budget below every answer cuts them all; the entropy is the policy's
+    over its own response tokens, as a separate forward pass computes it."""
+    import torch
+
+    from relift_ray.colocated import greedy_profile
+    from relift_ray.evaluation import question_scores
+    from relift_ray.generators.hf import HFGenerator
+    from relift_ray.rewards import RewardWorker
+    from relift_ray.toy.task import make_questions
+
+    qs = make_questions("test")[::60]
+    gen, rewarder = HFGenerator(relift_cache), RewardWorker("whole", 5.0)
+    try:
+        scores, stats = greedy_profile(gen, rewarder, qs, 48)
+        assert scores == question_scores([gen], [rewarder], qs, max_new_tokens=48)
+        assert stats["truncated"] == 0.0
+        cut_scores, cut = greedy_profile(gen, rewarder, qs, 3)
+        assert cut["truncated"] == 1.0 and cut["response_length"] == 3.0
+        assert cut_scores == question_scores([gen], [rewarder], qs, max_new_tokens=3)
+        # the same figures by hand, one question at a time
+        tok, lengths, ent = gen.tokenizer, [], []
+        for q in qs:
+            p = tok(q.prompt, add_special_tokens=False)["input_ids"]
+            out = gen.model.generate(torch.tensor([p]), do_sample=False, max_new_tokens=48,
+                                     pad_token_id=tok.pad_token_id,
+                                     eos_token_id=tok.eos_token_id)[0, len(p):].tolist()
+            r = out[:out.index(tok.eos_token_id) + 1]
+            with torch.no_grad():
+                logits = gen.model(torch.tensor([p + r])).logits[0, len(p) - 1:-1]
+            logp = torch.log_softmax(logits.float(), -1)
+            ent += (-(logp.exp() * logp).sum(-1)).tolist()
+            lengths.append(len(r))
+        assert stats["response_length"] == sum(lengths) / len(lengths)
+        assert abs(stats["entropy"] - sum(ent) / len(ent)) < 1e-4
+    finally:
+        rewarder.close()

@@ -5,7 +5,8 @@ import csv
 
 import pytest
 
-from relift_ray.compare import METHODS, bucket_gains, format_table, method_config, method_table
+from relift_ray.compare import (METHODS, bucket_gains, ci95, claims, format_claims, format_table,
+                                matched_questions, method_config, method_table, welch)
 from relift_ray.config import ConfigError, load_config
 
 
@@ -32,7 +33,8 @@ def _result(method, seed, greedy, sampled_scores, demos=(0, 0)):
             "sampled": {"overall": greedy, "level_1": greedy, "level_2": greedy},
             "greedy_scores": sampled_scores, "sampled_scores": sampled_scores,
             "demos_used_unique": demos[0], "demos_used_total": demos[1], "demos_available": 10,
-            "learner_updates": 20, "sft_steps": 3, "wall_seconds": 60.0}
+            "learner_updates": 20, "sft_steps": 3, "wall_seconds": 60.0,
+            "curve": [{"step": 0, "response_length": 10.0 + seed}]}
 
 
 BASE = {"greedy": {"overall": 0.5, "level_1": 1.0, "level_2": 0.0},
@@ -53,6 +55,8 @@ def test_table_means_spreads_and_demonstration_share():
     assert rows["relift"]["greedy_overall_std"] == 0.0
     assert rows["relift"]["demos_used_unique"] == 3 and rows["relift"]["demos_share"] == 0.3
     assert rows["base"]["greedy_level_1"] == 1.0
+    assert rows["rl"]["greedy_overall_ci95"] == pytest.approx(12.7062 * 0.1, abs=1e-4)
+    assert rows["rl"]["response_length"] == 11.5  # the final policy's, mean over seeds
 
 
 def test_bucket_gains_against_the_base_pass_rates():
@@ -65,6 +69,114 @@ def test_bucket_gains_against_the_base_pass_rates():
     assert g["relift"] == pytest.approx({"easy": 0.0, "medium": 0.0, "hardest": 0.75})
     text = format_table(method_table(BASE, results, ["rl", "relift"]), g, eval_k=4)
     assert "relift" in text and "+0.750" in text and "hardest (2)" in text
+
+
+def test_intervals_against_hand_computed_values():
+    # [1, 2, 3]: mean 2, sd 1; t(0.975, 2) = 4.3027 -> 4.3027 / sqrt(3) = 2.4842
+    assert ci95([1.0, 2.0, 3.0]) == pytest.approx(2.4842, abs=1e-4)
+    assert ci95([0.5]) == 0.0
+    # equal variances 1, n 3 each: se = sqrt(2/3) = 0.8165, Welch df = 4, t(0.975, 4) = 2.7764
+    d, lo, hi = welch([1.0, 2.0, 3.0], [2.0, 3.0, 4.0])
+    assert (d, lo, hi) == pytest.approx((-1.0, -1.0 - 2.2669, -1.0 + 2.2669), abs=1e-4)
+    # unequal n and variances: va/na = 1/3, vb/nb = 2.5/5 -> se^2 = 5/6,
+    # df = (5/6)^2 / ((1/3)^2/2 + (1/2)^2/4) = 5.882, t(0.975, 5.882) = 2.4588
+    d, lo, hi = welch([1.0, 2.0, 3.0], [0.0, 2.0, 4.0, 1.0, 3.0])
+    assert d == 0.0 and hi == pytest.approx(2.4588 * (5 / 6) ** 0.5, abs=1e-3)
+    assert welch([0.2, 0.4], []) == pytest.approx((0.3, 0.3 - 12.7062 * 0.1, 0.3 + 12.7062 * 0.1),
+                                                  abs=1e-4)  # one-sample, t(0.975, 1)
+    d, lo, hi = welch([0.5], [0.1, 0.2])  # one seed: no spread, no interval
+    assert d == pytest.approx(0.35) and lo != lo and hi != hi
+
+
+def _claim_run(method, seed, overall, scores, length, demos=0):
+    r = _result(method, seed, overall, scores, demos=(demos, demos))
+    r["curve"] = [{"step": 0}, {"step": 10, "response_length": length}]
+    return r
+
+
+def test_claims_verdicts_on_scripted_results():
+    # base: a easy, b medium, c and d hardest (BASE's pass rates); avg@k per question below
+    good = {"a": 1.0, "b": 1.0, "c": 1.0, "d": 1.0}
+    rl = {"a": 1.0, "b": 1.0, "c": 0.0, "d": 0.0}  # gains on the medium question only
+    results = []
+    for seed, eps in ((1, 0.0), (2, 0.01), (3, 0.02)):
+        results += [_claim_run("relift", seed, 0.90 + eps, good, 20 + seed, demos=1),
+                    _claim_run("sft_then_rl", seed, 0.80 + eps, good, 25),
+                    _claim_run("sft", seed, 0.85 - eps, good, 30 + seed),  # above sft_then_rl
+                    _claim_run("rl", seed, 0.60 + eps, rl, 18)]
+    rows = claims(BASE, results)
+    verdict = {r["hypothesis"]: r["verdict"] for r in rows if r["comparison"] == "verdict"}
+    each = {r["comparison"]: r for r in rows if r["comparison"] != "verdict"}
+    assert each["relift > sft_then_rl (overall)"]["verdict"] == "holds"
+    assert each["sft_then_rl > sft (overall)"]["verdict"] == "does not hold"
+    assert each["sft > rl (overall)"]["verdict"] == "holds"
+    assert verdict["H1"] == "does not hold"  # one adjacent pair reversed
+    # H2 (a): rl's gain on medium+hard is +0.5 in every seed; (b) sft +1.0 vs rl 0 on hardest
+    assert each["rl's gain on medium+hard > 0"]["difference"] == pytest.approx(0.5)
+    assert verdict["H2"] == "holds"
+    h3 = each["relift's test responses shorter than sft's"]
+    assert h3["difference"] == pytest.approx(-10.0) and h3["verdict"] == "holds"
+    assert verdict["H4"] == "holds"  # 1 of 10 demonstrations: 10% <= 20%
+    assert verdict["H5"] == "not run"  # no matched controls in the results
+    text = format_claims(rows)
+    assert "H1 verdict: DOES NOT HOLD" in text and "H5 verdict: NOT RUN" in text
+    # noisy controls: an interval that straddles 0 is inconclusive; a share over 20% fails H4
+    results += [_claim_run("sft_matched_random", s, v, good, 20) for s, v in
+                ((1, 0.80), (2, 0.99), (3, 0.93))]
+    results += [_claim_run("sft_matched_hardest", s, 0.5, good, 20) for s in (1, 2, 3)]
+    results[0]["demos_used_unique"] = 3
+    verdict = {r["hypothesis"]: r["verdict"] for r in claims(BASE, results)
+               if r["comparison"] == "verdict"}
+    assert verdict["H5"] == "inconclusive" and verdict["H4"] == "does not hold"
+
+
+def test_matched_controls_take_relift_demonstrations():
+    from relift_ray.records import Question
+    qs = [Question(id=f"q{i}", prompt="p", answer="1", demo="d" if i % 5 else "")
+          for i in range(50)]
+    used = ["q1", "q7", "q33"]
+    assert [q.id for q in matched_questions("sft_matched_hardest", qs, used, 1)] == used
+    rand = matched_questions("sft_matched_random", qs, used, 1)
+    assert len(rand) == 3 and all(q.demo for q in rand)
+    assert rand == matched_questions("sft_matched_random", qs, used, 1)  # by the seed
+    assert {q.id for q in rand} != {q.id for q in matched_questions(
+        "sft_matched_random", qs, used, 2)}
+    cfg = load_config("jobs/configs/compare_toy_teacher.yaml", [])
+    assert method_config(cfg, "sft_matched_hardest", 11).algo.mode == "sft"
+    with pytest.raises(ConfigError, match="relift must be in compare.methods"):
+        load_config("jobs/configs/compare_toy_teacher.yaml",
+                    ["compare.methods=sft,sft_matched_random"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["teacher", "teacher_budget", "long"])
+def test_preregistered_variant_reduced_setting(ray_local, tmp_path, variant):
+    """CI's reduced setting of each pre-registered config: every method (the matched controls
+    after ReLIFT), the teacher's data, the claims table."""
+    from relift_ray.compare import run
+    cfg = load_config(f"jobs/configs/compare_toy_{variant}.yaml", [
+        f"output_dir={tmp_path}", "name=v", "train.steps=10", "compare.seeds=11",
+        "compare.eval_every=5", "compare.bucket_samples=4", "data.max_test_questions=100",
+        "algo.buffer_size=4"])
+    out = run(cfg)
+    assert not out["failed"]
+    by = {r["method"]: r for r in out["results"]}
+    assert sorted(by) == sorted(cfg.compare.methods)
+    used = by["relift"]["demos_used_unique"]
+    assert used > 0
+    for m in ("sft_matched_random", "sft_matched_hardest"):
+        assert by[m]["demos_used_unique"] == used and by[m]["mode"] == "sft"
+        assert by[m]["demos_available"] == by["sft"]["demos_available"]
+    assert set(by["sft_matched_hardest"]["demos_used_ids"]) == set(by["relift"]["demos_used_ids"])
+    assert {"response_length", "truncated", "entropy"} <= set(by["sft"]["curve"][-1])
+    text = (tmp_path / "v" / "compare_table.txt").read_text()
+    for h in ("H1", "H2", "H3", "H4", "H5"):
+        assert f"{h} verdict:" in text
+    with open(tmp_path / "v" / "claims.csv") as f:
+        assert len(list(csv.DictReader(f))) == 15  # 10 comparisons + 5 verdicts
+    if variant != "long":  # the teacher's demonstrations: longer than the base model's style
+        assert by["sft"]["curve"][-1]["response_length"] > out["base"]["profile"][
+            "response_length"]
 
 
 @pytest.mark.slow

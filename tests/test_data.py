@@ -22,6 +22,35 @@ def test_toy_demonstrations_are_correct():
         assert math_reward(q.demo, q.answer, "boxed")[0] == 1.0, q
 
 
+def test_toy_teacher_variant_same_questions_teacher_demonstrations():
+    base, teacher = load_questions("toy"), load_questions("toy-teacher")
+    assert [(q.id, q.prompt, q.answer) for q in base] == [(q.id, q.prompt, q.answer)
+                                                          for q in teacher]
+    by_id = {q.id: q.demo for q in teacher}
+    assert by_id["toy-L1-47+5"] == "47+5=52.52-5=47 \\boxed{52}"
+    assert by_id["toy-L4-59+9*3"] == ("59+9=68,68+9=77,77+9=86.86-9=77,77-9=68,68-9=59 "
+                                      "\\boxed{86}")
+    assert task.teacher_steps("7+5=12,12+3=15") == "7+5=12,12+3=15.15-3=12,12-5=7"
+    for q in teacher[::97]:  # still scored by its boxed answer, and a correct trace
+        assert math_reward(q.demo, q.answer, "boxed")[0] == 1.0, q
+        steps, checks = q.demo.split(" ")[0].split(".")
+        assert eval(checks.split(",")[-1].split("=")[0]) == int(steps.split("+")[0])
+    with pytest.raises(ValueError, match="demos must be one of"):
+        task.make_questions("train", demos="verbose")
+
+
+def test_toy_teacher_lengths_against_the_budgets():
+    """The pre-registration's figures: the longest teacher trace is 53 tokens with EOS, so it
+    fits 64; under 48 exactly the level-4 questions with three additions do not fit."""
+    from relift_ray.toy.tokenizer import build_tokenizer
+    tok = build_tokenizer()
+    size = {q.id: len(tok(q.demo, add_special_tokens=False)["input_ids"]) + 1
+            for q in task.make_teacher_questions("train")}
+    assert max(size.values()) == 53
+    assert {qid for qid, n in size.items() if n > 48} == {
+        qid for qid in size if qid.startswith("toy-L4-") and qid.endswith("*3")}
+
+
 def write(tmp_path, rows, name="d.jsonl"):
     p = tmp_path / name
     p.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
