@@ -419,10 +419,39 @@ def write_diagnostics(path: Path, results: list[dict], methods: list[str]) -> No
     for ax in axes:
         ax.set_xlabel("learner step")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
+    labels = {}  # every method once (the SFT-only ones have no rollout curves)
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            labels.setdefault(lab, h)
+    fig.legend(list(labels.values()), list(labels), loc="upper center", ncol=len(labels),
+               fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+KEPT = ("method", "seed", "mode", "history", "curve", "greedy", "sampled", "greedy_scores",
+        "sampled_scores", "sft_steps", "demos_used_unique", "demos_used_ids", "demos_used_total",
+        "demos_available", "learner_updates", "wall_seconds")
+
+
+def save_results(path: Path, base: dict, results: list[dict], methods: list[str]) -> None:
+    """Everything the tables and figures are made of (not the per-question training records),
+    so they can be redrawn without the runs: ``redraw(out_dir)``."""
+    import json
+    path.write_text(json.dumps({"methods": list(methods), "base": base,
+                                "results": [{k: r[k] for k in KEPT if k in r}
+                                            for r in results]}))
+
+
+def redraw(out_dir: str | Path) -> None:
+    """compare.png and diagnostics.png again from ``<out_dir>/results.json``."""
+    import json
+    out_dir = Path(out_dir)
+    d = json.loads((out_dir / "results.json").read_text())
+    levels = sorted(k for k in d["base"]["greedy"] if k.startswith("level_"))
+    write_figure(out_dir / "compare.png", d["base"], d["results"], d["methods"], levels[-1])
+    write_diagnostics(out_dir / "diagnostics.png", d["results"], d["methods"])
 
 
 def _log_child(client, experiment_id: str, parent_id: str, cfg: RunConfig, r: dict) -> str:
@@ -570,6 +599,8 @@ def run(cfg: RunConfig) -> dict:
         write_figure(out_dir / "compare.png", base, results, cc.methods, levels[-1])
         tracker.mlflow.log_artifact(str(out_dir / "compare.png"))
         write_diagnostics(out_dir / "diagnostics.png", results, cc.methods)
+        save_results(out_dir / "results.json", base, results, cc.methods)
+        tracker.mlflow.log_artifact(str(out_dir / "results.json"))
         tracker.mlflow.log_artifact(str(out_dir / "diagnostics.png"))
         (out_dir / "compare_table.txt").write_text(text + "\n")
         tracker.mlflow.log_text(text, "compare_table.txt")

@@ -173,7 +173,11 @@ def test_preregistered_variant_reduced_setting(ray_local, tmp_path, variant):
     for h in ("H1", "H2", "H3", "H4", "H5"):
         assert f"{h} verdict:" in text
     with open(tmp_path / "v" / "claims.csv") as f:
-        assert len(list(csv.DictReader(f))) == 15  # 10 comparisons + 5 verdicts
+        assert len(list(csv.DictReader(f))) == 14  # 9 comparisons + 5 verdicts
+    from relift_ray.compare import redraw
+    (tmp_path / "v" / "diagnostics.png").unlink()
+    redraw(tmp_path / "v")  # the figures again from results.json alone
+    assert (tmp_path / "v" / "diagnostics.png").read_bytes()[:4] == b"\x89PNG"
     if variant != "long":  # the teacher's demonstrations: longer than the base model's style
         assert by["sft"]["curve"][-1]["response_length"] > out["base"]["profile"][
             "response_length"]
