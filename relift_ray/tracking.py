@@ -253,8 +253,8 @@ class StepLogger:
 def write_csv(rows: list[dict], path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    keys = list(rows[0]) if rows else ["id"]
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
+    keys = list(dict.fromkeys(k for row in rows for k in row)) if rows else ["id"]
+    with path.open("w", newline="") as f:  # every row's columns (a missing cell is empty)
+        w = csv.DictWriter(f, fieldnames=keys, restval="")
         w.writeheader()
         w.writerows(rows)

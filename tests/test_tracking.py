@@ -40,3 +40,12 @@ def test_step_logger_survives_a_run_id_that_never_comes(tmp_path, capsys):
     log.log(2, {"reward_mean": 0.6})
     log.close()  # returns: training never waits on MLflow
     assert "did not reach MLflow: no MLflow run id" in capsys.readouterr().out
+
+
+def test_write_csv_takes_every_rows_columns(tmp_path):
+    import csv
+
+    from relift_ray.tracking import write_csv
+    write_csv([{"a": 1}, {"a": 2, "b": 3}], tmp_path / "t.csv")
+    with open(tmp_path / "t.csv") as f:
+        assert list(csv.DictReader(f)) == [{"a": "1", "b": ""}, {"a": "2", "b": "3"}]
