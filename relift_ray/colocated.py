@@ -57,6 +57,7 @@ def greedy_profile(gen, rewarder, questions: list[Question], max_new_tokens: int
     budget (no EOS), "entropy": the policy's mean token entropy over its own responses}).
     The same greedy decoding as ``question_scores``; the logits only add the entropy."""
     from relift_ray.actors import score_all
+    from relift_ray.generators.hf import _trim
     from relift_ray.records import SamplingParams
 
     tok = gen.tokenizer
@@ -69,16 +70,11 @@ def greedy_profile(gen, rewarder, questions: list[Question], max_new_tokens: int
         logp = torch.log_softmax(torch.stack(res.logits, dim=1).float(), -1)
         ent = -(logp.exp() * logp).sum(-1)  # [rows, new tokens]
         for row in range(len(chunk)):
-            ids = res.sequences[row, width:].tolist()
-            n = ids.index(tok.eos_token_id) + 1 if tok.eos_token_id in ids else None
-            if n is None:  # no EOS: cut at the budget (or padding after another row's end)
-                cut += 1
-                n = len(ids)
-                while n and ids[n - 1] == tok.pad_token_id and tok.pad_token_id != tok.eos_token_id:
-                    n -= 1
-            texts.append(tok.decode(ids[:n], skip_special_tokens=True))
-            lengths.append(n)
-            ent_sum += ent[row, :n].sum().item()
+            resp = _trim(res.sequences[row, width:].tolist(), tok.eos_token_id, tok.pad_token_id)
+            cut += not resp or resp[-1] != tok.eos_token_id  # no EOS: cut at the budget
+            texts.append(tok.decode(resp, skip_special_tokens=True))
+            lengths.append(len(resp))
+            ent_sum += ent[row, :len(resp)].sum().item()
     rewards = score_all([rewarder], [(t, q.answer) for t, q in zip(texts, questions)])
     scores = {q.id: r.value for q, r in zip(questions, rewards)}
     total = max(sum(lengths), 1)

@@ -155,15 +155,13 @@ def welch(a: list[float], b: list[float]) -> tuple[float, float, float]:
     mb = statistics.fmean(b)
     if len(a) < 2 or len(b) < 2:
         return ma - mb, nan, nan
-    va = statistics.variance(a) / len(a) if len(a) > 1 else 0.0
-    vb = statistics.variance(b) / len(b) if len(b) > 1 else 0.0
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
     d, se = ma - mb, math.sqrt(va + vb)
     if se == 0.0:
         return d, d, d
-    df_den = (va ** 2 / (len(a) - 1) if len(a) > 1 else 0.0) + \
-        (vb ** 2 / (len(b) - 1) if len(b) > 1 else 0.0)
     from scipy.stats import t
-    h = t.ppf(0.975, (va + vb) ** 2 / df_den) * se
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    h = t.ppf(0.975, df) * se
     return d, d - h, d + h
 
 

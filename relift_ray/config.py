@@ -390,6 +390,7 @@ def validate(cfg: RunConfig) -> RunConfig:
                           f"need at least one of each")
     if not all(isinstance(x, int) and not isinstance(x, bool) for x in c.seeds):
         raise ConfigError(f"compare.seeds={c.seeds!r}: must be integers")
+    # relift_ray.compare.MATCHED (not imported: it pulls torch into every config load)
     matched = [m for m in c.methods if str(m).startswith("sft_matched")]
     if matched and "relift" not in c.methods:
         raise ConfigError(f"compare.methods: {', '.join(matched)} match the demonstrations "

@@ -7,7 +7,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/helpers.py
 
-from helpers import SHARED, fake_hub  # noqa: E402
+from helpers import NO_SHARED, SHARED, fake_hub  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -37,8 +37,7 @@ def fetched(tmp_path_factory):
     if not SHARED.exists():
         # the fake hub serves the public math sets, which live outside the repo (never
         # copied in): without them beside the checkout there is nothing to serve
-        pytest.skip(f"the public data sets are kept outside the repo and {SHARED} is not "
-                    f"beside this checkout (set RELIFT_SHARED_DATA to run this test)")
+        pytest.skip(NO_SHARED)
     mp = pytest.MonkeyPatch()
     tmp = tmp_path_factory.mktemp("fetch")
     calls: list = []

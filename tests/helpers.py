@@ -52,9 +52,10 @@ def slow_reward(response, truth, extraction):
 # checkout, as on the developers' machines and in CI, or wherever RELIFT_SHARED_DATA points.
 SHARED = Path(os.environ.get("RELIFT_SHARED_DATA")
               or Path(__file__).resolve().parent.parent.parent / "shared" / "data")
-needs_shared = pytest.mark.skipif(not SHARED.exists(), reason=(
-    f"the public data sets are kept outside the repo and {SHARED} is not beside this checkout "
-    "(the developers' machines have it there; set RELIFT_SHARED_DATA to run this test elsewhere)"))
+NO_SHARED = (f"the public data sets are kept outside the repo and {SHARED} is not beside this "
+             "checkout (the developers' machines have it there; set RELIFT_SHARED_DATA to run "
+             "this test elsewhere)")
+needs_shared = pytest.mark.skipif(not SHARED.exists(), reason=NO_SHARED)
 
 
 # ``relift data fetch`` offline: the shared data served as a fake hub and fake URLs
@@ -71,6 +72,8 @@ FAKE_HUB = {
 }
 FAKE_URLS = {_F.LUFFY_VALID: "eval/bundles/luffy_valid.parquet",
              _F.RELIFT_VALID: "eval/bundles/relift_valid.parquet"}
+
+
 def fake_hub(tmp: Path, calls: list):
     def snapshot(repo, revision):
         calls.append((repo, revision))
