@@ -31,6 +31,7 @@ default), TRL its default ``loss_type``. The losses cost the same; the learning 
     pip install ".[bench]" "torch==2.13.0" "transformers>=5.16.1,<5.21"
     RAY_AUTH_MODE=disabled python benchmarks/bench_trl.py          # 30 relift steps, 20 TRL batches
     RAY_AUTH_MODE=disabled python benchmarks/bench_trl.py --quick  # a smoke test of both sides
+    RAY_AUTH_MODE=disabled python benchmarks/bench_trl.py --rounds 3  # alternate; median ratio
     RAY_AUTH_MODE=disabled python benchmarks/bench_trl.py --staleness 0,1,2  # + async relift
     python benchmarks/bench_trl.py --learners 1 --json out.json    # 1 learner worker; save results
 """
@@ -342,8 +343,9 @@ def child_trl(args) -> dict:
 # ------------------------------------------------------------------ the parent
 
 def run_child(which: str, args, model_path: str, out_dir: Path, steps: int, timeout: float,
-              staleness: int = 0):
-    tag = f"{which}-s{staleness}" if staleness else which
+              staleness: int = 0, round_: int = 1):
+    tag = (f"{which}-s{staleness}" if staleness else which) + \
+        (f"-r{round_}" if args.rounds > 1 else "")
     result = out_dir / f"{tag}.json"
     if (out_dir / tag).exists() and any((out_dir / tag).iterdir()):
         # relift would resume the earlier run of the same name (checkpoint, MLflow run)
@@ -384,6 +386,23 @@ def run_child(which: str, args, model_path: str, out_dir: Path, steps: int, time
     print(f"[bench] {which} done in {took:.0f}s", flush=True)
     out = json.loads(result.read_text())
     out["cpu_busy_before"] = busy
+    out["round"] = round_
+    return out
+
+
+def label(r: dict, args) -> str:
+    return r["system"] + (f" #{r['round']}" if args.rounds > 1 else "")
+
+
+def ratios_by_system(results: list[dict]) -> dict[str, list[float]]:
+    """relift / TRL completions/s per round (each relift run against the TRL run of its own
+    round: the two ran minutes apart), for each relift setting."""
+    trl = {r["round"]: r for r in results if r["system"] == "TRL GRPOTrainer"}
+    out: dict[str, list[float]] = {}
+    for r in results:
+        if r["system"].startswith("relift_ray") and r["round"] in trl:
+            out.setdefault(r["system"], []).append(
+                r["completions_per_s"] / trl[r["round"]]["completions_per_s"])
     return out
 
 
@@ -404,7 +423,7 @@ def report(results: list[dict], args, model_path: str) -> None:
     print("-" * len(hdr))
     for r in results:
         rw, rl = r.get("reward_mean"), r.get("response_length_mean")
-        print(f"{r['system']:<18}{len(r['timed_steps']):>12}{r['seconds_per_step']:>17.3f}"
+        print(f"{label(r, args):<18}{len(r['timed_steps']):>12}{r['seconds_per_step']:>17.3f}"
               f"{r['completions_per_s']:>15.1f}"
               f"{(f'{rw:.3f}' if rw is not None else '-'):>9}"
               f"{(f'{rl:.1f}' if rl is not None else '-'):>10}"
@@ -412,20 +431,18 @@ def report(results: list[dict], args, model_path: str) -> None:
               f"{(f'{busy:.0%}' if (busy := r.get('cpu_busy_before')) is not None else '-'):>13}")
     print("s/step: one batch of 16x8 completions (relift: 1 step; TRL: 2 optimizer steps), median "
           "over the timed steps\n(their min-max: " + "; ".join(
-              f"{r['system']} {min(r['step_times']):.3f}-{max(r['step_times']):.3f}s"
+              f"{label(r, args)} {min(r['step_times']):.3f}-{max(r['step_times']):.3f}s"
               for r in results) + ")."
           "\nto step 1: relift from run() (Ray start, actors, test evaluation before training) "
           "to step 1 logged; TRL from model load to the first batch done.\nbusy before: the "
           "machine's CPU in use in the 3 s before that side started (other work).")
-    by = {r["system"]: r for r in results}
-    if "TRL GRPOTrainer" in by:
-        for r in results:
-            if r["system"].startswith("relift_ray"):
-                ratio = r["completions_per_s"] / by["TRL GRPOTrainer"]["completions_per_s"]
-                print(f"\nratio {r['system']} / TRL (completions/s): {ratio:.2f}x")
+    for system, ratios in ratios_by_system(results).items():
+        each = ", ".join(f"{x:.2f}x" for x in ratios)
+        print(f"\nratio {system} / TRL (completions/s): {median(ratios):.2f}x"
+              + (f" (median of {len(ratios)} rounds: {each})" if len(ratios) > 1 else ""))
     for r in results:
         b = r["breakdown_median"]
-        print(f"\n{r['system']} step breakdown (medians over the timed steps):")
+        print(f"\n{label(r, args)} step breakdown (medians over the timed steps):")
         for k, x in b.items():
             print(f"  {k:<36}{x:>8.3f}s")
         if r["system"].startswith("relift_ray"):
@@ -462,6 +479,9 @@ def main(argv=None) -> int:
                     help="relift's before/after test evaluation on this many questions, outside "
                          "the timed steps (0 = the whole test split)")
     ap.add_argument("--only", choices=["relift", "trl"], help="run one side only")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run both sides this many times, alternating (relift, TRL, relift, "
+                         "...); the ratio is the median of the rounds' ratios")
     ap.add_argument("--quick", action="store_true", help="a smoke test: few steps")
     ap.add_argument("--base-model", help="the toy base model folder (default: shipped or built)")
     ap.add_argument("--timeout", type=float, default=None,
@@ -495,14 +515,15 @@ def main(argv=None) -> int:
     try:
         lags = [int(x) for x in str(args.staleness).split(",")]
         runs = [("relift", k) for k in lags] + [("trl", 0)]
-        for which, lag in runs:
-            if args.only and args.only != which:
-                continue
-            r = run_child(which, args, model_path, out_dir,
-                          args.steps if which == "relift" else args.trl_steps, args.timeout,
-                          staleness=lag)
-            if r is not None:
-                results.append(r)
+        for round_ in range(1, args.rounds + 1):
+            for which, lag in runs:
+                if args.only and args.only != which:
+                    continue
+                r = run_child(which, args, model_path, out_dir,
+                              args.steps if which == "relift" else args.trl_steps,
+                              args.timeout, staleness=lag, round_=round_)
+                if r is not None:
+                    results.append(r)
         if results:
             report(results, args, model_path)
         if args.json:
@@ -512,7 +533,7 @@ def main(argv=None) -> int:
     finally:
         if not args.out_dir:
             shutil.rmtree(out_dir, ignore_errors=True)
-    wanted = len([w for w, _ in runs if not args.only or w == args.only])
+    wanted = args.rounds * len([w for w, _ in runs if not args.only or w == args.only])
     return 0 if len(results) == wanted else 1
 
 

@@ -86,6 +86,8 @@ def math_reward(response: str, truth: str, extraction: str = "boxed",
 
 
 def _child(conn, fn_path: str, extraction: str) -> None:
+    """The scoring process: takes a list of (response, truth) at a time and sends back one
+    Reward per answer as soon as it is scored, in order (the parent times each one)."""
     import logging
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # "timeout disabled": ours is outside
     module, name = fn_path.split(":")
@@ -94,11 +96,11 @@ def _child(conn, fn_path: str, extraction: str) -> None:
         msg = conn.recv()
         if msg is None:
             return
-        response, truth = msg
-        try:
-            conn.send(Reward(*fn(response, truth, extraction)))
-        except Exception as e:  # a verifier bug must not kill the worker
-            conn.send(Reward(0.0, f"{ERROR}: {type(e).__name__}: {e}"[:200]))
+        for response, truth in msg:
+            try:
+                conn.send(Reward(*fn(response, truth, extraction)))
+            except Exception as e:  # a verifier bug must not kill the worker
+                conn.send(Reward(0.0, f"{ERROR}: {type(e).__name__}: {e}"[:200]))
 
 
 @dataclass
@@ -130,7 +132,7 @@ class RewardWorker:
         self._proc.start()
         child_conn.close()
         # first answer pays the import; warm up outside the per-answer limit
-        self._conn.send(("\\boxed{1}", "1"))
+        self._conn.send([("\\boxed{1}", "1")])
         if not self._conn.poll(120):
             raise RuntimeError("reward worker process did not start within 120 s")
         self._conn.recv()
@@ -142,21 +144,25 @@ class RewardWorker:
         self._start()
 
     def score(self, pairs: list[tuple[str, str]]) -> list[Reward]:
-        """[(response, truth)] -> [Reward], one answer at a time under the limit."""
-        out = []
+        """[(response, truth)] -> [Reward]. The pairs go to the child in one message and come
+        back one by one; each answer has ``timeout_s`` from the moment the previous one came
+        back (the child scores them back to back). One that takes longer scores 0 (TIMEOUT):
+        the child is killed, restarted, and given the answers after it."""
+        out: list[Reward] = []
         t0 = time.perf_counter()
-        for response, truth in pairs:
-            self._conn.send((response, truth))
-            if self._conn.poll(self.timeout_s):
-                reward = self._conn.recv()
-            else:
-                reward = Reward(0.0, TIMEOUT)
-                self._restart()
-            self.stats.scored += 1
-            self.stats.timeouts += reward.timed_out
-            self.stats.no_answer += reward.no_answer
-            self.stats.errors += reward.failed
-            out.append(reward)
+        while len(out) < len(pairs):
+            self._conn.send(pairs[len(out):])
+            while len(out) < len(pairs):
+                late = not self._conn.poll(self.timeout_s)
+                reward = Reward(0.0, TIMEOUT) if late else self._conn.recv()
+                self.stats.scored += 1
+                self.stats.timeouts += reward.timed_out
+                self.stats.no_answer += reward.no_answer
+                self.stats.errors += reward.failed
+                out.append(reward)
+                if late:
+                    self._restart()  # the rest go to the new child
+                    break
         self.stats.seconds += time.perf_counter() - t0
         return out
 

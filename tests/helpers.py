@@ -45,6 +45,9 @@ def slow_reward(response, truth, extraction):
     """Hangs on answers containing HANG (a pathological answer), else exact match."""
     if "HANG" in response:
         time.sleep(60)
+    if "SLOW" in response:  # slow but within a 1 s limit
+        time.sleep(0.4)
+        response = response.replace("SLOW", "")
     return (1.0 if response.strip() == truth else 0.0), "ok"
 
 

@@ -57,6 +57,19 @@ def test_hard_time_limit_costs_one_timeout_and_scoring_goes_on():
         w.close()
 
 
+def test_the_limit_is_per_answer_not_per_batch():
+    """Answers go to the child together; each has the limit from when the one before it came
+    back, so five answers of 0.4 s under a 1 s limit all score."""
+    w = RewardWorker("whole", timeout_s=1.0, fn="helpers:slow_reward")
+    try:
+        out = w.score([("SLOW7", "7")] * 5 + [("HANG", "7"), ("SLOW7", "7"), ("8", "7")])
+        assert [r.value for r in out] == [1.0] * 5 + [0.0, 1.0, 0.0]
+        assert [r.timed_out for r in out] == [False] * 5 + [True, False, False]
+        assert w.get_stats()["restarts"] == 1
+    finally:
+        w.close()
+
+
 @pytest.mark.parametrize("response, training, evaluation", [
     # one </think>: the answer after it, for both
     ("reasoning</think>\nThe answer is \\boxed{7}.", "\nThe answer is \\boxed{7}.",

@@ -1,9 +1,18 @@
-"""The transformers generator backend (CPU or GPU): ``model.generate`` with sampling.
+"""The transformers generator backend (CPU or GPU).
+
+Rollouts (``generate``) come from our own decode loop, ``decode``: a prefill, then one forward
+pass per new token over the rows still going, with the KV cache shrunk to them as rows end.
+On a small model a decode step costs mostly per-call overhead, and one long response kept every
+row of the batch stepping in ``model.generate``; here a step costs what its live rows cost.
+Serving (streaming, stop strings) and the greedy test profile use ``model.generate``
+(``sample``).
 
 Weights arrive as a state dict from the object store (the learner puts it once; every
 generator loads the same object).
 """
 from __future__ import annotations
+
+import inspect
 
 import torch
 
@@ -31,6 +40,9 @@ class HFGenerator:
         self.model = AutoModelForCausalLM.from_pretrained(
             model_path, dtype=getattr(torch, dtype)).to(device).eval()
         self.max_batch = max_batch
+        params = inspect.signature(self.model.forward).parameters
+        self._keep_last = "logits_to_keep" in params  # prefill: logits of the last position only
+        self._positions = "position_ids" in params
         self.weight_version = 0
         self.tokens_generated = 0
 
@@ -78,21 +90,16 @@ class HFGenerator:
         per_call = max(1, self.max_batch // params.n)
         for start in range(0, len(questions), per_call):
             chunk = questions[start:start + per_call]
-            enc, res = self.sample([q.prompt for q in chunk], params)
-            gen = res.sequences
-            width = enc["input_ids"].shape[1]
-            lp = None
-            if params.logprobs:  # the model's own log-probs of the sampled tokens (raw logits,
-                # as the learner computes them), [rows, new tokens]
-                logits = torch.stack(res.logits, dim=1).float()
-                lp = torch.log_softmax(logits, -1).gather(
-                    -1, gen[:, width:width + logits.shape[1]].unsqueeze(-1)).squeeze(-1)
+            enc = tok([q.prompt for q in chunk], return_tensors="pt", padding=True,
+                      add_special_tokens=False).to(self.device)
+            gen, lp, lengths = self.decode(enc["input_ids"], enc["attention_mask"], params)
+            gen, lengths = gen.tolist(), lengths.tolist()
             for i, q in enumerate(chunk):
                 prompt = enc["input_ids"][i][enc["attention_mask"][i].bool()].tolist()
                 group = []
                 for j in range(params.n):
                     row = i * params.n + j
-                    resp = _trim(gen[row, width:].tolist(), tok.eos_token_id, tok.pad_token_id)
+                    resp = gen[row][:lengths[row]]
                     self.tokens_generated += len(resp)
                     group.append(Completion(
                         question_id=q.id, prompt_ids=tuple(prompt), response_ids=tuple(resp),
@@ -101,6 +108,91 @@ class HFGenerator:
                         logprobs=tuple(lp[row, :len(resp)].tolist()) if lp is not None else ()))
                 out.append(group)
         return out
+
+    @torch.no_grad()
+    def decode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+               params: SamplingParams):
+        """``params.n`` responses to each left-padded prompt row, sampled from the global RNG
+        (seed it first): (tokens [rows * n, T], their log-probs [rows * n, T] or None, lengths
+        [rows * n]). Row ``i * n + j`` is prompt ``i``'s ``j``-th response; a response ends
+        with its EOS (kept) or at ``max_new_tokens``; tokens past a row's length are padding.
+
+        Sampling is ``model.generate``'s: logits / temperature, the nucleus (top_p), one draw
+        from the softmax; temperature 0 is greedy. The log-probs are of the raw logits (no
+        temperature), as the learner computes them."""
+        n, limit = params.n, params.max_new_tokens
+        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        ids = input_ids.repeat_interleave(n, 0)
+        mask = attention_mask.repeat_interleave(n, 0)
+        rows = ids.shape[0]
+        out = torch.full((rows, limit), pad, dtype=torch.long, device=ids.device)
+        lps = torch.zeros((rows, limit), device=ids.device) if params.logprobs else None
+        lengths = torch.full((rows,), limit, dtype=torch.long, device=ids.device)
+        live = torch.arange(rows, device=ids.device)  # the rows still generating
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: each row counts from 0
+        cache = _new_cache(self.model)
+        kw = {"logits_to_keep": 1} if self._keep_last else {}
+        if self._positions:
+            kw["position_ids"] = pos
+        logits = self.model(input_ids=ids, attention_mask=mask, past_key_values=cache,
+                            use_cache=True, **kw).logits[:, -1].float()
+        nxt_pos = pos[:, -1:] + 1
+        shrink = hasattr(cache, "batch_select_indices")
+        for t in range(limit):
+            token = _draw(logits, params)
+            out[live, t] = token
+            if lps is not None:
+                lps[live, t] = torch.log_softmax(logits, -1).gather(
+                    -1, token[:, None]).squeeze(-1)
+            ended = token == eos
+            if ended.any():
+                lengths[live[ended]] = t + 1
+            if t == limit - 1:
+                break
+            if shrink and ended.any():
+                keep = (~ended).nonzero().squeeze(-1)
+                if keep.numel() == 0:
+                    break
+                live, token, mask, nxt_pos = live[keep], token[keep], mask[keep], nxt_pos[keep]
+                cache.batch_select_indices(keep)
+            elif not shrink:  # a cache that cannot drop rows: ended rows step on EOS/pad
+                if (lengths[live] <= t + 1).all():
+                    break
+                token = torch.where(lengths[live] <= t + 1, torch.full_like(token, pad), token)
+            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+            kw = {"position_ids": nxt_pos} if self._positions else {}
+            logits = self.model(input_ids=token[:, None], attention_mask=mask,
+                                past_key_values=cache, use_cache=True, **kw).logits[:, -1].float()
+            nxt_pos = nxt_pos + 1
+        if not shrink:  # rows that stepped past their EOS hold what they sampled there
+            beyond = torch.arange(limit, device=out.device)[None] >= lengths[:, None]
+            out[beyond] = pad
+            if lps is not None:
+                lps[beyond] = 0.0
+        return out, lps, lengths
+
+
+def _new_cache(model):
+    from transformers import DynamicCache
+    try:
+        return DynamicCache(config=model.config)
+    except TypeError:
+        return DynamicCache()
+
+
+def _draw(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """One token per row: greedy at temperature 0, else a draw from softmax(logits / T) over
+    the nucleus (the smallest set of top tokens whose probability reaches top_p)."""
+    if params.temperature <= 0:
+        return logits.argmax(-1)
+    scores = logits / params.temperature
+    if params.top_p < 1.0:
+        sorted_scores, order = scores.sort(-1, descending=False)
+        cum = sorted_scores.softmax(-1).cumsum(-1)
+        drop = cum <= 1 - params.top_p  # the low tail whose mass is 1 - top_p at most
+        drop[..., -1] = False  # always keep the most likely token
+        scores = scores.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return torch.multinomial(scores.softmax(-1), 1).squeeze(-1)
 
 
 def _stop_on(tok, stops: list[str], width: int):

@@ -1,0 +1,97 @@
+"""The transformers backend's own decode loop (``HFGenerator.decode``): the same tokens as
+``model.generate`` where both are deterministic, rows dropped from the KV cache as they end
+without changing anyone's tokens, and the nucleus drawn as ``model.generate`` draws it."""
+import pytest
+import torch
+
+from relift_ray.generators import hf
+from relift_ray.generators.hf import HFGenerator, _draw
+from relift_ray.records import Question, SamplingParams
+
+PROMPTS = ["Q: 2+3=", "Q: 47+5+8=", "Q: 12+30=", "Q: 27+5*2=", "Q: 9=", "Q: 31+4+2+6="]
+
+
+@pytest.fixture(scope="module")
+def gen(relift_cache):
+    return HFGenerator(relift_cache, threads=1)
+
+
+def _enc(gen, prompts):
+    return gen.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+
+
+def test_greedy_decode_is_model_generate(gen):
+    """Left-padded prompts of different lengths whose answers end at different steps (so rows
+    leave the cache mid-way): the same tokens as ``model.generate``, cut at each row's EOS."""
+    enc = _enc(gen, PROMPTS)
+    params = SamplingParams(n=1, temperature=0.0, max_new_tokens=40)
+    tokens, _, lengths = gen.decode(enc["input_ids"], enc["attention_mask"], params)
+    assert len(set(lengths.tolist())) > 1  # rows really ended at different steps
+    ref = gen.model.generate(**enc, do_sample=False, max_new_tokens=40,
+                             pad_token_id=gen.tokenizer.pad_token_id,
+                             eos_token_id=gen.tokenizer.eos_token_id)
+    width = enc["input_ids"].shape[1]
+    for row, n in enumerate(lengths.tolist()):
+        want = hf._trim(ref[row, width:].tolist(), gen.tokenizer.eos_token_id,
+                        gen.tokenizer.pad_token_id)
+        assert tokens[row, :n].tolist() == want
+        assert (tokens[row, n:] == gen.tokenizer.pad_token_id).all()
+
+
+def test_dropping_ended_rows_changes_no_tokens(gen, monkeypatch):
+    """The same greedy decode with a cache that keeps every row (ended rows step on padding):
+    identical tokens and log-probs, so shrinking the cache is only a saving."""
+    enc = _enc(gen, PROMPTS)
+    params = SamplingParams(n=2, temperature=0.0, max_new_tokens=40, logprobs=True)
+    tokens, lps, lengths = gen.decode(enc["input_ids"], enc["attention_mask"], params)
+
+    from transformers import DynamicCache
+
+    class NoShrink(DynamicCache):  # a cache that cannot drop rows
+        batch_select_indices = property(lambda self: (_ for _ in ()).throw(AttributeError))
+
+    monkeypatch.setattr(hf, "_new_cache", lambda model: NoShrink())
+    tokens2, lps2, lengths2 = gen.decode(enc["input_ids"], enc["attention_mask"], params)
+    assert torch.equal(lengths, lengths2) and torch.equal(tokens, tokens2)
+    assert torch.allclose(lps, lps2, atol=1e-5)
+    beyond = torch.arange(40)[None] >= lengths[:, None]
+    assert (lps[beyond] == 0).all() and (lps[~beyond] < 0).all()
+
+
+def test_sampled_responses_end_with_eos_or_at_the_limit(gen):
+    qs = [Question(str(i), p, "") for i, p in enumerate(PROMPTS)]
+    params = SamplingParams(n=4, temperature=1.5, max_new_tokens=10, seed=3, logprobs=True)
+    out = gen.generate(qs, params)
+    eos = gen.tokenizer.eos_token_id
+    ends = 0
+    for q, group in zip(qs, out):
+        assert [c.question_id for c in group] == [q.id] * 4
+        for c in group:
+            ids = list(c.response_ids)
+            assert eos not in ids[:-1] and len(c.logprobs) == len(ids)
+            assert ids[-1] == eos or len(ids) == 10
+            ends += ids[-1] == eos
+    assert 0 < ends < len(qs) * 4  # both kinds occur at this temperature and limit
+    again = gen.generate(qs, params)  # the seed fixes the draws
+    assert [c.response_ids for g in again for c in g] == \
+        [c.response_ids for g in out for c in g]
+
+
+def test_nucleus_keeps_the_top_tokens_reaching_top_p():
+    """model.generate's top_p: sort, drop the low tail whose mass stays within 1 - top_p, keep
+    the most likely token always; draw from the renormalized rest."""
+    logits = torch.log(torch.tensor([[0.2, 0.5, 0.3], [0.1, 0.1, 0.8], [0.34, 0.33, 0.33]]))
+    torch.manual_seed(0)
+    draws = torch.stack([_draw(logits, SamplingParams(temperature=1.0, top_p=0.6))
+                         for _ in range(3000)])
+    # row 0: the tail 0.2 (<= 0.4) goes, 0.3 and 0.5 stay; row 1: only 0.8 stays;
+    # row 2: the tail 0.33 goes (cumulative 0.33 <= 0.4), 0.34 and the other 0.33 stay
+    assert set(draws[:, 0].tolist()) == {1, 2}
+    assert set(draws[:, 1].tolist()) == {2}
+    assert set(draws[:, 2].tolist()) == {0, 1} or set(draws[:, 2].tolist()) == {0, 2}
+    share = (draws[:, 0] == 1).float().mean().item()
+    assert abs(share - 0.5 / 0.8) < 0.03  # renormalized over the kept tokens
+    greedy = _draw(logits, SamplingParams(temperature=0.0))
+    assert greedy.tolist() == [1, 2, 0]
+    hot = torch.stack([_draw(logits[:1], SamplingParams(temperature=1.0)) for _ in range(3000)])
+    assert abs((hot == 0).float().mean().item() - 0.2) < 0.03  # top_p=1: the whole softmax
