@@ -134,6 +134,7 @@ def child_relift(args) -> dict:
         overrides.append(f"cluster.num_generators={args.generators}")
     lag = int(args.staleness)
     overrides.append(f"algo.max_staleness={lag}")
+    overrides += args.set or []
     cfg = load_cfg(args, args.model_path, overrides)
     c = cfg.cluster
     setup = {"num_learners": c.num_learners, "num_generators": c.num_generators,
@@ -360,7 +361,8 @@ def run_child(which: str, args, model_path: str, out_dir: Path, steps: int, time
            "--learners", str(args.learners or 0), "--generators", str(args.generators or 0),
            "--relift-threads", str(args.relift_threads or 0),
            "--generator-threads", str(args.generator_threads or 0),
-           "--steps" if which == "relift" else "--trl-steps", str(steps)]
+           "--steps" if which == "relift" else "--trl-steps", str(steps),
+           *[x for kv in (args.set or []) for x in ("--set", kv)]]
     env = dict(os.environ, RAY_AUTH_MODE="disabled", PYTHONUNBUFFERED="1")
     busy = cpu_busy()
     if busy is not None and busy > 0.10:
@@ -478,6 +480,8 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-questions", type=int, default=32,
                     help="relift's before/after test evaluation on this many questions, outside "
                          "the timed steps (0 = the whole test split)")
+    ap.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="a relift config override (repeatable), e.g. --set train.zero_stage=1")
     ap.add_argument("--only", choices=["relift", "trl"], help="run one side only")
     ap.add_argument("--rounds", type=int, default=1,
                     help="run both sides this many times, alternating (relift, TRL, relift, "

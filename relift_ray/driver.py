@@ -61,6 +61,13 @@ def dashboard_line() -> str:
         return f"[driver] Ray dashboard: {DASHBOARD_URL} does not answer yet ({e})"
 
 
+def _import_ahead() -> None:
+    import importlib
+    for name in ("ray.train.torch", "relift_ray.learner", "relift_ray.generators.hf",
+                 "relift_ray.scheduler", "mlflow"):
+        importlib.import_module(name)
+
+
 def _cluster_running() -> bool:
     if os.environ.get("RAY_ADDRESS"):
         return True
@@ -230,7 +237,11 @@ def run(cfg: RunConfig) -> dict:
     # processes, imports, DeepSpeed): it starts as soon as Ray and the actors it talks to
     # exist, before anything else the driver does.
     phases = {}
+    # What the driver imports next (torch, Ray Train, the actors' classes, MLflow: ~3 s of
+    # CPU) is imported meanwhile in a thread: ray.init mostly waits for Ray's processes.
+    warm = Background(_import_ahead, "relift-imports")
     init_ray(cfg)
+    warm.result()
     from relift_ray.console import Console, say
     console = Console.start()
     say(dashboard_line())
@@ -411,7 +422,20 @@ def _trainer(cfg: RunConfig, model_path: str, scheduler, generators, mlflow_run_
     placed = {}
     if engines:  # Ray's GPUs are the engines' bundles: the learners ask for CPUs only
         placed = {"label_selector": learner_label_selectors(engines)}
-    return TorchTrainer(
+
+    class LearnerTrainer(TorchTrainer):
+        """Ray Train's TorchTrainer without its Ray Data callback: the learners read no Ray
+        Dataset (the scheduler hands them their batches), and that callback starts one more
+        actor (DatasetManager, ~1 s of CPU) and a round trip to every worker as the group
+        starts, on the way to step 1. (Ray Train 2.60's own hook; ray is pinned.)"""
+
+        def _create_default_callbacks(self):
+            callbacks = super()._create_default_callbacks()
+            if self.datasets:
+                return callbacks
+            return [cb for cb in callbacks if type(cb).__name__ != "DatasetsCallback"]
+
+    return LearnerTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.to_dict(), "model_path": model_path,
                            "scheduler": scheduler, "generators": generators,

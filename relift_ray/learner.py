@@ -216,7 +216,8 @@ class Learner:
     """One learner worker's model, optimizer and updates; usable without Ray Train in tests."""
 
     def __init__(self, cfg: RunConfig, model_path: str, world: int = 1, rank: int = 0):
-        import deepspeed
+        from relift_ray.imports import import_deepspeed
+        deepspeed = import_deepspeed()
         from transformers import AutoModelForCausalLM
         from transformers.utils import logging as hf_logging
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import multiprocessing as mp
+import re
 import time
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ from relift_ray.records import Reward
 EXTRACTIONS = ("whole", "after_think", "think_or_whole", "boxed")
 
 OK, NO_ANSWER, TIMEOUT, ERROR = Reward.OK, Reward.NO_ANSWER, Reward.TIMEOUT, Reward.ERROR
+_INTEGER = re.compile(r"-?\d{1,30}")  # an answer both sides write as a plain integer
 
 
 def last_boxed(text: str) -> str | None:
@@ -68,7 +70,9 @@ def extract_answer(response: str, extraction: str = "boxed") -> str | None:
 def math_reward(response: str, truth: str, extraction: str = "boxed",
                 exact_match: bool = True) -> Reward:
     """The reward (0 or 1) and status of one response; runs math-verify without its own timeout.
-    ``exact_match=False`` sends even a character-for-character match through math-verify."""
+    Two shortcuts skip the parse: the answer is character for character the ground truth, or
+    both are plain integers (compared as numbers). ``exact_match=False`` sends every answer
+    through math-verify."""
     from math_verify import parse, verify
 
     part = extract_answer(response, extraction)
@@ -76,6 +80,10 @@ def math_reward(response: str, truth: str, extraction: str = "boxed",
         return Reward(0.0, NO_ANSWER)
     if exact_match and (part == f"\\boxed{{{truth}}}" or part.strip() == truth.strip()):
         return Reward(1.0, OK)  # character-for-character the ground truth: no parsing needed
+    if exact_match and _INTEGER.fullmatch(truth.strip()):
+        inner = part[len("\\boxed{"):-1] if extraction == "boxed" else part
+        if _INTEGER.fullmatch(inner.strip()):  # two plain integers: equal values or not
+            return Reward(float(int(inner) == int(truth)), OK)
     pred = parse(part, parsing_timeout=None)
     if not pred:
         return Reward(0.0, NO_ANSWER)

@@ -167,6 +167,9 @@ def run_id_key(run_name: str) -> str:
     return f"relift/{ray.get_runtime_context().get_job_id()}/{run_name}/mlflow_run_id"
 
 
+_TAKEN = object()  # StepLogger: the first queued item has been handled
+
+
 class StepLogger:
     """Per-step metrics to an MLflow run and to Ray gauges, written by a background thread so
     that MLflow's latency stays off the training step. ``close()`` waits for what is queued.
@@ -207,13 +210,16 @@ class StepLogger:
     def _drain(self) -> None:
         import queue
 
+        first = self.queue.get()  # MLflow's import (~1 s of CPU) waits for the first step,
+        # so that it does not slow that step down in a start-up that fills the cores
         from mlflow.entities import Metric
         from mlflow.tracking import MlflowClient
         client = MlflowClient(self.uri)
         while True:
             # what is queued goes in one write, and at most one write a second: each write is
             # a database transaction, which would otherwise cost the learner a few % per step
-            batch = [self.queue.get()]
+            batch = [first] if first is not _TAKEN else [self.queue.get()]
+            first = _TAKEN
             while True:
                 try:
                     batch.append(self.queue.get_nowait())

@@ -33,6 +33,21 @@ def test_no_answer_is_reported():
     assert math_reward("</think> \\boxed{1}", "1", "after_think") == (1.0, "ok")
 
 
+@pytest.mark.parametrize("response, truth, extraction", [
+    ("\\boxed{42}", "42", "boxed"), ("\\boxed{41}", "42", "boxed"),
+    ("\\boxed{007}", "7", "boxed"), ("\\boxed{-0}", "0", "boxed"),
+    ("\\boxed{-5}", "5", "boxed"), ("\\boxed{ 42 }", "42", "boxed"),
+    ("\\boxed{10}", "010", "boxed"), ("\\boxed{12345678901234567890}", "12345678901234567890",
+                                     "boxed"),
+    ("\\boxed{4.0}", "4", "boxed"), ("\\boxed{2/4}", "1/2", "boxed"),
+    (" 7 ", "7", "whole"), ("-3", "3", "whole"), ("08", "8", "think_or_whole")])
+def test_the_shortcuts_agree_with_math_verify(response, truth, extraction):
+    """The exact-match and integer shortcuts give math-verify's own verdict (exact_match=False
+    parses every answer)."""
+    assert math_reward(response, truth, extraction) == \
+        math_reward(response, truth, extraction, exact_match=False)
+
+
 def test_worker_scores_in_a_child_process():
     w = RewardWorker("boxed", timeout_s=10)
     try:
