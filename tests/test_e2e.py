@@ -160,3 +160,17 @@ def test_async_run_samples_one_version_behind_and_draws_its_timeline(ray_local, 
     assert overlap_seconds(events) > 0
     rows = Path(s["question_table"]).read_text()
     assert "@" in rows  # pass rates sampled with an older version say which
+
+
+def test_learner_group_has_no_ray_data_callback(tmp_path):
+    """The learner group reads no Ray Dataset: the trainer drops Ray Train's Ray Data callback
+    (one more actor and a round trip to every worker on the way to step 1) and keeps the
+    others (backend setup, placement-group cleanup)."""
+    from relift_ray.config import load_config
+    from relift_ray.driver import _trainer
+
+    cfg = load_config(overrides=[f"output_dir={tmp_path}"])
+    trainer = _trainer(cfg, str(tmp_path), None, [], "key", 0.0)
+    names = {type(cb).__name__ for cb in trainer._create_default_callbacks()}
+    assert "DatasetsCallback" not in names
+    assert {"BackendSetupCallback", "PlacementGroupCleanerCallback"} <= names
