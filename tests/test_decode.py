@@ -56,6 +56,16 @@ def test_dropping_ended_rows_changes_no_tokens(gen, monkeypatch):
     assert torch.allclose(lps, lps2, atol=1e-5)
     beyond = torch.arange(40)[None] >= lengths[:, None]
     assert (lps[beyond] == 0).all() and (lps[~beyond] < 0).all()
+    # sampled, rows that ended keep stepping (on padding) in this path: a later EOS drawn
+    # there must not move the row's end
+    hot = SamplingParams(n=4, temperature=2.0, max_new_tokens=30, seed=0)
+    torch.manual_seed(0)
+    tokens, _, lengths = gen.decode(enc["input_ids"], enc["attention_mask"], hot)
+    eos, pad = gen.tokenizer.eos_token_id, gen.tokenizer.pad_token_id
+    for row, n in enumerate(lengths.tolist()):
+        ids = tokens[row].tolist()
+        assert eos not in ids[:n - 1] and (ids[n - 1] == eos or n == 30)
+        assert all(x == pad for x in ids[n:])
 
 
 def test_sampled_responses_end_with_eos_or_at_the_limit(gen):

@@ -144,7 +144,7 @@ class HFGenerator:
             if lps is not None:
                 lps[live, t] = torch.log_softmax(logits, -1).gather(
                     -1, token[:, None]).squeeze(-1)
-            ended = token == eos
+            ended = (token == eos) & (lengths[live] == limit)  # (never set: limit)
             if ended.any():
                 lengths[live[ended]] = t + 1
             if t == limit - 1:
