@@ -51,6 +51,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# what --set may not change: the work compared (TRL's side is built from the same values) and
+# the timing window (steps, checkpoints, validation)
+FIXED_PREFIXES = ("algo.", "data.", "tracking.", "model.")
+FIXED_KEYS = ("train.steps", "train.epochs", "train.checkpoint_every", "train.seed",
+              "output_dir", "name", "preset")
 CONFIG = ROOT / "jobs" / "configs" / "toy_rl.yaml"
 
 
@@ -481,7 +486,8 @@ def main(argv=None) -> int:
                     help="relift's before/after test evaluation on this many questions, outside "
                          "the timed steps (0 = the whole test split)")
     ap.add_argument("--set", action="append", metavar="KEY=VALUE",
-                    help="a relift config override (repeatable), e.g. --set train.zero_stage=1")
+                    help="a relift config override (repeatable; relift's side only, and only "
+                         "settings that leave the work unchanged), e.g. --set train.zero_stage=1")
     ap.add_argument("--only", choices=["relift", "trl"], help="run one side only")
     ap.add_argument("--rounds", type=int, default=1,
                     help="run both sides this many times, alternating (relift, TRL, relift, "
@@ -497,6 +503,14 @@ def main(argv=None) -> int:
     ap.add_argument("--model-path", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.rounds < 1:
+        ap.error(f"--rounds {args.rounds}: at least 1")
+    for kv in args.set or []:  # the work compared must stay the same on both sides
+        key = kv.split("=", 1)[0].strip()
+        if "=" not in kv or key.startswith(FIXED_PREFIXES) or key in FIXED_KEYS:
+            ap.error(f"--set {kv}: only relift settings that leave the work unchanged (cluster.*, "
+                     f"train.zero_stage, ...); the setting compared ({', '.join(FIXED_PREFIXES)}"
+                     f" and {', '.join(FIXED_KEYS)}) is the benchmark's own")
     q = args.quick
     args.steps = args.steps or (6 if q else 30)
     args.trl_steps = args.trl_steps or (5 if q else 20)

@@ -21,7 +21,9 @@ from relift_ray.records import Reward
 EXTRACTIONS = ("whole", "after_think", "think_or_whole", "boxed")
 
 OK, NO_ANSWER, TIMEOUT, ERROR = Reward.OK, Reward.NO_ANSWER, Reward.TIMEOUT, Reward.ERROR
-_INTEGER = re.compile(r"-?\d{1,30}")  # an answer both sides write as a plain integer
+# an answer both sides write as a plain integer: ASCII digits, no leading zero, no "-0"
+# (math-verify reads neither "７" nor, outside \boxed{}, "-07"; those go to it)
+_INTEGER = re.compile(r"0|-?[1-9][0-9]{0,29}")
 
 
 def last_boxed(text: str) -> str | None:

@@ -212,6 +212,8 @@ class StepLogger:
 
         first = self.queue.get()  # MLflow's import (~1 s of CPU) waits for the first step,
         # so that it does not slow that step down in a start-up that fills the cores
+        if first is None:  # closed before anything was logged
+            return
         from mlflow.entities import Metric
         from mlflow.tracking import MlflowClient
         client = MlflowClient(self.uri)

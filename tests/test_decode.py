@@ -105,3 +105,41 @@ def test_nucleus_keeps_the_top_tokens_reaching_top_p():
     assert greedy.tolist() == [1, 2, 0]
     hot = torch.stack([_draw(logits[:1], SamplingParams(temperature=1.0)) for _ in range(3000)])
     assert abs((hot == 0).float().mean().item() - 0.2) < 0.03  # top_p=1: the whole softmax
+
+
+def test_a_linear_attention_model_keeps_its_rows_and_decodes_as_generate(relift_cache, tmp_path):
+    """A hybrid model (Qwen3-Next: linear-attention layers hold a recurrent state that
+    batch_select_indices does not drop): no row leaves its cache, ended rows step on padding,
+    and greedy tokens are still ``model.generate``'s."""
+    import shutil
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    cfg = AutoConfig.for_model(
+        "qwen3_next", vocab_size=27, hidden_size=64, intermediate_size=128,
+        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=32,
+        linear_num_value_heads=2, linear_num_key_heads=1, linear_key_head_dim=32,
+        linear_value_head_dim=32, moe_intermediate_size=64, shared_expert_intermediate_size=64,
+        num_experts=2, num_experts_per_tok=1,
+        layer_types=["linear_attention", "full_attention"],
+        pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(f"{relift_cache}/{name}", tmp_path / name)
+    gen = HFGenerator(str(tmp_path), threads=1)
+    enc = _enc(gen, PROMPTS)
+    cache = hf._new_cache(gen.model)
+    gen.model(**enc, past_key_values=cache, use_cache=True)
+    assert not hf._can_drop_rows(cache)
+    params = SamplingParams(n=1, temperature=0.0, max_new_tokens=12)
+    tokens, _, lengths = gen.decode(enc["input_ids"], enc["attention_mask"], params)
+    assert len(set(lengths.tolist())) > 1  # some rows end early and step on padding
+    ref = gen.model.generate(**enc, do_sample=False, max_new_tokens=12,
+                             pad_token_id=gen.tokenizer.pad_token_id,
+                             eos_token_id=gen.tokenizer.eos_token_id)
+    width, eos = enc["input_ids"].shape[1], gen.tokenizer.eos_token_id
+    for row, n in enumerate(lengths.tolist()):
+        want = ref[row, width:].tolist()  # a random model also samples the pad id: kept
+        want = want[:want.index(eos) + 1] if eos in want else want
+        assert tokens[row, :n].tolist() == want

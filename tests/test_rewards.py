@@ -40,7 +40,10 @@ def test_no_answer_is_reported():
     ("\\boxed{10}", "010", "boxed"), ("\\boxed{12345678901234567890}", "12345678901234567890",
                                      "boxed"),
     ("\\boxed{4.0}", "4", "boxed"), ("\\boxed{2/4}", "1/2", "boxed"),
-    (" 7 ", "7", "whole"), ("-3", "3", "whole"), ("08", "8", "think_or_whole")])
+    (" 7 ", "7", "whole"), ("-3", "3", "whole"), ("08", "8", "think_or_whole"),
+    # math-verify reads no full-width or Arabic-Indic digit, and no "-07" outside \boxed{}
+    ("\\boxed{\uff17}", "7", "boxed"), ("\u0663", "3", "whole"),
+    ("x</think>-07", "-7", "after_think"), ("-001", "10", "whole"), ("-0", "0", "whole")])
 def test_the_shortcuts_agree_with_math_verify(response, truth, extraction):
     """The exact-match and integer shortcuts give math-verify's own verdict (exact_match=False
     parses every answer)."""

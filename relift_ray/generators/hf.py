@@ -118,8 +118,12 @@ class HFGenerator:
         with its EOS (kept) or at ``max_new_tokens``; tokens past a row's length are padding.
 
         Sampling is ``model.generate``'s: logits / temperature, the nucleus (top_p), one draw
-        from the softmax; temperature 0 is greedy. The log-probs are of the raw logits (no
-        temperature), as the learner computes them."""
+        from the softmax; temperature 0 is greedy. Nothing else from the model's
+        generation_config.json applies (repetition_penalty, min_p, ...): rollouts sample the
+        policy the learner trains. The log-probs are of the raw logits (no temperature), as
+        the learner computes them. Rows leave the KV cache as they end where every cache layer
+        is a plain key/value one (``_can_drop_rows``); elsewhere (linear-attention and hybrid
+        models) ended rows keep stepping, on padding."""
         n, limit = params.n, params.max_new_tokens
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
         ids = input_ids.repeat_interleave(n, 0)
@@ -137,7 +141,7 @@ class HFGenerator:
         logits = self.model(input_ids=ids, attention_mask=mask, past_key_values=cache,
                             use_cache=True, **kw).logits[:, -1].float()
         nxt_pos = pos[:, -1:] + 1
-        shrink = hasattr(cache, "batch_select_indices")
+        shrink = _can_drop_rows(cache)
         for t in range(limit):
             token = _draw(logits, params)
             out[live, t] = token
@@ -170,6 +174,20 @@ class HFGenerator:
             if lps is not None:
                 lps[beyond] = 0.0
         return out, lps, lengths
+
+
+# cache layers that hold only keys and values per row, so dropping rows is slicing them; a
+# recurrent or convolution state (linear-attention and hybrid layers) is not dropped by
+# batch_select_indices, and a static or quantized layer cannot be sliced
+_ROW_LAYERS = ("DynamicLayer", "DynamicSlidingWindowLayer")
+
+
+def _can_drop_rows(cache) -> bool:
+    """Whether ended rows can leave this (filled) cache: a DynamicCache whose every layer is
+    a plain key/value layer. Otherwise ended rows keep stepping, on padding."""
+    layers = getattr(cache, "layers", None)
+    return (hasattr(cache, "batch_select_indices") and bool(layers)
+            and all(type(layer).__name__ in _ROW_LAYERS for layer in layers))
 
 
 def _new_cache(model):
