@@ -167,9 +167,6 @@ def run_id_key(run_name: str) -> str:
     return f"relift/{ray.get_runtime_context().get_job_id()}/{run_name}/mlflow_run_id"
 
 
-_TAKEN = object()  # StepLogger: the first queued item has been handled
-
-
 class StepLogger:
     """Per-step metrics to an MLflow run and to Ray gauges, written by a background thread so
     that MLflow's latency stays off the training step. ``close()`` waits for what is queued.
@@ -210,9 +207,9 @@ class StepLogger:
     def _drain(self) -> None:
         import queue
 
-        first = self.queue.get()  # MLflow's import (~1 s of CPU) waits for the first step,
+        batch = [self.queue.get()]  # MLflow's import (~1 s of CPU) waits for the first step,
         # so that it does not slow that step down in a start-up that fills the cores
-        if first is None:  # closed before anything was logged
+        if batch == [None]:  # closed before anything was logged
             return
         from mlflow.entities import Metric
         from mlflow.tracking import MlflowClient
@@ -220,8 +217,6 @@ class StepLogger:
         while True:
             # what is queued goes in one write, and at most one write a second: each write is
             # a database transaction, which would otherwise cost the learner a few % per step
-            batch = [first] if first is not _TAKEN else [self.queue.get()]
-            first = _TAKEN
             while True:
                 try:
                     batch.append(self.queue.get_nowait())
@@ -249,6 +244,7 @@ class StepLogger:
             if stop:
                 return
             self.closing.wait(1.0)
+            batch = [self.queue.get()]
 
     def close(self) -> None:
         self.closing.set()

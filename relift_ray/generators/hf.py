@@ -60,6 +60,11 @@ class HFGenerator:
         base = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=self.model.dtype)
         return self.load_weights(0, base.state_dict())
 
+    def _encode(self, prompts: list[str]):
+        """The prompts as one left-padded batch on this generator's device."""
+        return self.tokenizer(prompts, return_tensors="pt", padding=True,
+                              add_special_tokens=False).to(self.device)
+
     @torch.no_grad()
     def sample(self, prompts: list[str], params: SamplingParams, streamer=None,
                logits: bool | None = None, stop_strings: list[str] | None = None):
@@ -68,8 +73,7 @@ class HFGenerator:
         The RNG is not seeded here (``generate`` seeds it once per call). ``stop_strings``
         end a row's generation once its text contains one (the caller cuts the text)."""
         tok = self.tokenizer
-        enc = tok(prompts, return_tensors="pt", padding=True,
-                  add_special_tokens=False).to(self.device)
+        enc = self._encode(prompts)
         sample = params.temperature > 0
         res = self.model.generate(
             **enc, do_sample=sample, num_return_sequences=params.n,
@@ -90,8 +94,7 @@ class HFGenerator:
         per_call = max(1, self.max_batch // params.n)
         for start in range(0, len(questions), per_call):
             chunk = questions[start:start + per_call]
-            enc = tok([q.prompt for q in chunk], return_tensors="pt", padding=True,
-                      add_special_tokens=False).to(self.device)
+            enc = self._encode([q.prompt for q in chunk])
             gen, lp, lengths = self.decode(enc["input_ids"], enc["attention_mask"], params)
             gen, lengths = gen.tolist(), lengths.tolist()
             for i, q in enumerate(chunk):
