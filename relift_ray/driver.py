@@ -185,6 +185,21 @@ def start_workers(cfg: RunConfig, model_path: str, prefix: str = "",
     return rewarders, generators
 
 
+def check_model_len(max_model_len: int, model_path: str) -> None:
+    """Refuse a ``generator.max_model_len`` beyond the model's own limit here, in one line,
+    rather than as a validation error inside each engine actor's start-up traceback."""
+    import json
+
+    config = Path(model_path) / "config.json"
+    if not max_model_len or not config.is_file():
+        return
+    limit = json.loads(config.read_text()).get("max_position_embeddings")
+    if limit and max_model_len > limit:
+        raise ConfigError(f"generator.max_model_len={max_model_len} is more than the model's "
+                          f"max_position_embeddings={limit} ({config}); set it to at most "
+                          f"{limit}, or 0 for the model's own limit")
+
+
 # GPU share of a colocated generator (the learner worker on the same GPU takes the rest)
 COLOCATED_GENERATOR_GPU = 0.4
 
@@ -232,6 +247,8 @@ def run(cfg: RunConfig) -> dict:
     skip_unused_modules()
     cfg.output_dir = str(Path(cfg.output_dir).expanduser().resolve())
     model_path = resolve_model(cfg)  # a bad model.path stops here, before Ray starts
+    if cfg.generator.backend == "vllm":
+        check_model_len(cfg.generator.max_model_len, model_path)
     read_questions(cfg)  # so do a bad data path and a bad row (the scheduler renders them)
     # The learner group is the longest chain to step 1 (Ray Train's controller, its worker
     # processes, imports, DeepSpeed): it starts as soon as Ray and the actors it talks to

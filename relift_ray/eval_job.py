@@ -208,13 +208,15 @@ def run(cfg: RunConfig) -> dict:
     from transformers import AutoTokenizer
 
     from relift_ray.data import prepare_tokenizer
-    from relift_ray.driver import init_ray, start_workers
+    from relift_ray.driver import check_model_len, init_ray, start_workers
     from relift_ray.tracking import Tracker, write_csv
 
     t_start = time.time()
     cfg.output_dir = str(Path(cfg.output_dir).expanduser().resolve())
     ensure_benchmarks(cfg)  # before any model is converted or loaded
     model = resolve_model_path(cfg.eval.model) if cfg.eval.model else resolve_model(cfg.model.path)
+    if cfg.generator.backend == "vllm":
+        check_model_len(cfg.generator.max_model_len, model)
     tokenizer = AutoTokenizer.from_pretrained(model)
     prepare_tokenizer(tokenizer, cfg)
     suites = load_suites(cfg, tokenizer)

@@ -8,6 +8,7 @@ metrics to the same run, and the same key figures as ``ray.util.metrics`` gauges
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import tempfile
 import time
@@ -34,8 +35,6 @@ class Tracker:
 
     def __init__(self, uri: str, experiment: str, run_name: str, tags: dict | None = None,
                  artifact_root: str | None = None, run_id: str | None = None):
-        import logging
-
         import mlflow
         self.mlflow = mlflow
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # not its database set-up lines
@@ -106,6 +105,9 @@ class Tracker:
         import transformers
         from mlflow.models import infer_signature
 
+        # not its notes on a local folder having no hub model card or licence (seen on a GPU
+        # machine with a newer huggingface_hub): the policy is ours, not a hub model
+        logging.getLogger("mlflow.transformers").setLevel(logging.ERROR)
         params = {"max_new_tokens": max_new_tokens, "do_sample": False, "temperature": 1.0,
                   "top_p": 1.0}
         info = mlflow.transformers.log_model(

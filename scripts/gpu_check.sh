@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The GPU checks in one go: tests/gpu, then scripts/bench_gpu.py (figures to $OUT/bench.json).
+# The GPU checks in one go: a short toy ReLIFT job on the vLLM backend (colocated engine, CUDA-IPC
+# weight sync, sleep/wake, under Ray Train), tests/gpu, then scripts/bench_gpu.py (figures to
+# $OUT/bench.json). STAGES="job tests bench" picks and orders them; *_S are their time limits.
 #   On a GPU machine with `pip install -e ".[gpu]"` done:   bash scripts/gpu_check.sh
 #   On one without network: carry the archive that scripts/pack_gpu_wheels.sh makes (its parts
 #   in .whl/*/part.*, extra wheels in .whl/*/*.whl); it is unpacked into /tmp/site first.
@@ -10,7 +12,9 @@ OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
 if ls .whl/*/part.* >/dev/null 2>&1; then
   mkdir -p /tmp/parts && cp .whl/*/part.* /tmp/parts/ && ls -la /tmp/parts
   if [ ! -d /tmp/site/vllm ]; then
-    cat /tmp/parts/part.* | python3 -c "import sys,tarfile; tarfile.open(fileobj=sys.stdin.buffer, mode='r|xz').extractall('/tmp/site')" || exit 3
+    mkdir -p /tmp/site
+    { cat /tmp/parts/part.* | xz -dc -T0 | tar -x -C /tmp/site; } 2>/dev/null ||
+      cat /tmp/parts/part.* | python3 -c "import sys,tarfile; tarfile.open(fileobj=sys.stdin.buffer, mode='r|xz').extractall('/tmp/site')" || exit 3
   fi
 fi
 if ls .whl/*/*.whl >/dev/null 2>&1; then
@@ -22,5 +26,22 @@ NV=$(python3 -c "import glob,os,site; print(':'.join(sorted(glob.glob(os.path.jo
 export LD_LIBRARY_PATH=$NV:${LD_LIBRARY_PATH:-}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch, transformers, vllm, ray, deepspeed; print('torch', torch.__version__, 'transformers', transformers.__version__, 'vllm', vllm.__version__, 'ray', ray.__version__, 'deepspeed', deepspeed.__version__)" 2>&1 | tail -3
+job() {  # the whole system on one GPU: Ray, scheduler, reward pool, vLLM engine, DeepSpeed learner
+  [ -n "${KEEP_RUN:-}" ] || rm -rf /tmp/gpu_run; mkdir -p /tmp/gpu_run  # KEEP_RUN=1: resume it
+  RAY_AUTH_MODE=disabled timeout ${JOB_S:-300} python3 jobs/train.py \
+    --config jobs/configs/toy_relift.yaml output_dir=/tmp/gpu_run train.steps=${JOB_STEPS:-12} \
+    train.checkpoint_every=6 model.dtype=bfloat16 cluster.use_gpu=true cluster.num_learners=1 \
+    cluster.num_generators=1 cluster.dashboard=false generator.backend=vllm generator.colocate=true \
+    generator.weight_sync=ipc generator.gpu_memory_utilization=0.2 \
+    generator.enforce_eager=true tracking.eval_before=start ${JOB_ARGS:-} > "$OUT/job.log" 2>&1
+  echo "job rc $?"; python3 -m ray.scripts.scripts stop --force >/dev/null 2>&1  # a cut-off job's actors
+  grep -v "^\s*$" "$OUT/job.log" | tail -60
+  find /tmp/gpu_run -name questions.csv -exec cp {} "$OUT/" \; -quit
+}
+tests() {
 timeout ${PYTEST_S:-300} python3 -m pytest ${GPU_TESTS:-tests/gpu} -v -s -p no:cacheprovider 2>&1 | tee "$OUT/pytest.log" | grep -v "^$" | tail -80
+}
+bench() {
 timeout ${BENCH_S:-240} python3 scripts/bench_gpu.py ${BENCH_ARGS:-} --out "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" | grep -E '^\{|Error|error' | tail -40
+}
+for st in ${STAGES:-job tests bench}; do echo "== $st $(date +%T)"; $st; done

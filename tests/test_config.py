@@ -95,6 +95,26 @@ def test_a_bad_model_path_names_the_path_and_what_was_looked_for(tmp_path):
         resolve_model(str(tmp_path / "empty"))
 
 
+def test_a_vllm_max_model_len_beyond_the_model_stops_before_ray(tmp_path):
+    """Found on an H100: vLLM refused max_model_len=256 on the toy model (128 positions) deep
+    in the engine actor's start-up traceback; the job now says so in one line, before Ray."""
+    import subprocess
+    import sys
+    root = Path(__file__).parent.parent
+    r = subprocess.run([sys.executable, str(root / "jobs" / "train.py"), "cluster.use_gpu=true",
+                        "generator.backend=vllm", "generator.max_model_len=256",
+                        "tracking.eval_before=start", f"output_dir={tmp_path}"],
+                       capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert ("error: generator.max_model_len=256 is more than the model's "
+            "max_position_embeddings=128") in r.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+    from relift_ray.driver import check_model_len
+    from relift_ray.toy.base import base_model_path
+    check_model_len(128, base_model_path())  # at the limit, and 0 (the model's own), pass
+    check_model_len(0, base_model_path())
+
+
 def test_compare_job_rejects_bad_values_before_starting_anything():
     import subprocess
     import sys
