@@ -261,7 +261,8 @@ def run(cfg: RunConfig) -> dict:
     warm.result()
     from relift_ray.console import Console, say
     console = Console.start()
-    say(dashboard_line())
+    # said once the dashboard answers (or fails to, 5 s): nothing waits for it
+    Background(lambda: say(dashboard_line()), "relift-dashboard-probe")
     phases["python+ray"] = time.time() - t_start
     c = cfg.cluster
     run_dir = Path(cfg.output_dir) / cfg.name
