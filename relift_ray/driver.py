@@ -185,19 +185,29 @@ def start_workers(cfg: RunConfig, model_path: str, prefix: str = "",
     return rewarders, generators
 
 
-def check_model_len(max_model_len: int, model_path: str) -> None:
-    """Refuse a ``generator.max_model_len`` beyond the model's own limit here, in one line,
-    rather than as a validation error inside each engine actor's start-up traceback."""
+def check_model_len(max_model_len: int, model_path: str, need: int = 0,
+                    need_what: str = "") -> None:
+    """Refuse, in one line before Ray starts, a ``generator.max_model_len`` beyond the model's
+    own limit (vLLM refuses it inside each engine actor's start-up traceback), and a context
+    that cannot hold ``need`` tokens (``need_what`` names the settings that add up to it):
+    vLLM would cut every longer prompt-plus-response short without an error."""
     import json
 
     config = Path(model_path) / "config.json"
-    if not max_model_len or not config.is_file():
-        return
-    limit = json.loads(config.read_text()).get("max_position_embeddings")
-    if limit and max_model_len > limit:
+    limit = (json.loads(config.read_text()).get("max_position_embeddings")
+             if config.is_file() else None)
+    if max_model_len and limit and max_model_len > limit:
         raise ConfigError(f"generator.max_model_len={max_model_len} is more than the model's "
                           f"max_position_embeddings={limit} ({config}); set it to at most "
                           f"{limit}, or 0 for the model's own limit")
+    context = max_model_len or limit
+    if need and context and need > context:
+        where = (f"generator.max_model_len={max_model_len}" if max_model_len
+                 else f"the model's max_position_embeddings={limit} ({config})")
+        raise ConfigError(f"{where} holds fewer tokens than {need_what} = {need}: longer "
+                          f"prompts and responses would be cut short; raise "
+                          f"generator.max_model_len (up to the model's {limit or 'limit'}) "
+                          f"or lower those settings")
 
 
 # GPU share of a colocated generator (the learner worker on the same GPU takes the rest)
@@ -248,7 +258,10 @@ def run(cfg: RunConfig) -> dict:
     cfg.output_dir = str(Path(cfg.output_dir).expanduser().resolve())
     model_path = resolve_model(cfg)  # a bad model.path stops here, before Ray starts
     if cfg.generator.backend == "vllm":
-        check_model_len(cfg.generator.max_model_len, model_path)
+        check_model_len(cfg.generator.max_model_len, model_path,
+                        cfg.data.max_prompt_tokens + cfg.algo.max_new_tokens,
+                        f"data.max_prompt_tokens + algo.max_new_tokens "
+                        f"({cfg.data.max_prompt_tokens} + {cfg.algo.max_new_tokens})")
     read_questions(cfg)  # so do a bad data path and a bad row (the scheduler renders them)
     # The learner group is the longest chain to step 1 (Ray Train's controller, its worker
     # processes, imports, DeepSpeed): it starts as soon as Ray and the actors it talks to

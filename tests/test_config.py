@@ -111,8 +111,19 @@ def test_a_vllm_max_model_len_beyond_the_model_stops_before_ray(tmp_path):
     assert not (tmp_path / "mlflow.db").exists()
     from relift_ray.driver import check_model_len
     from relift_ray.toy.base import base_model_path
-    check_model_len(128, base_model_path())  # at the limit, and 0 (the model's own), pass
-    check_model_len(0, base_model_path())
+    check_model_len(128, base_model_path(), 112, "x")  # at the limit, 0 (the model's own),
+    check_model_len(0, base_model_path(), 128, "x")  # and contexts that hold what is asked, pass
+    # a context too small for the prompts and responses the config allows
+    r = subprocess.run([sys.executable, str(root / "jobs" / "train.py"), "cluster.use_gpu=true",
+                        "generator.backend=vllm", "generator.max_model_len=100",
+                        "tracking.eval_before=start", f"output_dir={tmp_path}"],
+                       capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert ("error: generator.max_model_len=100 holds fewer tokens than data.max_prompt_tokens "
+            "+ algo.max_new_tokens (64 + 48) = 112") in r.stderr
+    with pytest.raises(ConfigError, match=r"the model's max_position_embeddings=128 .* holds "
+                                          r"fewer tokens than x = 200"):
+        check_model_len(0, base_model_path(), 200, "x")
 
 
 def test_compare_job_rejects_bad_values_before_starting_anything():
