@@ -101,10 +101,15 @@ def test_a_vllm_max_model_len_beyond_the_model_stops_before_ray(tmp_path):
     import subprocess
     import sys
     root = Path(__file__).parent.parent
-    r = subprocess.run([sys.executable, str(root / "jobs" / "train.py"), "cluster.use_gpu=true",
-                        "generator.backend=vllm", "generator.max_model_len=256",
-                        "tracking.eval_before=start", f"output_dir={tmp_path}"],
-                       capture_output=True, text=True, timeout=120, check=False)
+
+    def vllm_job(max_model_len: int) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(root / "jobs" / "train.py"),
+                               "cluster.use_gpu=true", "generator.backend=vllm",
+                               f"generator.max_model_len={max_model_len}",
+                               "tracking.eval_before=start", f"output_dir={tmp_path}"],
+                              capture_output=True, text=True, timeout=120, check=False)
+
+    r = vllm_job(256)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert ("error: generator.max_model_len=256 is more than the model's "
             "max_position_embeddings=128") in r.stderr
@@ -114,10 +119,7 @@ def test_a_vllm_max_model_len_beyond_the_model_stops_before_ray(tmp_path):
     check_model_len(128, base_model_path(), 112, "x")  # at the limit, 0 (the model's own),
     check_model_len(0, base_model_path(), 128, "x")  # and contexts that hold what is asked, pass
     # a context too small for the prompts and responses the config allows
-    r = subprocess.run([sys.executable, str(root / "jobs" / "train.py"), "cluster.use_gpu=true",
-                        "generator.backend=vllm", "generator.max_model_len=100",
-                        "tracking.eval_before=start", f"output_dir={tmp_path}"],
-                       capture_output=True, text=True, timeout=120, check=False)
+    r = vllm_job(100)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert ("error: generator.max_model_len=100 holds fewer tokens than data.max_prompt_tokens "
             "+ algo.max_new_tokens (64 + 48) = 112") in r.stderr
