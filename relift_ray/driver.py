@@ -32,14 +32,17 @@ def init_ray(cfg: RunConfig) -> None:
         # cores so fractional actors and two learner workers all fit on a 2-core machine. One
         # node has nothing to be preempted by: Ray Train's preemption watcher (an actor polling
         # the node drain state, ~1 s of a 2-core start-up) stays off. Ray's processes inherit
-        # this environment.
-        env = {k: os.environ.setdefault(k, v) for k, v in
-               {"RAY_AUTH_MODE": "disabled", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}.items()}
+        # this environment from the driver's, so the job needs no runtime_env: with one (even
+        # only env_vars) the Python workers Ray starts ahead of time, which have none, cannot
+        # serve its actors, and each actor waits for a worker process of its own.
+        for k, v in {"RAY_AUTH_MODE": "disabled",
+                     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}.items():
+            os.environ.setdefault(k, v)
         c = cfg.cluster
         extra = {"_metrics_export_port": c.metrics_export_port} if c.metrics_export_port else {}
         ctx = ray.init(num_cpus=c.num_cpus, include_dashboard=c.dashboard,
                        dashboard_host="127.0.0.1", dashboard_port=c.dashboard_port,
-                       log_to_driver=c.ray_logs, runtime_env={"env_vars": env}, **extra)
+                       log_to_driver=c.ray_logs, **extra)
     else:
         ctx = ray.init(address=cfg.cluster.address, log_to_driver=cfg.cluster.ray_logs)
     global DASHBOARD_URL

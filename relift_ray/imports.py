@@ -12,9 +12,18 @@ until it calls ``driver.run``).
 DeepSpeed imports MLflow (about 0.9 s of CPU) whenever it is installed, for its autotuner,
 which relift_ray never runs; ``import_deepspeed()`` imports DeepSpeed with MLflow hidden, so a
 learner worker pays for MLflow only where it logs (rank 0, in the background, after start-up).
+
+DeepSpeed's ZeRO imports its Muon optimizer when it checks the optimizer it is given and again
+in every gradient reduction (to ask whether the optimizer is a Muon one). That module decorates
+its kernels with ``torch.compile`` as it is imported, which loads TorchInductor: about 1.1 s of
+CPU in each learner before step 1, then again at the first backward pass, for an optimizer
+relift_ray never uses. ``import_deepspeed()`` imports that module with the decoration deferred
+to the kernels' first call, so it costs nothing unless a Muon kernel runs.
 """
 from __future__ import annotations
 
+import functools
+import importlib
 import sys
 from types import ModuleType
 
@@ -40,4 +49,41 @@ def import_deepspeed() -> ModuleType:
     finally:
         if hide and "mlflow" in sys.modules and sys.modules["mlflow"] is None:
             del sys.modules["mlflow"]
+    _import_muon_lazily()
     return deepspeed
+
+
+MUON = "deepspeed.runtime.zero.muon.muon_optimizer"
+
+
+def _compile_on_first_call():
+    """A stand-in for ``torch.compile`` as a decorator: compiles the function when it is
+    first called rather than when it is decorated (what loads TorchInductor)."""
+    def decorate(fn):
+        compiled = None
+
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
+            nonlocal compiled
+            if compiled is None:
+                import torch
+                compiled = torch.compile(fn)
+            return compiled(*args, **kwargs)
+        return run
+    return decorate
+
+
+def _import_muon_lazily() -> None:
+    """Imports DeepSpeed's Muon optimizer modules with their ``torch.compile`` decorations
+    deferred to a first call (one that relift_ray never makes)."""
+    if MUON in sys.modules:
+        return
+    from deepspeed.runtime import compiler
+    eager = compiler.compile
+    compiler.compile = _compile_on_first_call
+    try:
+        importlib.import_module(MUON)
+    except ImportError:  # a DeepSpeed without Muon
+        pass
+    finally:
+        compiler.compile = eager

@@ -24,8 +24,7 @@ def relift_cache(tmp_path_factory):
 def ray_local(relift_cache):
     import ray
     os.environ["RAY_AUTH_MODE"] = "disabled"
-    ray.init(num_cpus=8, include_dashboard=False,
-             runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}})
+    ray.init(num_cpus=8, include_dashboard=False)  # Ray's processes inherit the environment
     yield ray
     ray.shutdown()
 

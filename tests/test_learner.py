@@ -412,3 +412,43 @@ def test_deepspeed_is_imported_without_mlflow_which_stays_importable():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+
+
+def test_a_learner_step_never_loads_torchinductor(tiny_model):
+    """DeepSpeed imports its Muon optimizer in its optimizer check and in every gradient
+    reduction; that module's torch.compile decorations load TorchInductor (about 1 s of CPU
+    per learner before step 1, and again in the first backward pass). relift_ray imports it
+    with the compilation deferred to a first call, so a ZeRO-2 step never loads Inductor."""
+    import os
+    import subprocess
+    import sys
+    code = (
+        "import sys\n"
+        "sys.path.insert(0, 'tests')\n"
+        "from test_learner import _learner, RL\n"
+        "from relift_ray.records import TrainBatch\n"
+        f"learner = _learner({str(tiny_model)!r}, **{{'train.zero_stage': 2}})\n"
+        "m = learner.train_step(TrainBatch(step=1, rl=RL))\n"
+        "from deepspeed.runtime.zero.muon.muon_optimizer import MuonWithAuxAdam\n"
+        "assert 'torch._inductor.compile_fx' not in sys.modules\n"
+        "print('ok', m['learner_updates'])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert out.returncode == 0 and "ok 1" in out.stdout, out.stderr[-3000:]
+
+
+def test_deferred_compile_compiles_once_on_the_first_call(monkeypatch):
+    from relift_ray import imports
+    compiled = []
+
+    def fake_compile(fn):
+        compiled.append(fn)
+        return lambda *a, **k: ("compiled", fn(*a, **k))
+    monkeypatch.setattr(torch, "compile", fake_compile)
+
+    @imports._compile_on_first_call()
+    def double(x):
+        return 2 * x
+    assert compiled == [] and double.__name__ == "double"
+    assert double(3) == ("compiled", 6) and double(4) == ("compiled", 8)
+    assert len(compiled) == 1
