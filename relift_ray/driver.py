@@ -445,12 +445,14 @@ def _trainer(cfg: RunConfig, model_path: str, scheduler, generators, mlflow_run_
     """The learner group: a Ray Train TorchTrainer running ``train_loop_per_worker``; its run
     name and storage make a re-run resume from the last checkpoint. ``engines``: the
     colocated engines' (node, GPU): each worker is sent to one's node and takes its GPU."""
+    import ray
     from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
     from ray.train import RunConfig as TrainRunConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchTrainer
 
     from relift_ray.learner import train_loop_per_worker
     from relift_ray.placement import learner_label_selectors
+    from relift_ray.process_group import LearnerTorchConfig
 
     c = cfg.cluster
     placed = {}
@@ -472,10 +474,16 @@ def _trainer(cfg: RunConfig, model_path: str, scheduler, generators, mlflow_run_
     return LearnerTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.to_dict(), "model_path": model_path,
-                           "scheduler": scheduler, "generators": generators,
+                           # Ray Train's controller unpickles this config: actor handles
+                           # in it would make it load their classes' modules (torch and
+                           # transformers, seconds of CPU on the way to step 1), so they go
+                           # through the object store, fetched by the workers
+                           "actors": ray.put((scheduler, generators)),
                            "mlflow_uri": cfg.mlflow_uri, "mlflow_run_key": mlflow_run_key,
                            "job_start": job_start, "engines": engines},
-        torch_config=TorchConfig(backend="nccl") if engines else None,
+        # Ray Train's TorchConfig would have its controller import torch (~1 s of CPU on the
+        # way to step 1): the same process group from a module without torch
+        torch_config=LearnerTorchConfig(backend="nccl" if engines else None),
         scaling_config=ScalingConfig(num_workers=c.num_learners,
                                      use_gpu=c.use_gpu and not engines,
                                      resources_per_worker=learner_resources(cfg, bool(engines)),

@@ -463,7 +463,7 @@ def train_loop_per_worker(config: dict) -> None:
     cfg = RunConfig.from_dict(config["cfg"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    scheduler, generators = config["scheduler"], config["generators"]
+    scheduler, generators = ray.get(config["actors"])  # the driver's handles
     torch.manual_seed(cfg.train.seed + rank)
     if config.get("engines"):  # colocated: the GPU of the engine on this node (placement)
         from relift_ray.placement import pin_learner_gpu

@@ -68,6 +68,30 @@ def test_dropping_ended_rows_changes_no_tokens(gen, monkeypatch):
         assert all(x == pad for x in ids[n:])
 
 
+def test_a_prompt_is_read_once_for_its_n_rows(gen):
+    """n responses per prompt: the prefill reads each prompt once and copies its keys and
+    values to its n rows; the tokens and log-probs are those of the n rows each reading it."""
+    enc = _enc(gen, PROMPTS)
+    params = SamplingParams(n=4, temperature=1.0, max_new_tokens=30, logprobs=True)
+    seen = []
+    hook = gen.model.register_forward_pre_hook(
+        lambda mod, args, kw: seen.append(kw["input_ids"].shape), with_kwargs=True)
+    try:
+        torch.manual_seed(3)
+        tokens, lps, lengths = gen.decode(enc["input_ids"], enc["attention_mask"], params)
+    finally:
+        hook.remove()
+    assert seen[0] == (len(PROMPTS), enc["input_ids"].shape[1])  # the prompts, once
+    assert seen[1] == (len(PROMPTS) * 4, 1)  # then a token per row
+    one = SamplingParams(n=1, temperature=1.0, max_new_tokens=30, logprobs=True)
+    torch.manual_seed(3)
+    tokens1, lps1, lengths1 = gen.decode(enc["input_ids"].repeat_interleave(4, 0),
+                                         enc["attention_mask"].repeat_interleave(4, 0), one)
+    assert torch.equal(lengths, lengths1) and torch.equal(tokens, tokens1)
+    assert torch.allclose(lps, lps1, atol=1e-5)
+    assert len(set(map(tuple, tokens.tolist()))) > len(PROMPTS)  # the n rows really differ
+
+
 def test_sampled_responses_end_with_eos_or_at_the_limit(gen):
     qs = [Question(str(i), p, "") for i, p in enumerate(PROMPTS)]
     params = SamplingParams(n=4, temperature=1.5, max_new_tokens=10, seed=3, logprobs=True)

@@ -452,3 +452,24 @@ def test_deferred_compile_compiles_once_on_the_first_call(monkeypatch):
     assert compiled == [] and double.__name__ == "double"
     assert double(3) == ("compiled", 6) and double(4) == ("compiled", 8)
     assert len(compiled) == 1
+
+
+def test_the_learner_process_group_config_loads_without_torch():
+    """Ray Train's controller unpickles the learner group's backend config and builds its
+    backend; from relift_ray.process_group neither imports torch (Ray Train's TorchConfig
+    would: about 1 s of CPU in the controller on the way to step 1)."""
+    import os
+    import subprocess
+    import sys
+    code = ("import pickle, sys\n"
+            "from relift_ray.process_group import LearnerTorchConfig\n"
+            "blob = pickle.dumps(LearnerTorchConfig(backend='gloo'))\n"
+            "cfg = pickle.loads(blob)\n"
+            "backend = cfg.backend_cls()\n"
+            "assert cfg.to_dict()['backend'] == 'gloo' and cfg.framework.name == 'TORCH'\n"
+            "assert backend.share_cuda_visible_devices\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\n"
+            "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]

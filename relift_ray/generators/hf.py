@@ -129,20 +129,27 @@ class HFGenerator:
         models) ended rows keep stepping, on padding."""
         n, limit = params.n, params.max_new_tokens
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
-        ids = input_ids.repeat_interleave(n, 0)
-        mask = attention_mask.repeat_interleave(n, 0)
-        rows = ids.shape[0]
-        out = torch.full((rows, limit), pad, dtype=torch.long, device=ids.device)
-        lps = torch.zeros((rows, limit), device=ids.device) if params.logprobs else None
-        lengths = torch.full((rows,), limit, dtype=torch.long, device=ids.device)
-        live = torch.arange(rows, device=ids.device)  # the rows still generating
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: each row counts from 0
         cache = _new_cache(self.model)
+        # The prompt is read once and its keys and values copied to its n rows, where every
+        # cache layer is a plain key/value one; elsewhere each of the n rows reads it (the
+        # prompt is most of a short rollout's tokens: reading it n times was most of the work)
+        once = n > 1 and _can_drop_rows(cache)
+        ids, mask = (input_ids, attention_mask) if once else \
+            (input_ids.repeat_interleave(n, 0), attention_mask.repeat_interleave(n, 0))
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: each row counts from 0
         kw = {"logits_to_keep": 1} if self._keep_last else {}
         if self._positions:
             kw["position_ids"] = pos
         logits = self.model(input_ids=ids, attention_mask=mask, past_key_values=cache,
                             use_cache=True, **kw).logits[:, -1].float()
+        if once:
+            cache.batch_repeat_interleave(n)
+            logits, mask, pos = (x.repeat_interleave(n, 0) for x in (logits, mask, pos))
+        rows = mask.shape[0]
+        out = torch.full((rows, limit), pad, dtype=torch.long, device=mask.device)
+        lps = torch.zeros((rows, limit), device=mask.device) if params.logprobs else None
+        lengths = torch.full((rows,), limit, dtype=torch.long, device=mask.device)
+        live = torch.arange(rows, device=mask.device)  # the rows still generating
         nxt_pos = pos[:, -1:] + 1
         shrink = _can_drop_rows(cache)
         for t in range(limit):
@@ -186,8 +193,9 @@ _ROW_LAYERS = ("DynamicLayer", "DynamicSlidingWindowLayer")
 
 
 def _can_drop_rows(cache) -> bool:
-    """Whether ended rows can leave this (filled) cache: a DynamicCache whose every layer is
-    a plain key/value layer. Otherwise ended rows keep stepping, on padding."""
+    """Whether ended rows can leave this cache, and rows be copied in it: a DynamicCache whose
+    every layer is a plain key/value one (a cache made from the model's config has its layers
+    before it is filled). Otherwise ended rows keep stepping, on padding."""
     layers = getattr(cache, "layers", None)
     return (hasattr(cache, "batch_select_indices") and bool(layers)
             and all(type(layer).__name__ in _ROW_LAYERS for layer in layers))
