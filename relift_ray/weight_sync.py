@@ -321,10 +321,10 @@ class ObjectStorePublisher(WeightPublisher):
         if self.rank != 0:
             return
         ref = ray.put(sd)
+        loads = [g.load_weights.remote(version, ref) for g in self.generators]
         if self.scheduler is not None:  # in a list, the reference reaches it unresolved
-            call(self.scheduler, "remember_weights", version, [ref])
-        check_versions(ray.get([g.load_weights.remote(version, ref) for g in self.generators]),
-                       version)
+            call(self.scheduler, "remember_weights", version, [ref])  # while they load
+        check_versions(ray.get(loads), version)
 
 
 class _VLLMPublisher(WeightPublisher):
