@@ -32,6 +32,7 @@ from relift_ray.actors import actor_pid, call_all, in_actor, is_actor, score_all
 from relift_ray.algo import group_advantages
 from relift_ray.config import RunConfig
 from relift_ray.records import Question, Sample, SamplingParams, ScoredGroup, TrainBatch
+from relift_ray.weight_sync import check_versions
 
 BUCKETS = ("easy", "medium", "hard", "hardest")
 
@@ -202,6 +203,7 @@ class Scheduler:
         self._error: BaseException | None = None
         self._producer: threading.Thread | None = None
         self._closed = False
+        self._loads: list = []  # (version, pending load) per generator (take_weights)
         self.timeline: list[dict] = []  # what ran when (relift_ray.timeline)
         # validation while training (tracking.eval_every): the questions, and the best and
         # last results so far (part of the state: a resumed run compares with the same best)
@@ -346,6 +348,18 @@ class Scheduler:
         the reference itself): what a restarted generator loads before it samples again."""
         self._weights = (version, refs[0])
 
+    def take_weights(self, version: int, refs: list) -> None:
+        """Weight version ``version`` in the object store (``refs[0]``), from the learners:
+        kept for restarted generators, loaded by every generator actor, and counted as
+        published. The loads are not waited for: each queues at its generator before this
+        scheduler's next generate call there (Ray runs one caller's calls to an actor in
+        order); ``_generate`` collects their results, so a failed load fails the step."""
+        self.remember_weights(version, refs)
+        loads = [(version, g.load_weights.remote(version, refs[0])) for g in self.generators]
+        with self._cv:
+            self._loads = loads
+        self.weights_published(version)
+
     def produce(self, step: int) -> TrainBatch:
         t0 = time.perf_counter()
         self._inject_kills(step)
@@ -426,6 +440,13 @@ class Scheduler:
             return call_all(self.generators, "generate", list(zip(chunks, params)))
         import ray
         refs = [g.generate.remote(c, p) for g, c, p in zip(self.generators, chunks, params)]
+        with self._cv:  # the weight loads queued before these calls (take_weights)
+            loads, self._loads = self._loads, []
+        for loaded, load in loads:
+            try:
+                check_versions([ray.get(load)], loaded)
+            except ray.exceptions.RayActorError:
+                pass  # the generator died: its generate call fails too and revives it below
         outs = []
         for i, ref in enumerate(refs):
             for attempt in range(GENERATOR_RETRIES + 1):
@@ -617,6 +638,7 @@ class Scheduler:
                 self._next = self._generated = self.counters["step"]
                 self._next += 1
                 self._published, self._error = -1, None  # the learners publish first
+                self._loads = []  # from learners now gone: the restarted ones publish again
                 self._cv.notify_all()
 
 

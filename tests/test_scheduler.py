@@ -407,3 +407,47 @@ def test_validation_averages_sources_and_remembers_the_best():
     s2, _ = make({})
     s2.load_state_dict(state)  # a resumed run compares with the same best
     assert s2.validation()["best"]["score"] == 0.75
+
+
+def test_weights_taken_by_the_scheduler_reach_the_generators_before_they_sample(ray_local):
+    """take_weights (the object-store publisher's one call): the scheduler keeps the
+    reference, has each generator actor load it without waiting, and counts it published;
+    the next batch is sampled with it, and a load that fails fails that step."""
+    import ray
+
+    from relift_ray.records import Completion
+
+    class Gen:  # defined here: Ray's workers cannot import the tests' helpers module
+        def __init__(self, bad=False):
+            self.version, self.bad = 0, bad
+
+        def get_version(self):
+            return self.version
+
+        def load_weights(self, version, state_dict):
+            if self.bad:
+                raise ValueError("size mismatch for lm_head.weight")
+            assert state_dict == {"w": 1}
+            self.version = version
+            return version
+
+        def generate(self, qs, params):
+            return [[Completion(q.id, "ok", (1, 2), (3, 1), self.version)
+                     for _ in range(params.n)] for q in qs]
+
+    cfg = load_config(overrides=["algo.batch_size=4", "algo.n_samples=2",
+                                 "cluster.num_learners=1", "algo.minibatches=1"])
+    gens = [ray.remote(Gen).remote() for _ in range(2)]
+    s = Scheduler(cfg, questions(), TOK, gens, [ScriptedRewarder()])
+    assert s.next_batch(1).weight_version == 0
+    ref = ray.put({"w": 1})
+    s.take_weights(1, [ref])
+    assert s._weights[0] == 1 and s._published == 1
+    b2 = s.next_batch(2)  # sampled with version 1 (the scheduler checks every completion)
+    assert b2.weight_version == 1 and s._loads == []
+    assert ray.get([g.get_version.remote() for g in gens]) == [1, 1]
+
+    s.generators = [ray.remote(Gen).remote(bad=True)]
+    s.take_weights(2, [ref])
+    with pytest.raises(ray.exceptions.RayTaskError, match="size mismatch"):
+        s.next_batch(3)
