@@ -86,7 +86,7 @@ class HFGenerator:
                if sample else {}))
         return enc, res
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(self, questions: list[Question], params: SamplingParams) -> list[list[Completion]]:
         tok = self.tokenizer
         out: list[list[Completion]] = []
@@ -112,7 +112,7 @@ class HFGenerator:
                 out.append(group)
         return out
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def decode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                params: SamplingParams):
         """``params.n`` responses to each left-padded prompt row, sampled from the global RNG
