@@ -27,7 +27,6 @@ class LearnerTorchConfig(BackendConfig):
     "nccl" (None: NCCL when the workers have GPUs, else gloo, as Ray Train decides)."""
 
     backend: str | None = None
-    init_method: str = "env"
     timeout_s: int = 1800
 
     @property
@@ -44,8 +43,7 @@ class LearnerTorchConfig(BackendConfig):
         return TrainingFramework.TORCH
 
     def to_dict(self) -> dict:
-        return {"backend": self.backend, "init_method": self.init_method,
-                "timeout_s": self.timeout_s}
+        return {"backend": self.backend, "timeout_s": self.timeout_s}
 
 
 class _CudaDevice:
@@ -88,18 +86,11 @@ class LearnerTorchBackend(Backend):
         backend = backend_config.backend or (
             "nccl" if worker_group.get_resources_per_worker().get("GPU", 0) > 0 else "gloo")
         addr, port = worker_group.execute_single(0, get_address_and_port)
-        if backend_config.init_method == "env":
-            worker_group.execute(_set_master, addr=addr, port=port)
-            url = "env://"
-        elif backend_config.init_method == "tcp":
-            from ray._common.network_utils import build_address
-            url = f"tcp://{build_address(addr, port)}"
-        else:
-            raise ValueError(f"init_method={backend_config.init_method!r}: 'env' or 'tcp'")
+        worker_group.execute(_set_master, addr=addr, port=port)
         worker_group.execute(_set_distributed_env)  # init_process_group reads them
         ray.get([worker_group.execute_single_async(
             i, _init_group, backend=backend, world_rank=i, world_size=len(worker_group),
-            init_method=url, timeout_s=backend_config.timeout_s)
+            init_method="env://", timeout_s=backend_config.timeout_s)
             for i in range(len(worker_group))])
 
     def on_shutdown(self, worker_group, backend_config):

@@ -203,7 +203,7 @@ class Scheduler:
         self._error: BaseException | None = None
         self._producer: threading.Thread | None = None
         self._closed = False
-        self._loads: list = []  # (version, pending load) per generator (take_weights)
+        self._loads: tuple = (None, [])  # (version, each generator's pending load): take_weights
         self.timeline: list[dict] = []  # what ran when (relift_ray.timeline)
         # validation while training (tracking.eval_every): the questions, and the best and
         # last results so far (part of the state: a resumed run compares with the same best)
@@ -355,9 +355,9 @@ class Scheduler:
         scheduler's next generate call there (Ray runs one caller's calls to an actor in
         order); ``_generate`` collects their results, so a failed load fails the step."""
         self.remember_weights(version, refs)
-        loads = [(version, g.load_weights.remote(version, refs[0])) for g in self.generators]
+        loads = [g.load_weights.remote(version, refs[0]) for g in self.generators]
         with self._cv:
-            self._loads = loads
+            self._loads = (version, loads)
         self.weights_published(version)
 
     def produce(self, step: int) -> TrainBatch:
@@ -441,8 +441,8 @@ class Scheduler:
         import ray
         refs = [g.generate.remote(c, p) for g, c, p in zip(self.generators, chunks, params)]
         with self._cv:  # the weight loads queued before these calls (take_weights)
-            loads, self._loads = self._loads, []
-        for loaded, load in loads:
+            (loaded, loads), self._loads = self._loads, (None, [])
+        for load in loads:
             try:
                 check_versions([ray.get(load)], loaded)
             except ray.exceptions.RayActorError:
@@ -638,7 +638,7 @@ class Scheduler:
                 self._next = self._generated = self.counters["step"]
                 self._next += 1
                 self._published, self._error = -1, None  # the learners publish first
-                self._loads = []  # from learners now gone: the restarted ones publish again
+                self._loads = (None, [])  # from learners now gone: they publish again
                 self._cv.notify_all()
 
 

@@ -398,19 +398,26 @@ def test_padding_free_update_equals_the_padded_update(tiny_model):
     assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
 
 
+def _fresh_python(code: str, timeout: int = 120):
+    """``code`` run by a new Python process in the repository root (what it imports is then
+    only what the code under test imports)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=timeout, cwd=Path(__file__).parent.parent)
+
+
 def test_deepspeed_is_imported_without_mlflow_which_stays_importable():
     """A learner worker imports DeepSpeed without the MLflow import DeepSpeed's autotuner does
     (about 1 s of CPU per worker on the way to step 1); MLflow still imports afterwards."""
-    import subprocess
-    import sys
     code = ("import sys\n"
             "from relift_ray.imports import import_deepspeed\n"
             "import_deepspeed()\n"
             "assert 'deepspeed' in sys.modules and 'mlflow' not in sys.modules\n"
             "import mlflow, mlflow.tracking\n"
             "print('ok', mlflow.__version__)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120)
+    out = _fresh_python(code)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
 
 
@@ -419,9 +426,6 @@ def test_a_learner_step_never_loads_torchinductor(tiny_model):
     reduction; that module's torch.compile decorations load TorchInductor (about 1 s of CPU
     per learner before step 1, and again in the first backward pass). relift_ray imports it
     with the compilation deferred to a first call, so a ZeRO-2 step never loads Inductor."""
-    import os
-    import subprocess
-    import sys
     code = (
         "import sys\n"
         "sys.path.insert(0, 'tests')\n"
@@ -432,8 +436,7 @@ def test_a_learner_step_never_loads_torchinductor(tiny_model):
         "from deepspeed.runtime.zero.muon.muon_optimizer import MuonWithAuxAdam\n"
         "assert 'torch._inductor.compile_fx' not in sys.modules\n"
         "print('ok', m['learner_updates'])\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=300, cwd=os.path.dirname(os.path.dirname(__file__)))
+    out = _fresh_python(code, timeout=300)
     assert out.returncode == 0 and "ok 1" in out.stdout, out.stderr[-3000:]
 
 
@@ -458,9 +461,6 @@ def test_the_learner_process_group_config_loads_without_torch():
     """Ray Train's controller unpickles the learner group's backend config and builds its
     backend; from relift_ray.process_group neither imports torch (Ray Train's TorchConfig
     would: about 1 s of CPU in the controller on the way to step 1)."""
-    import os
-    import subprocess
-    import sys
     code = ("import pickle, sys\n"
             "from relift_ray.process_group import LearnerTorchConfig\n"
             "blob = pickle.dumps(LearnerTorchConfig(backend='gloo'))\n"
@@ -470,6 +470,5 @@ def test_the_learner_process_group_config_loads_without_torch():
             "assert backend.share_cuda_visible_devices\n"
             "assert 'torch' not in sys.modules, 'torch imported'\n"
             "print('ok')\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120, cwd=os.path.dirname(os.path.dirname(__file__)))
+    out = _fresh_python(code)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]

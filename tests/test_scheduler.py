@@ -444,7 +444,7 @@ def test_weights_taken_by_the_scheduler_reach_the_generators_before_they_sample(
     s.take_weights(1, [ref])
     assert s._weights[0] == 1 and s._published == 1
     b2 = s.next_batch(2)  # sampled with version 1 (the scheduler checks every completion)
-    assert b2.weight_version == 1 and s._loads == []
+    assert b2.weight_version == 1 and s._loads == (None, [])
     assert ray.get([g.get_version.remote() for g in gens]) == [1, 1]
 
     s.generators = [ray.remote(Gen).remote(bad=True)]
