@@ -1,13 +1,16 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   install, then ReLIFT on the embedded default (local Ray, CPU, a few minutes)
-#   make test   install, then every test (fast tier and slow tier)
-.PHONY: install demo test test-fast
+#   make test   install, then every test tier (unit, integration, slow)
+# and two for developers:
+#   make test-unit   the unit tier: no Ray, under a minute
+#   make test-fast   unit + integration (local Ray): what plain `pytest` runs
+.PHONY: install demo test test-fast test-unit
 
 install:
 	bash scripts/install.sh
 
 demo: install
-	.venv/bin/python -m relift_ray.toy.base  # the toy base model: shipped with the package, prints its folder
+	.venv/bin/python -m relift_ray.jobs.toy_base  # the toy base model: shipped with the package, prints its folder
 	RAY_AUTH_MODE=disabled .venv/bin/python jobs/train.py
 
 test: install
@@ -15,3 +18,6 @@ test: install
 
 test-fast: install
 	RAY_AUTH_MODE=disabled .venv/bin/python -m pytest
+
+test-unit: install
+	.venv/bin/python -m pytest -m unit

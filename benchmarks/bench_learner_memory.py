@@ -49,9 +49,9 @@ def one(args) -> dict:
     sys.path.insert(0, str(ROOT))
     import torch
 
-    from relift_ray.colocated import single_process_group
+    from relift_ray.jobs.in_process import single_process_group
     from relift_ray.config import load_config
-    from relift_ray.learner import Learner
+    from relift_ray.learner.learner import Learner
     from relift_ray.records import Sample, TrainBatch
     torch.set_num_threads(2)
     single_process_group()

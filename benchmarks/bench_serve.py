@@ -79,9 +79,9 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from relift_ray.serve import build_app
-    from relift_ray.toy.base import base_model_path
-    from relift_ray.toy.task import make_questions
+    from relift_ray.jobs.serve import build_app
+    from relift_ray.data.toy.model import base_model_path
+    from relift_ray.data.toy.task import make_questions
 
     ray.init(address="local", num_cpus=4, include_dashboard=False,
              runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}})

@@ -62,15 +62,12 @@ CONFIG = ROOT / "jobs" / "configs" / "toy_rl.yaml"
 # ------------------------------------------------------------------ shared
 
 def base_model(explicit: str | None) -> str:
-    """The toy base model: --base-model, else the shipped weights (``base_model_path()`` where
-    relift_ray.toy.base has it), else the locally built and cached one."""
+    """The toy base model: --base-model, else the shipped weights (or, after a change of the
+    recipe, the locally built and cached one: ``base_model_path``)."""
     if explicit:
         return str(Path(explicit).expanduser().resolve())
-    from relift_ray.toy import base
-    shipped = getattr(base, "base_model_path", None)
-    if shipped is not None:
-        return str(shipped())
-    return base.build_base_model(base.default_cache())
+    from relift_ray.data.toy.model import base_model_path
+    return str(base_model_path())
 
 
 def load_cfg(args, model_path: str, extra: list[str] = ()):
@@ -118,7 +115,7 @@ def child_relift(args) -> dict:
     import ray
     from mlflow.tracking import MlflowClient
 
-    from relift_ray.driver import run
+    from relift_ray.jobs.train import run
 
     steps = args.steps
     overrides = [f"train.steps={steps}",
@@ -161,7 +158,7 @@ def child_relift(args) -> dict:
         ray.shutdown()
 
     client = MlflowClient(cfg.mlflow_uri)
-    run_id = summary["run_id"]
+    run_id = summary.run_id
     names = sorted(client.get_run(run_id).data.metrics)
 
     def history(name):
@@ -215,8 +212,8 @@ def child_trl(args) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from relift_ray.driver import load_data
-    from relift_ray.rewards import math_reward
+    from relift_ray.data.load import load_data
+    from relift_ray.core.scoring import math_reward
 
     cfg = load_cfg(args, args.model_path)
     a = cfg.algo

@@ -1,12 +1,13 @@
 """The one config tree of a relift_ray run.
 
-Every field is documented once, here, where it is declared. A run's config comes from a YAML
-file (``jobs/configs/*.yaml``) plus dotted command-line overrides (``algo.batch_size=32``); a
-YAML file may name a ``preset`` (``paper`` or ``toy``) whose values it then overrides.
-``validate`` raises ``ConfigError`` naming the field at fault and why; nothing is rewritten
-silently. Imports no Ray.
+Every field is documented once, here, where it is declared, with its allowed values or bound
+beside it (``one_of``, ``positive``, ...). The defaults are the released algorithm's. A run's
+config comes from a YAML file (the shipped ones are in ``relift_ray/configs``; a file may
+``extends:`` another, e.g. ``toy.yaml``, the embedded default sized for 2 CPU cores) plus
+dotted command-line overrides (``algo.batch_size=32``). ``validate`` raises ``ConfigError``
+naming the field at fault and why; nothing is rewritten. Imports no Ray.
 
-    cfg = load_config("jobs/configs/toy_relift.yaml", ["train.steps=10"])
+    cfg = load_config("toy_relift", ["train.steps=10"])   # relift_ray/configs/toy_relift.yaml
 """
 from __future__ import annotations
 
@@ -18,9 +19,32 @@ from typing import Any
 
 import yaml
 
+from relift_ray import faults
+from relift_ray.catalog import BENCHMARKS
+from relift_ray.errors import ConfigError
+from relift_ray.records import Fields
 
-class ConfigError(ValueError):
-    """A config value is wrong; the message names the dotted field."""
+CONFIGS_DIR = Path(__file__).resolve().parent / "configs"  # the shipped configs
+
+# Each field's allowed values are declared beside it: one_of(default, *others), or a bound.
+_BOUNDS = {"> 0": lambda v: v > 0, ">= 0": lambda v: v >= 0, "in (0, 1]": lambda v: 0 < v <= 1}
+
+
+def one_of(default, *others):
+    """A field whose value must be ``default`` or one of ``others``."""
+    return field(default=default, metadata={"choices": (default, *others)})
+
+
+def positive(default):
+    return field(default=default, metadata={"bound": "> 0"})
+
+
+def non_negative(default):
+    return field(default=default, metadata={"bound": ">= 0"})
+
+
+def fraction(default):
+    return field(default=default, metadata={"bound": "in (0, 1]"})
 
 
 @dataclass
@@ -28,7 +52,7 @@ class ModelConfig:
     # a named model (toy, smollm2-135m), an HF folder, a checkpoint or run folder, a hub id, or
     # py:module:function returning a folder (relift_ray.registry)
     path: str = "toy"
-    dtype: str = "float32"  # float32 | bfloat16 (bf16 needs a GPU to be fast)
+    dtype: str = one_of("float32", "bfloat16")  # bf16 needs a GPU to be fast
     eos_token: str = ""  # override the tokenizer's EOS token ("" = tokenizer's own)
 
 
@@ -37,19 +61,24 @@ class DataConfig:
     # a named source ("toy"), py:module:function, a data file (.jsonl/.json/.parquet) or
     # hf://owner/name[/glob]
     train: str = "toy"
-    format: str = "auto"  # auto | jsonl | gsm8k | math | luffy (= parquet); see relift_ray.data
+    # parquet = luffy; see relift_ray.data.readers
+    format: str = one_of("auto", "gsm8k", "jsonl", "luffy", "math", "parquet")
     test: str = "toy"  # held-out evaluation split ("toy" = the toy task's test split)
-    max_prompt_tokens: int = 1024  # longer prompts (after the template) are dropped and counted
-    max_test_questions: int = 0  # >0: evaluate on an evenly spaced subset of this size
+    # longer prompts (after the template) are dropped and counted
+    max_prompt_tokens: int = positive(1024)
+    # >0: evaluate on an evenly spaced subset of this size
+    max_test_questions: int = non_negative(0)
     # what the verifier sees: whole | after_think (the released reward) | think_or_whole (the
     # released evaluation) | boxed; see relift_ray.rewards.extract_answer
-    answer_extraction: str = "boxed"
+    answer_extraction: str = one_of("boxed", "after_think", "think_or_whole", "whole")
     # Prompting: auto = the tokenizer's chat template when it has one, else the plain template.
-    prompt_template: str = "auto"  # auto | chat | plain
+    prompt_template: str = one_of("auto", "chat", "plain")
     plain_template: str = "{prompt}"  # plain: the text around the question
-    system_prompt: str = ""  # "" / none, luffy (the LUFFY/ReLIFT <think> prompt), or the text itself
+    # "" / none, luffy (the LUFFY/ReLIFT <think> prompt), or the text itself
+    system_prompt: str = ""
     chat_template: str = ""  # a .jinja file (or Jinja text) replacing the tokenizer's template
-    strip_think_prefix: bool = True  # drop a demo's leading "<think>\n" when the prompt ends with it
+    # drop a demo's leading "<think>\n" when the prompt ends with it
+    strip_think_prefix: bool = True
     # Field names of the plain jsonl format.
     prompt_field: str = "prompt"
     answer_field: str = "answer"
@@ -58,7 +87,6 @@ class DataConfig:
 
     @property
     def fields(self):
-        from relift_ray.data import Fields
         return Fields(self.prompt_field, self.answer_field, self.demo_field, self.id_field)
 
 
@@ -66,76 +94,83 @@ class DataConfig:
 class AlgoConfig:
     # relift | rl (no buffer, no SFT) | sft (offline SFT on all demos) | sft_then_rl (offline SFT
     # for sft_first_steps steps, then RL) | mixed (RL loss + mixed_sft_coef * SFT loss each step)
-    mode: str = "relift"
-    batch_size: int = 128  # B: questions per RL step
-    n_samples: int = 8  # N: rollouts per question
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 8192  # also L_max, the divisor of the RL loss
-    rl_loss: str = "relift"  # relift (r - mean, no clip, sum/L_max) | grpo (clipped, std-normalised)
-    clip_eps: float = 0.2  # grpo only: ratio clip range
-    entropy_coef: float = 0.001  # RL entropy bonus coefficient
+    mode: str = one_of("relift", "mixed", "rl", "sft", "sft_then_rl")
+    batch_size: int = positive(128)  # B: questions per RL step
+    n_samples: int = positive(8)  # N: rollouts per question
+    temperature: float = non_negative(1.0)
+    top_p: float = fraction(1.0)
+    max_new_tokens: int = positive(8192)  # also L_max, the divisor of the RL loss
+    # relift (r - mean, no clip, sum/L_max) | grpo (clipped, std-normalised)
+    rl_loss: str = one_of("relift", "grpo")
+    clip_eps: float = non_negative(0.2)  # grpo only: ratio clip range
+    entropy_coef: float = non_negative(0.001)  # RL entropy bonus coefficient
     # How the entropy bonus is aggregated: minibatch (the paper's formula: one token mean over
     # a rank's minibatch) | released (the released code: a token mean per dynamic micro-batch
     # of at most entropy_token_budget tokens, summed, so the bonus counts once per
     # micro-batch; see relift_ray.algo)
-    entropy_agg: str = "minibatch"
-    entropy_token_budget: int = 32768  # released: ppo_max_token_len_per_gpu
-    minibatches: int = 2  # optimizer steps per RL batch
-    lr: float = 1e-6  # RL optimizer (AdamW) learning rate
-    weight_decay: float = 0.01  # both optimizers
-    grad_clip: float = 0.7  # RL gradient-norm clip
-    buffer_size: int = 128  # M: demonstrations that trigger one SFT step
-    sft_lr: float = 1e-6  # SFT optimizer (a second AdamW over the same weights)
-    sft_entropy_coef: float = 0.001  # alpha: 1e-3 in the released scripts, 1e-4 in the paper
-    sft_grad_clip: float = 1.0
+    entropy_agg: str = one_of("minibatch", "released")
+    entropy_token_budget: int = positive(32768)  # released: ppo_max_token_len_per_gpu
+    minibatches: int = positive(2)  # optimizer steps per RL batch
+    lr: float = positive(1e-6)  # RL optimizer (AdamW) learning rate
+    weight_decay: float = non_negative(0.01)  # both optimizers
+    grad_clip: float = positive(0.7)  # RL gradient-norm clip
+    buffer_size: int = positive(128)  # M: demonstrations that trigger one SFT step
+    sft_lr: float = positive(1e-6)  # SFT optimizer (a second AdamW over the same weights)
+    # alpha: 1e-3 in the released scripts, 1e-4 in the paper
+    sft_entropy_coef: float = non_negative(0.001)
+    sft_grad_clip: float = positive(1.0)
     # How the SFT loss is aggregated: token_mean (the paper's: the token mean over the SFT
     # batch's demonstrations) | released (the released code: token means of micro-batches of
     # sft_micro_batch_size rows, each divided by the batch's number of micro-batches)
-    sft_agg: str = "token_mean"
-    sft_micro_batch_size: int = 4  # released: sft_micro_batch_size of the 7B scripts
-    sft_batch_size: int = 128  # mode=sft / sft_then_rl: demonstrations per offline SFT step
+    sft_agg: str = one_of("token_mean", "released")
+    sft_micro_batch_size: int = positive(4)  # released: sft_micro_batch_size of the 7B scripts
+    # mode=sft / sft_then_rl: demonstrations per offline SFT step
+    sft_batch_size: int = positive(128)
     # The paper's ablations (mode=relift): when an SFT step runs, and what feeds the buffer.
-    sft_trigger: str = "buffer_full"  # buffer_full (M waiting) | every_k | every_step
-    sft_every: int = 10  # sft_trigger=every_k: SFT on (up to M of) the buffer every k steps
-    buffer_feed: str = "hardest"  # hardest (pass rate 0) | non_hardest (pass rate > 0)
-    sft_first_steps: int = 0  # mode=sft_then_rl: offline SFT steps before RL starts
-    mixed_sft_coef: float = 1.0  # mode=mixed: weight of the SFT term added to the RL loss
+    sft_trigger: str = one_of("buffer_full", "every_k", "every_step")  # buffer_full: M waiting
+    # sft_trigger=every_k: SFT on (up to M of) the buffer every k steps
+    sft_every: int = positive(10)
+    buffer_feed: str = one_of("hardest", "non_hardest")  # pass rate 0 | pass rate > 0
+    sft_first_steps: int = non_negative(0)  # mode=sft_then_rl: offline SFT steps before RL starts
+    # mode=mixed: weight of the SFT term added to the RL loss
+    mixed_sft_coef: float = non_negative(1.0)
     # Asynchronous rollouts: batch s is sampled with weight version max(0, s-1-k) while the
     # learners train the steps before it (0 = exactly on-policy, the released algorithm). A
     # fixed lag, so a run is as deterministic (and resumable) as an on-policy one.
-    max_staleness: int = 0
+    max_staleness: int = non_negative(0)
     # Sampler/learner mismatch (vLLM's kernels, or stale weights with max_staleness > 0): each
     # token's policy-gradient term is weighted by w = pi_learner / pi_sampler: tis uses
     # min(w, is_cap) (truncated IS), clip uses w clipped into [1/is_cap, is_cap].
-    is_correction: str = "none"  # none | tis | clip
-    is_cap: float = 2.0
+    is_correction: str = one_of("none", "clip", "tis")
+    is_cap: float = positive(2.0)
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 100  # learner steps (RL steps; SFT steps in mode=sft)
+    steps: int = positive(100)  # learner steps (RL steps; SFT steps in mode=sft)
     # > 0: train this many passes over the training questions instead of train.steps, in
     # whole batches (a pass's remainder smaller than algo.batch_size is dropped, as the
     # released code's data loader does); the steps follow from the data
-    epochs: int = 0
+    epochs: int = non_negative(0)
     seed: int = 1
-    checkpoint_every: int = 10  # steps between checkpoints (the last step always checkpoints)
-    zero_stage: int = 2  # DeepSpeed ZeRO stage
+    # steps between checkpoints (the last step always checkpoints)
+    checkpoint_every: int = positive(10)
+    zero_stage: int = one_of(2, 0, 1, 3)  # DeepSpeed ZeRO stage
     gradient_checkpointing: bool = False  # recompute activations in backward (long sequences)
     # Memory of the update at long lengths and large vocabularies: a rank's minibatch goes
     # through the model in micro-batches of at most this many (padded) tokens, gradients
     # accumulated, the loss normalised as over the whole minibatch (0 = one pass)
-    max_tokens_per_microbatch: int = 0
+    max_tokens_per_microbatch: int = non_negative(0)
     # log-probs and entropy from the hidden states in chunks of this many positions x rows,
     # each chunk's logits recomputed in backward: no [tokens x vocabulary] fp32 tensor larger
     # than one chunk exists (0 = the whole forward's logits at once)
-    logits_chunk_tokens: int = 0
+    logits_chunk_tokens: int = non_negative(0)
     # padding-free: a micro-batch's rows go through the model as one sequence without padding
     # (positions restart per row; transformers keeps the rows apart), and the token budget
     # counts their own tokens; checked against the padded forward when the learner starts
     padding_free: bool = False
-    max_failures: int = 2  # Ray Train restarts of the learner group after a worker dies
+    # Ray Train restarts of the learner group after a worker dies
+    max_failures: int = non_negative(2)
     # testing: actors killed with SIGKILL once, as <actor>@<step> (learner, scheduler,
     # generator, reward), e.g. [generator@14]; see relift_ray.chaos
     kill: list = field(default_factory=list)
@@ -143,37 +178,42 @@ class TrainConfig:
 
 @dataclass
 class GeneratorConfig:
-    backend: str = "transformers"  # transformers (CPU or GPU) | vllm (GPU, pip install .[gpu])
+    # transformers (CPU or GPU) | vllm (GPU, pip install .[gpu])
+    backend: str = one_of("transformers", "vllm")
     # vLLM only:
-    tensor_parallel_size: int = 1  # GPUs per engine
-    gpu_memory_utilization: float = 0.5  # of each GPU for weights + KV cache
+    tensor_parallel_size: int = positive(1)  # GPUs per engine
+    gpu_memory_utilization: float = fraction(0.5)  # of each GPU for weights + KV cache
     max_model_len: int = 0  # 0 = the model's own limit
     enforce_eager: bool = False  # skip CUDA graphs (faster start, slower decode)
     # object_store (a CPU state dict through Ray) | ipc (colocated, CUDA IPC) | nccl (own GPUs)
-    weight_sync: str = "object_store"
+    weight_sync: str = one_of("object_store", "ipc", "nccl")
     colocate: bool = False  # generators share the learners' GPUs; they sleep while learners train
-    bucket_mb: int = 512  # weights are sent in packed buckets of this size
-    sync_timeout_s: float = 300.0  # watchdog: a transfer slower than this fails the step
+    bucket_mb: int = positive(512)  # weights are sent in packed buckets of this size
+    sync_timeout_s: float = positive(300.0)  # watchdog: a transfer slower than this fails the step
 
 
 @dataclass
 class ClusterConfig:
     address: str = "auto"  # Ray address; "auto" joins a running cluster or starts a local one
-    num_cpus: int = 8  # logical CPUs of a locally started cluster (more than cores on purpose)
-    num_learners: int = 2
-    num_generators: int = 1
-    num_reward_workers: int = 2
+    # logical CPUs of a locally started cluster (more than cores on purpose)
+    num_cpus: int = positive(8)
+    num_learners: int = positive(2)
+    num_generators: int = positive(1)
+    num_reward_workers: int = positive(2)
     use_gpu: bool = False
-    learner_cpus: float = 0.5  # logical CPUs each actor asks for (fractional on small machines)
-    generator_cpus: float = 0.5
-    reward_cpus: float = 0.25
-    scheduler_cpus: float = 0.25
-    reward_timeout_s: float = 5.0  # hard limit per answer, enforced from outside math-verify
+    # logical CPUs each actor asks for (fractional on small machines)
+    learner_cpus: float = non_negative(0.5)
+    generator_cpus: float = non_negative(0.5)
+    reward_cpus: float = non_negative(0.25)
+    scheduler_cpus: float = non_negative(0.25)
+    # hard limit per answer, enforced from outside math-verify
+    reward_timeout_s: float = positive(5.0)
     # torch threads in each generator and learner on CPU (0 = Ray's default: as many as the
     # actor's whole CPUs, so 1 for fractional actors). Generation and training alternate, so
     # giving each the node's cores is usually faster.
-    torch_threads: int = 0
-    generator_threads: int = 0  # torch threads of each CPU generator (0 = torch_threads)
+    torch_threads: int = non_negative(0)
+    # torch threads of each CPU generator (0 = torch_threads)
+    generator_threads: int = non_negative(0)
     # show Ray's own log lines (Ray Train's controller, uploads, ...) on the job's console too;
     # they always go to Ray's log files (/tmp/ray/session_latest/logs) and the dashboard
     ray_logs: bool = False
@@ -181,8 +221,8 @@ class ClusterConfig:
     # printed at start; a cluster run uses the cluster's own), and the Prometheus metrics
     # endpoint on metrics_export_port (0 = a free port Ray picks)
     dashboard: bool = True
-    dashboard_port: int = 8265
-    metrics_export_port: int = 0
+    dashboard_port: int = non_negative(8265)
+    metrics_export_port: int = non_negative(0)
 
 
 @dataclass
@@ -192,17 +232,17 @@ class TrackingConfig:
     # when the base model's test accuracy is measured: start (before step 1), end (after the
     # final evaluation, with the base weights read again: step 1 comes sooner; transformers
     # backend only) or none
-    eval_before: str = "start"
+    eval_before: str = one_of("start", "end", "none")
     # validation while training, as the released trainer's test_freq: every eval_every
     # steps (0 = never) on the test split, val_samples sample(s) per question at
     # val_temperature; the mean per data source and their average in MLflow (val/...), the
     # best validation's policy kept beside the latest checkpoint (<output_dir>/<name>/best)
-    eval_every: int = 0
+    eval_every: int = non_negative(0)
     # the final policy (and the best validation's) as an MLflow model, registered under the
     # run's name with the aliases "final" and "best" (mlflow models serve -m models:/<name>@final)
     register_model: bool = True
-    val_temperature: float = 0.6
-    val_samples: int = 1
+    val_temperature: float = non_negative(0.6)
+    val_samples: int = positive(1)
 
 
 @dataclass
@@ -212,11 +252,12 @@ class CompareConfig:
         "rl", "sft", "sft_then_rl", "relift", "sft_every_k", "non_hardest_buffer",
         "sft_every_step", "mixed"])  # names from relift_ray.compare.METHODS
     seeds: list = field(default_factory=lambda: [1, 2, 3])
-    parallel: int = 2  # runs at once (each is one Ray task; on GPU each takes one GPU)
-    threads: int = 1  # torch threads per run on CPU
-    eval_every: int = 10  # steps between greedy test evaluations (the curves)
-    eval_k: int = 4  # final avg@k at temperature 0.6
-    bucket_samples: int = 8  # N samples of the base model per test question for the buckets
+    parallel: int = positive(2)  # runs at once (each is one Ray task; on GPU each takes one GPU)
+    threads: int = positive(1)  # torch threads per run on CPU
+    eval_every: int = non_negative(10)  # steps between greedy test evaluations (the curves)
+    eval_k: int = non_negative(4)  # final avg@k at temperature 0.6
+    # N samples of the base model per test question for the buckets
+    bucket_samples: int = positive(8)
     sft_then_rl_fraction: float = 0.33  # sft_then_rl: share of train.steps spent on SFT first
 
 
@@ -235,13 +276,14 @@ class EvalConfig:
     # what the verifier sees: auto = the released evaluation script's think_or_whole (the
     # answer after "</think>", or the whole text when there is none) when the run trains with
     # data.answer_extraction=after_think, else data.answer_extraction
-    answer_extraction: str = "auto"
+    answer_extraction: str = one_of("auto", "after_think", "boxed", "think_or_whole", "whole")
     files: dict = field(default_factory=dict)  # benchmark -> its file (instead of data_dir's)
-    max_questions: int = 0  # >0: only the first N questions of each benchmark (a slice)
-    temperature: float = 0.6
-    top_p: float = 1.0
-    max_new_tokens: int = 0  # 0 = algo.max_new_tokens
-    chunk_questions: int = 8  # questions per generator call (the progress granularity)
+    # >0: only the first N questions of each benchmark (a slice)
+    max_questions: int = non_negative(0)
+    temperature: float = non_negative(0.6)
+    top_p: float = fraction(1.0)
+    max_new_tokens: int = non_negative(0)  # 0 = algo.max_new_tokens
+    chunk_questions: int = positive(8)  # questions per generator call (the progress granularity)
     seed: int = 0
 
 
@@ -258,6 +300,16 @@ class RunConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        """<output_dir>/<name>: the run's tables, pictures and MLflow run id."""
+        return Path(self.output_dir) / self.name
+
+    @property
+    def best_dir(self) -> Path:
+        """Where the best validation's policy is kept (tracking.eval_every)."""
+        return self.run_dir / "best"
 
     @property
     def storage_path(self) -> str:
@@ -296,125 +348,90 @@ class RunConfig:
         return dict(_flatten(self.to_dict()))
 
 
-# The embedded default: the whole system on the toy task, sized for 2 CPU cores.
-PRESETS: dict[str, dict] = {
-    "paper": {},  # the dataclass defaults are the released algorithm's
-    "toy": {
-        "algo": {"batch_size": 16, "n_samples": 8, "max_new_tokens": 48, "lr": 1e-4,
-                 "sft_lr": 5e-4, "buffer_size": 16, "sft_batch_size": 16, "grad_clip": 1.0},
-        "train": {"steps": 60, "checkpoint_every": 20},
-        "data": {"max_prompt_tokens": 64},
-        # one reward worker scores a toy step in ~0.02 s; each one more is two more processes
-        # to start (the actor and its math-verify child)
-        # generation and learning take turns on the cores: the generator gets 2 threads, each
-        # of the 2 learners 1 (more would spin against each other; benchmarks/bench_trl.py)
-        "cluster": {"num_reward_workers": 1, "generator_threads": 2},
-        # on 2 cores the base evaluation would share them with the learners' start-up
-        "tracking": {"eval_before": "end", "eval_every": 20},
-    },
-}
-
-_CHOICES = {
-    "model.dtype": {"float32", "bfloat16"},
-    "data.format": {"auto", "jsonl", "gsm8k", "math", "luffy", "parquet"},
-    "data.prompt_template": {"auto", "chat", "plain"},
-    "algo.mode": {"relift", "rl", "sft", "sft_then_rl", "mixed"},
-    "algo.sft_trigger": {"buffer_full", "every_k", "every_step"},
-    "algo.buffer_feed": {"hardest", "non_hardest"},
-    "algo.rl_loss": {"relift", "grpo"},
-    "train.zero_stage": {0, 1, 2, 3},
-    "algo.is_correction": {"none", "tis", "clip"},
-    "generator.backend": {"transformers", "vllm"},
-    "generator.weight_sync": {"object_store", "ipc", "nccl"},
-    "tracking.eval_before": {"start", "end", "none"},
-    "algo.entropy_agg": {"minibatch", "released"},
-    "algo.sft_agg": {"token_mean", "released"},
-    "eval.answer_extraction": {"auto", "whole", "after_think", "think_or_whole", "boxed"},
-    "data.answer_extraction": {"whole", "after_think", "think_or_whole", "boxed"},
-}
-_POSITIVE = ["algo.batch_size", "algo.n_samples", "algo.max_new_tokens", "algo.minibatches",
-             "algo.buffer_size", "algo.sft_batch_size", "train.steps", "train.checkpoint_every",
-             "cluster.num_learners", "cluster.num_generators",
-             "cluster.num_reward_workers", "cluster.reward_timeout_s", "data.max_prompt_tokens",
-             "algo.lr", "algo.sft_lr", "algo.grad_clip", "algo.sft_grad_clip",
-             "algo.top_p", "cluster.num_cpus", "algo.sft_every",
-             "compare.parallel", "compare.threads", "compare.bucket_samples",
-             "eval.chunk_questions", "eval.top_p", "algo.is_cap",
-             "generator.tensor_parallel_size", "generator.gpu_memory_utilization",
-             "generator.bucket_mb", "generator.sync_timeout_s", "tracking.val_samples",
-             "algo.entropy_token_budget", "algo.sft_micro_batch_size"]
-_NON_NEGATIVE = ["train.max_tokens_per_microbatch", "train.logits_chunk_tokens",
-                 "algo.max_staleness", "algo.temperature", "algo.entropy_coef", "algo.sft_entropy_coef",
-                 "algo.weight_decay", "algo.clip_eps", "train.max_failures",
-                 "cluster.learner_cpus", "cluster.generator_cpus", "cluster.reward_cpus",
-                 "cluster.scheduler_cpus", "cluster.torch_threads", "cluster.generator_threads",
-                 "algo.sft_first_steps", "algo.mixed_sft_coef", "compare.eval_every",
-                 "compare.eval_k", "data.max_test_questions", "eval.max_questions",
-                 "eval.temperature", "eval.max_new_tokens", "train.epochs",
-                 "tracking.eval_every", "tracking.val_temperature",
-                 "cluster.dashboard_port", "cluster.metrics_export_port"]
-
-
 def validate(cfg: RunConfig) -> RunConfig:
-    flat = cfg.flat()
-    for key, allowed in _CHOICES.items():
-        if flat[key] not in allowed:
-            raise ConfigError(f"{key}={flat[key]!r}: must be one of {sorted(allowed, key=str)}")
-    for key in _POSITIVE:
-        if not flat[key] > 0:
-            raise ConfigError(f"{key}={flat[key]!r}: must be > 0")
-    for key in _NON_NEGATIVE:
-        if flat[key] < 0:
-            raise ConfigError(f"{key}={flat[key]!r}: must be >= 0")
-    a = cfg.algo
+    """``cfg`` itself when every field is allowed, else ``ConfigError`` naming the first field
+    at fault and why: each field's own choices and bounds (declared beside it), then the rules
+    that tie fields together, section by section. Nothing is rewritten."""
+    _check_fields(cfg, "")
+    for check in (_check_data, _check_algo, _check_compare, _check_eval, _check_generator,
+                  _check_train):
+        check(cfg)
+    if not cfg.name or "/" in cfg.name:
+        raise ConfigError(f"name={cfg.name!r}: must be a non-empty name without '/'")
+    return cfg
+
+
+def _check_fields(node, prefix: str) -> None:
+    for f in dataclasses.fields(node):
+        value, key = getattr(node, f.name), prefix + f.name
+        if dataclasses.is_dataclass(value):
+            _check_fields(value, key + ".")
+        elif "choices" in f.metadata and value not in f.metadata["choices"]:
+            raise ConfigError(f"{key}={value!r}: must be one of "
+                              f"{sorted(f.metadata['choices'], key=str)}")
+        elif "bound" in f.metadata and not _BOUNDS[f.metadata["bound"]](value):
+            raise ConfigError(f"{key}={value!r}: must be {f.metadata['bound']}")
+
+
+def _check_data(cfg: RunConfig) -> None:
     if "{prompt}" not in cfg.data.plain_template:
-        raise ConfigError(f"data.plain_template={cfg.data.plain_template!r}: must contain {{prompt}}")
-    if a.top_p > 1:
-        raise ConfigError(f"algo.top_p={a.top_p}: must be in (0, 1]")
-    if a.mode != "sft" and a.batch_size * a.n_samples < cfg.cluster.num_learners * a.minibatches:
+        raise ConfigError(f"data.plain_template={cfg.data.plain_template!r}: "
+                          f"must contain {{prompt}}")
+
+
+def _check_algo(cfg: RunConfig) -> None:
+    a, learners = cfg.algo, cfg.cluster.num_learners
+    if a.mode != "sft" and a.batch_size * a.n_samples < learners * a.minibatches:
         raise ConfigError(
-            f"algo.batch_size*algo.n_samples={a.batch_size * a.n_samples}: too few rollouts to give "
-            f"each of cluster.num_learners={cfg.cluster.num_learners} workers "
+            f"algo.batch_size*algo.n_samples={a.batch_size * a.n_samples}: too few rollouts to "
+            f"give each of cluster.num_learners={learners} workers "
             f"algo.minibatches={a.minibatches} non-empty minibatches")
     if a.mode == "sft_then_rl" and not 0 < a.sft_first_steps < cfg.train.steps:
         raise ConfigError(f"algo.sft_first_steps={a.sft_first_steps}: mode=sft_then_rl needs "
                           f"0 < sft_first_steps < train.steps ({cfg.train.steps})")
-    if a.mode == "relift" and a.buffer_size < cfg.cluster.num_learners:
+    if a.mode == "relift" and a.buffer_size < learners:
         raise ConfigError(f"algo.buffer_size={a.buffer_size}: must be >= cluster.num_learners "
-                          f"({cfg.cluster.num_learners}) so every learner gets a demonstration")
+                          f"({learners}) so every learner gets a demonstration")
     if a.rl_loss == "grpo" and a.clip_eps <= 0:
         raise ConfigError(f"algo.clip_eps={a.clip_eps}: the grpo loss needs a clip range > 0")
+    if a.max_staleness and a.mode == "sft":
+        raise ConfigError(f"algo.max_staleness={a.max_staleness}: mode=sft samples "
+                          f"nothing; set max_staleness=0")
+
+
+def _check_compare(cfg: RunConfig) -> None:
     c = cfg.compare
     if not c.methods or not c.seeds:
         raise ConfigError(f"compare.methods={c.methods!r} / compare.seeds={c.seeds!r}: "
                           f"need at least one of each")
     if not all(isinstance(x, int) and not isinstance(x, bool) for x in c.seeds):
         raise ConfigError(f"compare.seeds={c.seeds!r}: must be integers")
-    # relift_ray.compare.MATCHED (not imported: it pulls torch into every config load)
+    # the matched controls (relift_ray.jobs.compare.MATCHED) follow relift's runs
     matched = [m for m in c.methods if str(m).startswith("sft_matched")]
     if matched and "relift" not in c.methods:
         raise ConfigError(f"compare.methods: {', '.join(matched)} match the demonstrations "
                           f"ReLIFT used in the same seed, so relift must be in compare.methods")
     if not 0 < c.sft_then_rl_fraction < 1:
-        raise ConfigError(f"compare.sft_then_rl_fraction={c.sft_then_rl_fraction}: must be in (0, 1)")
-    from relift_ray.benchmarks import BENCHMARKS
+        raise ConfigError(f"compare.sft_then_rl_fraction={c.sft_then_rl_fraction}: "
+                          f"must be in (0, 1)")
+
+
+def _check_eval(cfg: RunConfig) -> None:
     e = cfg.eval
     unknown = [b for b in list(e.benchmarks) + list(e.k) + list(e.average) + list(e.files)
                if b not in BENCHMARKS]
     if unknown:
         raise ConfigError(f"eval.benchmarks / eval.k / eval.average / eval.files: unknown "
-                          f"benchmark {unknown[0]!r} "
-                          f"(known: {', '.join(BENCHMARKS)})")
+                          f"benchmark {unknown[0]!r} (known: {', '.join(BENCHMARKS)})")
     bad_k = {b: k for b, k in e.k.items() if not (isinstance(k, int) and k > 0)}
     if bad_k:
         raise ConfigError(f"eval.k.{next(iter(bad_k))}={next(iter(bad_k.values()))!r}: "
                           f"must be a positive integer")
-    if e.top_p > 1:
-        raise ConfigError(f"eval.top_p={e.top_p}: must be in (0, 1]")
-    if not cfg.name or "/" in cfg.name:
-        raise ConfigError(f"name={cfg.name!r}: must be a non-empty name without '/'")
-    g = cfg.generator
-    if g.backend == "vllm" and not cfg.cluster.use_gpu:
+
+
+def _check_generator(cfg: RunConfig) -> None:
+    g, c = cfg.generator, cfg.cluster
+    if g.backend == "vllm" and not c.use_gpu:
         raise ConfigError("generator.backend=vllm: needs cluster.use_gpu=true (vLLM runs on GPUs)")
     if g.backend == "vllm" and cfg.tracking.eval_before == "end":
         raise ConfigError("tracking.eval_before=end: reloading the base weights at the end is "
@@ -430,9 +447,11 @@ def validate(cfg: RunConfig) -> RunConfig:
                           f"train on their GPUs, so they cannot sample ahead; give the "
                           f"generators GPUs of their own (colocate=false, weight_sync=nccl or "
                           f"object_store) or set max_staleness=0")
-    if cfg.algo.max_staleness and cfg.algo.mode == "sft":
-        raise ConfigError(f"algo.max_staleness={cfg.algo.max_staleness}: mode=sft samples "
-                          f"nothing; set max_staleness=0")
+    _check_colocated(cfg)
+
+
+def _check_colocated(cfg: RunConfig) -> None:
+    g, c = cfg.generator, cfg.cluster
     if g.colocate and g.weight_sync == "nccl":
         raise ConfigError("generator.weight_sync=nccl with generator.colocate=true: colocated "
                           "generators share the learners' GPUs, use weight_sync=ipc")
@@ -440,54 +459,69 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"generator.tensor_parallel_size={g.tensor_parallel_size} with "
                           f"generator.colocate=true: a colocated engine shares one learner's "
                           f"GPU; use tensor_parallel_size=1, or engines on GPUs of their own")
-    if g.colocate and cfg.cluster.num_generators != cfg.cluster.num_learners:
+    if g.colocate and c.num_generators != c.num_learners:
         raise ConfigError(f"generator.colocate=true: one engine per learner GPU, so "
-                          f"cluster.num_generators ({cfg.cluster.num_generators}) must equal "
-                          f"cluster.num_learners ({cfg.cluster.num_learners})")
+                          f"cluster.num_generators ({c.num_generators}) must equal "
+                          f"cluster.num_learners ({c.num_learners})")
     if g.weight_sync == "ipc" and not g.colocate:
         raise ConfigError("generator.weight_sync=ipc: needs generator.colocate=true (CUDA IPC "
                           "works only between processes on the same GPU)")
-    from relift_ray import chaos
+
+
+def _check_train(cfg: RunConfig) -> None:
     try:
-        chaos.parse(cfg.train.kill)
+        faults.parse(cfg.train.kill)
     except ValueError as e:
         raise ConfigError(f"train.kill: {e}") from None
-    if g.gpu_memory_utilization > 1:
-        raise ConfigError(f"generator.gpu_memory_utilization={g.gpu_memory_utilization}: "
-                          f"must be in (0, 1]")
-    return cfg
 
 
 # ---------------------------------------------------------------- loading and overrides
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """YAML file (optional ``preset:`` key) + ``a.b=value`` overrides -> validated RunConfig."""
+    """A YAML file (``extends:`` another, relative to it) + ``a.b=value`` overrides -> a
+    validated RunConfig. ``path`` is a file, or the name of a config shipped in
+    ``relift_ray/configs`` (``toy_rl``); None: the defaults (the released algorithm's)."""
     tree: dict = {}
-    source = "defaults"
     if path is not None:
-        source = str(path)
-        try:
-            tree = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping")
-    tree = _with_extends(tree, Path(path)) if path is not None else tree
-    preset = tree.pop("preset", None)
-    merged: dict = {}
-    if preset is not None:
-        if preset not in PRESETS:
-            raise ConfigError(f"{source}: preset={preset!r}: must be one of {sorted(PRESETS)}")
-        _merge(merged, PRESETS[preset])
-    _merge(merged, tree)
+        path = find_config(path)
+        tree = _with_extends(_read_yaml(path), path)
+        if "preset" in tree:
+            raise ConfigError(f"{path}: preset: is not a config field; start from another "
+                              f"config with extends: <file> (e.g. {CONFIGS_DIR / 'toy.yaml'}, "
+                              f"the embedded default; the defaults are the paper's)")
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected dotted.key=value")
         key, value = item.split("=", 1)
-        _set_dotted(merged, key.strip(), _Override(value))
-    return validate(_build(RunConfig, merged, prefix=""))
+        _set_dotted(tree, key.strip(), _Override(value))
+    cfg = _build(RunConfig, tree, prefix="")
+    # relative to the directory the job starts in, fixed at load so every actor writes there
+    cfg.output_dir = str(Path(cfg.output_dir).expanduser().resolve())
+    return validate(cfg)
+
+
+def find_config(name: str | Path) -> Path:
+    """A config file: ``name`` itself when it exists, else the shipped config of that name."""
+    path = Path(name)
+    if path.exists():
+        return path
+    shipped = CONFIGS_DIR / (path.name if path.suffix else f"{path.name}.yaml")
+    if shipped.exists() and len(path.parts) == 1:
+        return shipped
+    known = ", ".join(sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml")))
+    raise ConfigError(f"config file {name} does not exist (shipped configs: {known})")
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return tree
 
 
 def _with_extends(tree: dict, path: Path, seen: tuple = ()) -> dict:
@@ -498,17 +532,10 @@ def _with_extends(tree: dict, path: Path, seen: tuple = ()) -> dict:
     base_path = (path.parent / str(parent)).resolve()
     if base_path in seen:
         raise ConfigError(f"{path}: extends={parent}: circular")
-    try:
-        base = yaml.safe_load(base_path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: extends={parent}: {base_path} does not exist") from None
-    if not isinstance(base, dict):
-        raise ConfigError(f"{base_path}: the top level must be a mapping")
-    base = _with_extends(base, base_path, seen + (base_path,))
+    if not base_path.exists():
+        raise ConfigError(f"{path}: extends={parent}: {base_path} does not exist")
+    base = _with_extends(_read_yaml(base_path), base_path, seen + (base_path,))
     merged = dict(base)
-    if "preset" in tree and "preset" in base and tree["preset"] != base["preset"]:
-        raise ConfigError(f"{path}: preset={tree['preset']!r} differs from the extended "
-                          f"{base_path.name}'s preset={base['preset']!r}")
     _merge(merged, tree)
     return merged
 

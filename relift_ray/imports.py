@@ -45,6 +45,7 @@ def import_deepspeed() -> ModuleType:
     if hide:
         sys.modules["mlflow"] = None  # ``import mlflow`` raises ImportError: "not installed"
     try:
+        # DeepSpeed: what this function is for
         import deepspeed
     finally:
         if hide and "mlflow" in sys.modules and sys.modules["mlflow"] is None:
@@ -66,6 +67,7 @@ def _compile_on_first_call():
         def run(*args, **kwargs):
             nonlocal compiled
             if compiled is None:
+                # torch: at the first call, as torch.compile would
                 import torch
                 compiled = torch.compile(fn)
             return compiled(*args, **kwargs)
@@ -78,6 +80,7 @@ def _import_muon_lazily() -> None:
     deferred to a first call (one that relift_ray never makes)."""
     if MUON in sys.modules:
         return
+    # DeepSpeed: only once it is imported (import_deepspeed)
     from deepspeed.runtime import compiler
     eager = compiler.compile
     compiler.compile = _compile_on_first_call

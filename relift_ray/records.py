@@ -5,7 +5,7 @@ Frozen dataclasses, pickled by Ray as they are. Imports no Ray.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 
 @dataclass(frozen=True)
@@ -123,3 +123,108 @@ def _sample_fields(x: Sample) -> tuple:
 
 def _sample(f: list) -> Sample:
     return Sample(tuple(f[0]), tuple(f[1]), f[2][0], f[3][0], tuple(f[4]))
+
+
+@dataclass(frozen=True)
+class Fields:
+    """Field names of the plain jsonl format."""
+    prompt: str = "prompt"
+    answer: str = "answer"
+    demo: str = "demo"
+    id: str = "id"
+
+
+def check_versions(got: list, version: int) -> None:
+    """Every generator reports weight version ``version`` (what each one's load returned)."""
+    if set(got) != {version}:
+        raise RuntimeError(f"generators hold weight versions {got} after the sync, "
+                           f"expected {version}")
+
+
+@dataclass(frozen=True)
+class LoopSpec:
+    """What each learner worker's loop is given (Ray Train's ``train_loop_config``). Ray
+    Train's controller unpickles it: plain data and one object reference, so the controller
+    imports nothing heavy (actor handles would make it load their classes' modules)."""
+    cfg: dict  # RunConfig.to_dict()
+    model_path: str
+    actors: Any  # ray.put((scheduler, generators)): fetched by the workers
+    mlflow_uri: str = ""
+    mlflow_run_key: str = ""  # where rank 0 finds the driver's MLflow run id
+    job_start: float = 0.0  # the job's start (time.time()), for the start-up lines
+    engines: tuple = ()  # colocated vLLM: each engine's (node, GPU), learners pinned to them
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What the scheduler actor read (it renders the prompts; the driver loads no tokenizer):
+    the rendered test questions, and the training questions' count, the long prompts dropped,
+    the demonstrations among them, and the learner steps they make."""
+    test: tuple[Question, ...]
+    train: int
+    dropped: int
+    demos: int
+    steps: int
+
+
+@dataclass
+class RunSummary:
+    """What a training run returns (``relift_ray.jobs.train.run``) and logs to MLflow."""
+    run_id: str
+    before: dict  # test accuracy of the base policy ({} when tracking.eval_before=none)
+    after: dict  # test accuracy of the final policy: {"overall": ..., "level_<k>": ...}
+    sft_steps: int
+    demos_used_unique: int
+    demos_used_total: int
+    demos_available: int
+    reward_timeouts: int
+    checkpoint: str  # the last checkpoint's folder ("" if none)
+    question_table: str  # questions.csv
+    wall_seconds: float
+    val_best_score: float | None = None  # validation while training (tracking.eval_every)
+    val_best_step: int | None = None
+    val_last_score: float | None = None
+    val_last_step: int | None = None
+    best_policy: str = ""
+    mlflow_models: dict = field(default_factory=dict)  # alias (final, best) -> models:/ URI
+
+    def numbers(self) -> dict:
+        """The summary's numeric fields, as MLflow metrics."""
+        return {k: v for k, v in vars(self).items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+@dataclass
+class BaseEval:
+    """The base model on the test split, as the comparison job measures it."""
+    greedy: dict  # greedy accuracy: {"overall": ..., "level_<k>": ...}
+    greedy_scores: dict  # question id -> greedy reward
+    sampled: dict  # avg@k at temperature 0.6 ({} when k = 0)
+    sampled_scores: dict  # question id -> avg@k
+    pass_rates: dict = field(default_factory=dict)  # question id -> pass rate over N samples
+    profile: dict = field(default_factory=dict)  # response length, truncated share, entropy
+
+
+@dataclass
+class RunResult:
+    """One in-process run (relift_ray.jobs.in_process), as the comparison job reads it."""
+    name: str
+    mode: str
+    seed: int
+    history: list  # each step's metrics (with "step" and "step_seconds")
+    curve: list  # at each evaluation point: greedy accuracy, response length, truncation, entropy
+    greedy: dict  # the final policy's greedy accuracy: {"overall": ..., "level_<k>": ...}
+    greedy_scores: dict  # question id -> greedy reward
+    sampled: dict  # the final avg@k at temperature 0.6 ({} when k = 0)
+    sampled_scores: dict  # question id -> avg@k
+    sft_steps: int = 0
+    demos_used_unique: int = 0
+    demos_used_ids: list = field(default_factory=list)
+    demos_used_total: int = 0
+    demos_available: int = 0
+    learner_updates: int = 0
+    question_rows: list = field(default_factory=list)  # the scheduler's per-question table
+    reward_stats: dict = field(default_factory=dict)
+    wall_seconds: float = 0.0
+    method: str = ""  # the comparison method it ran (set by the comparison job)
+    mlflow_run_id: str = ""  # its MLflow child run (set by the comparison job)

@@ -47,7 +47,7 @@ def stage(name):
 def build_model(path: Path, layers: int) -> str:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from relift_ray.toy.tokenizer import build_tokenizer
+    from relift_ray.data.toy.tokenizer import build_tokenizer
     tok = build_tokenizer()
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=2048, intermediate_size=5632,
                       num_hidden_layers=layers, num_attention_heads=32, num_key_value_heads=4,
@@ -69,7 +69,7 @@ def build_model(path: Path, layers: int) -> str:
 def bench_generation(gen, batch: int, tokens: int, label: str) -> dict:
     from vllm import SamplingParams
 
-    from relift_ray.toy import task
+    from relift_ray.data.toy import task
     qs = task.make_questions("train", (1, 2, 3))[:batch]
     prompts = [{"prompt_token_ids": gen.tokenizer.encode(q.prompt, add_special_tokens=False)}
                for q in qs]
@@ -88,7 +88,7 @@ def bench_generation(gen, batch: int, tokens: int, label: str) -> dict:
 def bench_sync(gen, model_path: str, repeats: int = 3) -> dict:
     from transformers import AutoModelForCausalLM
 
-    from relift_ray.weight_sync import IPCWeightSync
+    from relift_ray.learner.weight_sync import IPCWeightSync
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16).cuda()
     out = {}
     for bucket in (256, 1024):
@@ -121,7 +121,7 @@ def bench_sleep(gen) -> dict:
 @stage("deepspeed_step")
 def bench_deepspeed(model_path: str, stage_: int, batch: int, seq: int) -> dict:
     from relift_ray.config import RunConfig
-    from relift_ray.learner import Learner
+    from relift_ray.learner.learner import Learner
     from relift_ray.records import Sample
 
     cfg = RunConfig()
@@ -181,7 +181,7 @@ def main() -> None:
     try:
         import vllm
         RESULTS["vllm"] = vllm.__version__
-        from relift_ray.generators import make_generator
+        from relift_ray.rollout.generator import make_generator
         t0 = time.perf_counter()
         kw = dict(dtype="bfloat16", gpu_memory_utilization=0.3, enforce_eager=True,
                   max_model_len=1024)

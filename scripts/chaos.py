@@ -5,7 +5,7 @@ run ends exactly where an uninterrupted run ends.
 
 Two runs on one local Ray cluster, same config: a reference run, then a run with
 ``train.kill`` set to ``--kills`` random (actor, step) pairs, actor among generator, reward,
-scheduler and learner; each is a SIGKILL of that actor's process (relift_ray.chaos). The check:
+scheduler and learner; each is a SIGKILL of that actor's process (relift_ray.faults). The check:
 the final scheduler state (question table, buffer, samplers, counters) and the final weights of
 both runs are equal, bit for bit. Exit status 0 when they are, 1 otherwise.
 """
@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 def end_state(summary: dict):
     from safetensors.torch import load_file
-    ckpt = Path(summary["checkpoint"])
+    ckpt = Path(summary.checkpoint)
     return (json.loads((ckpt / "scheduler_state.json").read_text()),
             load_file(ckpt / "policy" / "model.safetensors"))
 
@@ -42,9 +42,10 @@ def main(argv=None) -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import torch
 
-    from relift_ray.chaos import KINDS
+    from relift_ray.faults import KINDS
     from relift_ray.config import load_config
-    from relift_ray.driver import init_ray, run
+    from relift_ray.runtime.cluster import init_ray
+    from relift_ray.jobs.train import run
 
     rng = random.Random(args.seed)
     steps = rng.sample(range(2, args.steps + 1), min(args.kills, args.steps - 1))

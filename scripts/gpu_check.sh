@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The GPU checks in one go: a short toy ReLIFT job on the vLLM backend (colocated engine, CUDA-IPC
 # weight sync, sleep/wake, under Ray Train), tests/gpu, then scripts/bench_gpu.py (figures to
-# $OUT/bench.json). STAGES="job tests bench" picks and orders them; *_S are their time limits.
+# $OUT/bench.json; logs to $OUT, default /tmp/gpu_out).
+#   STAGES="job tests bench" picks and orders the stages; JOB_S, PYTEST_S, BENCH_S are their
+#   time limits in seconds. JOB_STEPS (12), JOB_ARGS, GPU_TESTS and BENCH_ARGS pass options on;
+#   KEEP_RUN=1 keeps /tmp/gpu_run so the job resumes its last checkpoint.
 #   On a GPU machine with `pip install -e ".[gpu]"` done:   bash scripts/gpu_check.sh
 #   On one without network: carry the archive that scripts/pack_gpu_wheels.sh makes (its parts
 #   in .whl/*/part.*, extra wheels in .whl/*/*.whl); it is unpacked into /tmp/site first.

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Pack vLLM 0.26 (and Ray, DeepSpeed, what they import) for a GPU machine without network that
-# already has torch 2.11 (CUDA 13), transformers and the common scientific packages, as the
-# lent H200 and H100 had. Output: parts of <= 58 MiB in .whl/a, .whl/b, ... (four in 2026-11;
-# git-ignored through .git/info/exclude) that scripts/gpu_check.sh unpacks. Python 3.12, x86-64.
+# Pack vLLM 0.26 (with Ray, DeepSpeed, MLflow, math-verify and what they import) for a GPU
+# machine without network that already has torch 2.11 (CUDA 13), transformers and the common
+# scientific packages. Python 3.12, x86-64.
+#   bash scripts/pack_gpu_wheels.sh          # WORK=<dir> sets the scratch folder
+# Output: an xz tar archive in parts of <= 58 MiB, .whl/a/part.*, .whl/b/part.*, ... (the script
+# adds /.whl/ to .git/info/exclude). Copy .whl/ into the checkout on the GPU machine;
+# scripts/gpu_check.sh unpacks it into /tmp/site. Left out: vLLM's FA2 kernels (Hopper uses
+# FA3), Ray's jars and RLlib, MLflow's web UI.
 set -euo pipefail
 W=${WORK:-/tmp/relift-gpu-pack}; mkdir -p "$W/wh"
 PLAT="--only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \

@@ -1,4 +1,12 @@
-"""Shared fixtures: the toy base model (shipped with the package), one local Ray cluster."""
+"""Shared fixtures (the toy base model shipped with the package, one local Ray cluster) and the
+test tiers:
+
+- unit: no Ray, under a minute (``make test-unit``, ``pytest -m unit``); a unit test that
+  starts Ray fails;
+- integration: a local Ray cluster (the ``ray_local`` fixture, or marked ``e2e``);
+- slow: marked ``slow`` (``ray job submit``, real models, the comparison job).
+
+Plain ``pytest`` runs unit and integration; ``make test`` all three."""
 import os
 import sys
 from pathlib import Path
@@ -16,8 +24,30 @@ def relift_cache(tmp_path_factory):
     is a fresh folder per session unless RELIFT_CACHE says otherwise."""
     cache = os.environ.get("RELIFT_CACHE") or str(tmp_path_factory.mktemp("relift_cache"))
     os.environ["RELIFT_CACHE"] = cache
-    from relift_ray.toy.base import base_model_path
+    from relift_ray.data.toy.model import base_model_path
     return base_model_path()
+
+
+RAY_FIXTURE = {"started": False}  # whether this session's ray_local has started Ray
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "slow" in item.keywords:
+            continue
+        ray = "ray_local" in item.fixturenames or "e2e" in item.keywords
+        item.add_marker(pytest.mark.integration if ray else pytest.mark.unit)
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_start_no_ray(request):
+    yield
+    if "unit" not in request.node.keywords or RAY_FIXTURE["started"]:
+        return
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+        pytest.fail("a unit test started Ray: use the ray_local fixture (integration tier)")
 
 
 @pytest.fixture(scope="session")
@@ -25,6 +55,7 @@ def ray_local(relift_cache):
     import ray
     os.environ["RAY_AUTH_MODE"] = "disabled"
     ray.init(num_cpus=8, include_dashboard=False)  # Ray's processes inherit the environment
+    RAY_FIXTURE["started"] = True
     yield ray
     ray.shutdown()
 
@@ -32,7 +63,7 @@ def ray_local(relift_cache):
 @pytest.fixture(scope="session")
 def fetched(tmp_path_factory):
     """Every benchmark fetched from the fake hub (the shared data) into one folder."""
-    from relift_ray import fetch as F
+    from relift_ray.data import fetch as F
     if not SHARED.exists():
         # the fake hub serves the public math sets, which live outside the repo (never
         # copied in): without them beside the checkout there is nothing to serve

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from relift_ray import fetch as _F
+from relift_ray.data import fetch as _F
 from relift_ray.records import Completion, Reward
 
 

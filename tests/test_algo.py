@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from relift_ray.algo import group_advantages, policy_loss, sft_loss, token_logprobs
+from relift_ray.core.algo import group_advantages, policy_loss, sft_loss, token_logprobs
 
 
 def test_advantages_subtract_group_mean_without_std():
@@ -88,7 +88,7 @@ def test_unknown_loss_kind_is_an_error():
 # ------------------------------------------------------------ the released code's aggregation
 
 def test_released_groups_count_and_balance_like_dynamic_micro_batches():
-    from relift_ray.algo import released_groups
+    from relift_ray.core.algo import released_groups
     # 65 tokens, at most 32 per micro-batch: ceil(65/32) = 3 groups, longest first into
     # the lightest
     assert released_groups([10, 30, 20, 5], 32) == [[1], [2], [0, 3]]
@@ -98,7 +98,7 @@ def test_released_groups_count_and_balance_like_dynamic_micro_batches():
 
 
 def test_released_entropy_term_is_the_sum_of_micro_batch_token_means():
-    from relift_ray.algo import released_entropy_weights
+    from relift_ray.core.algo import released_entropy_weights
     torch.manual_seed(0)
     lengths, resp = [10, 30, 20, 5], [4, 10, 6, 2]
     w = released_entropy_weights(lengths, resp, 32)
@@ -122,7 +122,7 @@ def test_released_entropy_term_is_the_sum_of_micro_batch_token_means():
 
 
 def test_released_sft_loss_adds_micro_batch_means_over_their_count():
-    from relift_ray.algo import released_sft_weights
+    from relift_ray.core.algo import released_sft_weights
     torch.manual_seed(1)
     resp = [3, 5, 2, 4, 6]
     w = released_sft_weights(resp, micro=2, batch_rows=10)  # 10 rows in all: 5 micro-batches

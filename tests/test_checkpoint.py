@@ -1,11 +1,13 @@
-"""The learner's exact checkpoint (relift_ray.checkpoint): a bf16 run resumed from it continues
-bit for bit; one resumed from the bf16 HF copy alone does not."""
+"""The learner's exact checkpoint (relift_ray.learner.checkpoint): a bf16 run resumed from it
+continues bit for bit; the checkpoint folder holds what the Ray Train loop's restore reads."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
-from relift_ray.checkpoint import CheckpointWorldMismatch, load_learner, save_learner
+from relift_ray.learner.checkpoint import (SCHEDULER_STATE, CheckpointWorldMismatch, load_learner,
+                                           save_checkpoint, save_learner)
 from relift_ray.records import Sample, TrainBatch
 
 RL = (Sample((3, 4), (5, 6, 1), 1.0, "a"), Sample((3, 4), (7, 1), -1.0, "a"),
@@ -21,18 +23,21 @@ AFTER = (TrainBatch(step=3, rl=RL2, sft=DEMO), TrainBatch(step=4, rl=RL))
 
 def _tiny(path):
     from transformers import LlamaConfig, LlamaForCausalLM
+
+    from relift_ray.data.toy.tokenizer import build_tokenizer
     torch.manual_seed(0)
     LlamaForCausalLM(LlamaConfig(vocab_size=16, hidden_size=16, intermediate_size=32,
                                  num_hidden_layers=1, num_attention_heads=2,
                                  num_key_value_heads=2, pad_token_id=0, eos_token_id=1,
                                  bos_token_id=2)).save_pretrained(path)
+    build_tokenizer().save_pretrained(path)  # the checkpoint's policy carries the tokenizer
     return str(path)
 
 
 def _learner(path, stage=2):
-    from relift_ray.colocated import single_process_group
+    from relift_ray.jobs.in_process import single_process_group
     from relift_ray.config import load_config
-    from relift_ray.learner import Learner
+    from relift_ray.learner.learner import Learner
     single_process_group()
     o = {"model.dtype": "bfloat16", "train.zero_stage": stage, "algo.minibatches": 2,
          "algo.lr": 0.01, "algo.sft_lr": 0.003, "algo.max_new_tokens": 4,
@@ -78,8 +83,8 @@ def _continue(learner):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """A bf16 learner trained a few steps, checkpointed (exact state + today's HF copy and
-    optimizer file), then continued: what a resumed run must reproduce."""
+    """A bf16 learner trained a few steps, checkpointed as the Ray Train loop checkpoints
+    (``save_checkpoint``), then continued: what a resumed run must reproduce."""
     root = tmp_path_factory.mktemp("ckpt")
     base = _tiny(root / "base")
     a = _learner(base)
@@ -87,11 +92,16 @@ def run(tmp_path_factory):
     for batch in BEFORE:
         a.train_step(batch)
     assert a.opt.phase == "sft"
-    ckpt = root / "ckpt"
-    save_learner(a, ckpt, rank=0, world=1)
-    a.engine.module.save_pretrained(ckpt / "policy")  # what the learner saves today
-    torch.save(a.opt.both_state_dicts(), ckpt / "optim_rank0.pt")
+    ckpt = Path(save_checkpoint(a, _SchedulerState(), step=2, rank=0, world=1,
+                                model_path=base))
     return {"base": base, "ckpt": ckpt, "at_save": _snapshot(a), "after": _continue(a)}
+
+
+class _SchedulerState:
+    """The scheduler as save_checkpoint sees it: its state, as plain data."""
+
+    def state_dict(self):
+        return {"counters": {"step": 2}, "buffer": ["a"]}
 
 
 def test_files_are_per_rank_or_rank0_only(run):
@@ -139,18 +149,18 @@ def test_deepspeed_alone_keeps_only_the_active_phase(run):
     assert all(not s for s in got["rl"])  # the RL phase came back empty
 
 
-def test_resume_from_the_bf16_hf_copy_alone_is_not_exact(run):
-    """Today's resume (weights from the bf16 HF copy, both optimizer states) loses the fp32
-    master weights: the test above can fail."""
-    c = _learner(str(run["ckpt"] / "policy"))
-    c.opt.load_both_state_dicts(torch.load(run["ckpt"] / "optim_rank0.pt", weights_only=False))
-    now = _snapshot(c)
-    for k, v in run["at_save"]["weights"].items():
-        assert torch.equal(now["weights"][k], v), k  # the bf16 weights themselves are saved...
-    assert not all(torch.equal(g, w) for g, w in zip(now["masters"], run["at_save"]["masters"]))
-    last = _continue(c)[-1]  # ...their fp32 masters are not, and the run drifts
-    want = run["after"][-1]["weights"]
-    assert not all(torch.equal(last["weights"][k], v) for k, v in want.items())
+def test_the_checkpoint_folder_holds_what_a_resumed_run_reads(run):
+    """What the loop's restore reads (meta.json, the scheduler's state), and the HF-format
+    policy with its tokenizer that evaluation and serving load: the weights at the save."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    ckpt = run["ckpt"]
+    assert json.loads((ckpt / "meta.json").read_text()) == {"step": 2}
+    assert json.loads((ckpt / SCHEDULER_STATE).read_text()) == {"counters": {"step": 2},
+                                                                "buffer": ["a"]}
+    policy = AutoModelForCausalLM.from_pretrained(ckpt / "policy", dtype=torch.bfloat16)
+    for k, v in policy.state_dict().items():
+        assert torch.equal(v, run["at_save"]["weights"][k]), k
+    assert AutoTokenizer.from_pretrained(ckpt / "policy").eos_token_id is not None
 
 
 def test_a_checkpoint_of_another_world_size_is_refused_with_the_fix(run):
@@ -192,7 +202,7 @@ def _two_rank_worker(rank, world, root, stage, results):
     dist.init_process_group("gloo", store=dist.FileStore(str(root / "store"), world),
                             rank=rank, world_size=world)
     from relift_ray.config import load_config
-    from relift_ray.learner import Learner
+    from relift_ray.learner.learner import Learner
     o = {"model.dtype": "bfloat16", "train.zero_stage": stage, "algo.minibatches": 2,
          "algo.lr": 0.01, "algo.sft_lr": 0.003, "algo.max_new_tokens": 4,
          "cluster.num_learners": world}
@@ -258,8 +268,9 @@ def test_a_run_resumed_with_another_number_of_learners_stops_before_starting(tmp
     """The driver checks the checkpoints under Ray Train's storage before any learner starts."""
     import json as _json
 
-    from relift_ray.config import ConfigError, load_config
-    from relift_ray.driver import check_resumable
+    from relift_ray.errors import ConfigError
+    from relift_ray.config import load_config
+    from relift_ray.runtime.topology import check_resumable
     cfg = load_config(None, [f"output_dir={tmp_path}", "name=r", "cluster.num_learners=1"])
     assert check_resumable(cfg) is False  # nothing to resume
     ds = tmp_path / "ray_train" / "r" / "checkpoint_2026-11-27_00-00-00" / "deepspeed"

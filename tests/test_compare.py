@@ -5,13 +5,17 @@ import csv
 
 import pytest
 
-from relift_ray.compare import (METHODS, bucket_gains, ci95, claims, format_claims, format_table,
-                                matched_questions, method_config, method_table, welch)
-from relift_ray.config import ConfigError, load_config
+from relift_ray.core.stats import ci95, welch
+from relift_ray.jobs.compare import METHODS, matched_questions, method_config
+from relift_ray.jobs.compare_report import (bucket_gains, claims, format_claims, method_table,
+                                           method_table_text)
+from relift_ray.records import BaseEval, RunResult
+from relift_ray.errors import ConfigError
+from relift_ray.config import load_config
 
 
 def test_every_method_is_a_valid_config_with_the_same_budget():
-    cfg = load_config("jobs/configs/compare_toy.yaml", ["train.steps=30"])
+    cfg = load_config("compare_toy", ["train.steps=30"])
     made = {m: method_config(cfg, m, 2) for m in METHODS}
     assert {c.train.steps for c in made.values()} == {30}
     assert {c.train.seed for c in made.values()} == {2}
@@ -28,21 +32,21 @@ def test_every_method_is_a_valid_config_with_the_same_budget():
 
 
 def _result(method, seed, greedy, sampled_scores, demos=(0, 0)):
-    return {"method": method, "seed": seed,
-            "greedy": {"overall": greedy, "level_1": greedy, "level_2": greedy},
-            "sampled": {"overall": greedy, "level_1": greedy, "level_2": greedy},
-            "greedy_scores": sampled_scores, "sampled_scores": sampled_scores,
-            "demos_used_unique": demos[0], "demos_used_total": demos[1], "demos_available": 10,
-            "learner_updates": 20, "sft_steps": 3, "wall_seconds": 60.0,
-            "curve": [{"step": 0, "response_length": 10.0 + seed}]}
+    return RunResult(name=f"{method}-s{seed}", mode="", method=method, seed=seed, history=[],
+                     greedy={"overall": greedy, "level_1": greedy, "level_2": greedy},
+                     sampled={"overall": greedy, "level_1": greedy, "level_2": greedy},
+                     greedy_scores=sampled_scores, sampled_scores=sampled_scores,
+                     demos_used_unique=demos[0], demos_used_total=demos[1], demos_available=10,
+                     learner_updates=20, sft_steps=3, wall_seconds=60.0,
+                     curve=[{"step": 0, "response_length": 10.0 + seed}])
 
 
-BASE = {"greedy": {"overall": 0.5, "level_1": 1.0, "level_2": 0.0},
-        "sampled": {"overall": 0.5, "level_1": 1.0, "level_2": 0.0},
-        "greedy_scores": {"a": 1.0, "b": 0.5, "c": 0.0, "d": 0.0},
-        "sampled_scores": {"a": 1.0, "b": 0.5, "c": 0.0, "d": 0.0},
-        # pass rates over N samples: a easy, b medium, c and d hardest
-        "pass_rates": {"a": 7 / 8, "b": 4 / 8, "c": 0.0, "d": 0.0}}
+BASE = BaseEval(greedy={"overall": 0.5, "level_1": 1.0, "level_2": 0.0},
+                sampled={"overall": 0.5, "level_1": 1.0, "level_2": 0.0},
+                greedy_scores={"a": 1.0, "b": 0.5, "c": 0.0, "d": 0.0},
+                sampled_scores={"a": 1.0, "b": 0.5, "c": 0.0, "d": 0.0},
+                # pass rates over N samples: a easy, b medium, c and d hardest
+                pass_rates={"a": 7 / 8, "b": 4 / 8, "c": 0.0, "d": 0.0})
 
 
 def test_table_means_spreads_and_demonstration_share():
@@ -67,7 +71,7 @@ def test_bucket_gains_against_the_base_pass_rates():
     assert g["_counts"] == {"easy": 1, "medium": 1, "hard": 0, "hardest": 2}
     assert g["rl"] == pytest.approx({"easy": -0.25, "medium": 0.5, "hardest": 0.0})
     assert g["relift"] == pytest.approx({"easy": 0.0, "medium": 0.0, "hardest": 0.75})
-    text = format_table(method_table(BASE, results, ["rl", "relift"]), g, eval_k=4)
+    text = method_table_text(method_table(BASE, results, ["rl", "relift"]), g, eval_k=4)
     assert "relift" in text and "+0.750" in text and "hardest (2)" in text
 
 
@@ -90,7 +94,7 @@ def test_intervals_against_hand_computed_values():
 
 def _claim_run(method, seed, overall, scores, length, demos=0):
     r = _result(method, seed, overall, scores, demos=(demos, demos))
-    r["curve"] = [{"step": 0}, {"step": 10, "response_length": length}]
+    r.curve = [{"step": 0}, {"step": 10, "response_length": length}]
     return r
 
 
@@ -124,7 +128,7 @@ def test_claims_verdicts_on_scripted_results():
     results += [_claim_run("sft_matched_random", s, v, good, 20) for s, v in
                 ((1, 0.80), (2, 0.99), (3, 0.93))]
     results += [_claim_run("sft_matched_hardest", s, 0.5, good, 20) for s in (1, 2, 3)]
-    results[0]["demos_used_unique"] = 3
+    results[0].demos_used_unique = 3
     verdict = {r["hypothesis"]: r["verdict"] for r in claims(BASE, results)
                if r["comparison"] == "verdict"}
     assert verdict["H5"] == "inconclusive" and verdict["H4"] == "does not hold"
@@ -141,10 +145,10 @@ def test_matched_controls_take_relift_demonstrations():
     assert rand == matched_questions("sft_matched_random", qs, used, 1)  # by the seed
     assert {q.id for q in rand} != {q.id for q in matched_questions(
         "sft_matched_random", qs, used, 2)}
-    cfg = load_config("jobs/configs/compare_toy_teacher.yaml", [])
+    cfg = load_config("compare_toy_teacher", [])
     assert method_config(cfg, "sft_matched_hardest", 11).algo.mode == "sft"
     with pytest.raises(ConfigError, match="relift must be in compare.methods"):
-        load_config("jobs/configs/compare_toy_teacher.yaml",
+        load_config("compare_toy_teacher",
                     ["compare.methods=sft,sft_matched_random"])
 
 
@@ -153,56 +157,55 @@ def test_matched_controls_take_relift_demonstrations():
 def test_preregistered_variant_reduced_setting(ray_local, tmp_path, variant):
     """CI's reduced setting of each pre-registered config: every method (the matched controls
     after ReLIFT), the teacher's data, the claims table."""
-    from relift_ray.compare import run
-    cfg = load_config(f"jobs/configs/compare_toy_{variant}.yaml", [
+    from relift_ray.jobs.compare import run
+    cfg = load_config(f"compare_toy_{variant}", [
         f"output_dir={tmp_path}", "name=v", "train.steps=10", "compare.seeds=11",
         "compare.eval_every=5", "compare.bucket_samples=4", "data.max_test_questions=100",
         "algo.buffer_size=4"])
     out = run(cfg)
-    assert not out["failed"]
-    by = {r["method"]: r for r in out["results"]}
+    assert not out.failed
+    by = {r.method: r for r in out.results}
     assert sorted(by) == sorted(cfg.compare.methods)
-    used = by["relift"]["demos_used_unique"]
+    used = by["relift"].demos_used_unique
     assert used > 0
     for m in ("sft_matched_random", "sft_matched_hardest"):
-        assert by[m]["demos_used_unique"] == used and by[m]["mode"] == "sft"
-        assert by[m]["demos_available"] == by["sft"]["demos_available"]
-    assert set(by["sft_matched_hardest"]["demos_used_ids"]) == set(by["relift"]["demos_used_ids"])
-    assert {"response_length", "truncated", "entropy"} <= set(by["sft"]["curve"][-1])
+        assert by[m].demos_used_unique == used and by[m].mode == "sft"
+        assert by[m].demos_available == by["sft"].demos_available
+    assert set(by["sft_matched_hardest"].demos_used_ids) == set(by["relift"].demos_used_ids)
+    assert {"response_length", "truncated", "entropy"} <= set(by["sft"].curve[-1])
     text = (tmp_path / "v" / "compare_table.txt").read_text()
     for h in ("H1", "H2", "H3", "H4", "H5"):
         assert f"{h} verdict:" in text
     with open(tmp_path / "v" / "claims.csv") as f:
         assert len(list(csv.DictReader(f))) == 14  # 9 comparisons + 5 verdicts
-    from relift_ray.compare import redraw
+    from relift_ray.jobs.compare_report import redraw
     (tmp_path / "v" / "diagnostics.png").unlink()
     redraw(tmp_path / "v")  # the figures again from results.json alone
     assert (tmp_path / "v" / "diagnostics.png").read_bytes()[:4] == b"\x89PNG"
     if variant != "long":  # the teacher's demonstrations: longer than the base model's style
-        assert by["sft"]["curve"][-1]["response_length"] > out["base"]["profile"][
-            "response_length"]
+        assert by["sft"].curve[-1]["response_length"] > out.base.profile["response_length"]
 
 
 @pytest.mark.slow
 def test_compare_job_runs_every_method_and_logs_parent_and_children(ray_local, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from relift_ray.compare import run
-    cfg = load_config("jobs/configs/compare_toy.yaml", [
+    from relift_ray.jobs.compare import run
+    cfg = load_config("compare_toy", [
         f"output_dir={tmp_path}", "name=cmp", "train.steps=4", "algo.batch_size=4",
         "algo.n_samples=2", "algo.buffer_size=2", "algo.sft_batch_size=4", "algo.sft_every=2",
         "compare.seeds=1", "compare.eval_every=2", "compare.eval_k=2",
         "compare.bucket_samples=2", "data.max_test_questions=40"])
     out = run(cfg)
     methods = list(cfg.compare.methods)  # the default list: the paper's methods
-    assert sorted(r["method"] for r in out["results"]) == sorted(methods)
-    for r in out["results"]:
-        assert [p["step"] for p in r["curve"]] == [0, 2, 4]
-        assert len(r["history"]) == 4
-    by = {r["method"]: r for r in out["results"]}
-    assert by["rl"]["demos_used_total"] == 0 and by["rl"]["sft_steps"] == 0
-    assert by["sft"]["demos_used_total"] == 16 and by["sft"]["learner_updates"] == 4
-    assert by["sft_then_rl"]["sft_steps"] == 1  # round(0.33 * 4) offline SFT steps, then RL
+    assert sorted(r.method for r in out.results) == sorted(methods)
+    for r in out.results:
+        assert [p["step"] for p in r.curve] == [0, 2, 4]
+        assert len(r.history) == 4
+    by = {r.method: r for r in out.results}
+    assert by["rl"].demos_used_total == 0 and by["rl"].sft_steps == 0
+    assert by["sft"].demos_used_total == 16 and by["sft"].learner_updates == 4
+    assert by["sft_then_rl"].sft_steps == 1  # round(0.33 * 4) offline SFT steps, then RL
 
     d = tmp_path / "cmp"
     for name in ("compare_table.csv", "compare_runs.csv", "bucket_gains.csv", "curves.csv",
@@ -217,21 +220,21 @@ def test_compare_job_runs_every_method_and_logs_parent_and_children(ray_local, t
     (exp,) = [e for e in client.search_experiments() if e.name == "relift_ray"]
     runs = client.search_runs([exp.experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == out["run_id"]]
-    assert len(parents) == 1 and parents[0].info.run_id == out["run_id"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == out.run_id]
+    assert len(parents) == 1 and parents[0].info.run_id == out.run_id
     assert parents[0].info.status == "FINISHED"
     assert sorted(c.data.tags["method"] for c in children) == sorted(methods)
     child = next(c for c in children if c.data.tags["method"] == "relift")
     assert child.data.params["algo.mode"] == "relift"
     assert len(client.get_metric_history(child.info.run_id, "reward_mean")) == 4
     assert len(client.get_metric_history(child.info.run_id, "test_greedy/overall")) == 3
-    arts = {a.path for a in client.list_artifacts(out["run_id"])}
+    arts = {a.path for a in client.list_artifacts(out.run_id)}
     assert {"compare_table.csv", "bucket_gains.csv", "compare.png"} <= arts
 
 
 @pytest.mark.slow
 def test_a_crashed_run_is_reported_and_the_others_kept(ray_local, tmp_path, monkeypatch):
-    import relift_ray.compare as compare
+    import relift_ray.jobs.compare as compare
 
     made = compare.method_config
 
@@ -242,16 +245,16 @@ def test_a_crashed_run_is_reported_and_the_others_kept(ray_local, tmp_path, monk
         return out
 
     monkeypatch.setattr(compare, "method_config", failing_rl)
-    cfg = load_config("jobs/configs/compare_toy.yaml", [
+    cfg = load_config("compare_toy", [
         f"output_dir={tmp_path}", "name=crash", "train.steps=2", "algo.batch_size=4",
         "algo.n_samples=2", "algo.buffer_size=2", "compare.methods=rl,relift",
         "compare.seeds=1", "compare.eval_every=0", "compare.eval_k=1",
         "compare.bucket_samples=1", "data.max_test_questions=20"])
     out = compare.run(cfg)
-    assert out["failed"] == ["rl seed 1"]
-    assert [r["method"] for r in out["results"]] == ["relift"]
+    assert out.failed == ["rl seed 1"]
+    assert [r.method for r in out.results] == ["relift"]
     text = (tmp_path / "crash" / "compare_table.txt").read_text()
     assert "FAILED runs (left out of the table): rl seed 1" in text
     from mlflow.tracking import MlflowClient
-    run = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(out["run_id"])
+    run = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(out.run_id)
     assert run.data.tags["failed_runs"] == "rl seed 1" and run.info.status == "FINISHED"

@@ -3,9 +3,11 @@ from pathlib import Path
 
 import pytest
 
-from relift_ray.config import ConfigError, RunConfig, load_config
+from relift_ray.config import CONFIGS_DIR, RunConfig, find_config, load_config
+from relift_ray.errors import ConfigError
 
-CONFIGS = sorted((Path(__file__).parent.parent / "jobs" / "configs").glob("*.yaml"))
+CONFIGS = sorted(CONFIGS_DIR.glob("*.yaml"))
+TOY = CONFIGS_DIR / "toy.yaml"
 
 
 def test_paper_defaults_are_the_released_algorithm():
@@ -23,13 +25,49 @@ def test_every_config_file_loads(path):
     assert isinstance(load_config(path), RunConfig)
 
 
-def test_dotted_overrides_and_preset(tmp_path):
+def test_dotted_overrides_and_extends_toy(tmp_path):
     f = tmp_path / "c.yaml"
-    f.write_text("preset: toy\nalgo:\n  buffer_size: 8\n")
+    f.write_text(f"extends: {TOY}\nalgo:\n  buffer_size: 8\n")
     cfg = load_config(f, ["algo.lr=1e-5", "train.steps=3", "algo.rl_loss=grpo"])
     assert cfg.algo.buffer_size == 8 and cfg.algo.lr == 1e-5 and cfg.train.steps == 3
     assert cfg.algo.rl_loss == "grpo"
-    assert cfg.algo.batch_size == 16  # from the toy preset
+    assert cfg.algo.batch_size == 16  # from toy.yaml
+
+
+def test_a_shipped_config_is_found_by_its_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # anywhere: the shipped configs travel with the package
+    assert find_config("toy_rl") == CONFIGS_DIR / "toy_rl.yaml"
+    assert find_config("toy_rl.yaml") == CONFIGS_DIR / "toy_rl.yaml"
+    assert load_config("toy_rl").algo.mode == "rl"
+    (tmp_path / "toy_rl.yaml").write_text("name: mine\n")  # a file of that name comes first
+    assert load_config("toy_rl.yaml").name == "mine"
+    with pytest.raises(ConfigError, match="config file nope does not exist .*toy_relift"):
+        load_config("nope")
+
+
+def test_output_dir_is_fixed_where_the_config_is_loaded(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(None, ["output_dir=out"])
+    assert cfg.output_dir == str(tmp_path / "out")
+    assert RunConfig.from_dict(cfg.to_dict()).output_dir == cfg.output_dir  # as actors get it
+
+
+def test_the_cli_defaults_are_shipped_configs():
+    from relift_ray.cli import DEFAULTS
+    for name in DEFAULTS.values():
+        assert (CONFIGS_DIR / f"{name}.yaml").exists()
+        assert isinstance(load_config(name), RunConfig)
+
+
+def test_each_choice_and_bound_is_declared_beside_its_field():
+    import dataclasses
+
+    from relift_ray import config
+    assert not hasattr(config, "_CHOICES") and not hasattr(config, "PRESETS")
+    algo = {f.name: f for f in dataclasses.fields(config.AlgoConfig)}
+    assert algo["mode"].metadata["choices"][0] == "relift"  # the default comes first
+    assert algo["batch_size"].metadata["bound"] == "> 0"
+    assert algo["top_p"].metadata["bound"] == "in (0, 1]"
 
 
 @pytest.mark.parametrize("override, field", [
@@ -60,8 +98,8 @@ def test_bad_files(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
     f = tmp_path / "c.yaml"
-    f.write_text("preset: nope\n")
-    with pytest.raises(ConfigError, match="preset='nope'"):
+    f.write_text("preset: toy\n")
+    with pytest.raises(ConfigError, match="preset: is not a config field; .*extends: <file>"):
         load_config(f)
     f.write_text("algo: [1, 2]\n")
     with pytest.raises(ConfigError, match="algo: expected a mapping"):
@@ -90,14 +128,14 @@ def test_a_bad_model_path_names_the_path_and_what_was_looked_for(tmp_path):
     assert "toy, smollm2-135m" in r.stderr  # what it could have been
     assert not (tmp_path / "mlflow.db").exists()  # stopped before anything started
     (tmp_path / "empty").mkdir()
-    from relift_ray.registry import ModelNotFound, resolve_model
+    from relift_ray.data.registry import ModelNotFound, resolve_model
     with pytest.raises(ModelNotFound, match=r"holds no model: looked for config.json"):
         resolve_model(str(tmp_path / "empty"))
 
 
 def test_a_vllm_max_model_len_beyond_the_model_stops_before_ray(tmp_path):
-    """Found on an H100: vLLM refused max_model_len=256 on the toy model (128 positions) deep
-    in the engine actor's start-up traceback; the job now says so in one line, before Ray."""
+    """vLLM refuses a max_model_len beyond the model's positions (256 on the toy model's 128)
+    deep in the engine actor's start-up traceback; the job says so in one line, before Ray."""
     import subprocess
     import sys
     root = Path(__file__).parent.parent
@@ -114,8 +152,8 @@ def test_a_vllm_max_model_len_beyond_the_model_stops_before_ray(tmp_path):
     assert ("error: generator.max_model_len=256 is more than the model's "
             "max_position_embeddings=128") in r.stderr
     assert not (tmp_path / "mlflow.db").exists()
-    from relift_ray.driver import check_model_len
-    from relift_ray.toy.base import base_model_path
+    from relift_ray.runtime.topology import check_model_len
+    from relift_ray.data.toy.model import base_model_path
     check_model_len(128, base_model_path(), 112, "x")  # at the limit, 0 (the model's own),
     check_model_len(0, base_model_path(), 128, "x")  # and contexts that hold what is asked, pass
     # a context too small for the prompts and responses the config allows
@@ -163,7 +201,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.mark.parametrize("name, model", PAPER_CONFIGS.items())
 def test_paper_configs_load_and_carry_the_released_defaults(name, model):
-    cfg = load_config(REPO / "jobs" / "configs" / name)
+    cfg = load_config(CONFIGS_DIR / name)
     a = cfg.algo
     assert cfg.model.path == model and cfg.model.dtype == "bfloat16"
     assert (a.mode, a.batch_size, a.n_samples, a.temperature) == ("relift", 128, 8, 1.0)
@@ -176,13 +214,13 @@ def test_paper_configs_load_and_carry_the_released_defaults(name, model):
 
 
 def test_llama_think_template_renders_with_the_think_opening():
-    from relift_ray.data import LUFFY_SYSTEM_PROMPT, load_chat_template, render_prompts
+    from relift_ray.data.prompts import LUFFY_SYSTEM_PROMPT, load_chat_template, render_prompts
     from relift_ray.records import Question
-    from relift_ray.toy.tokenizer import build_tokenizer
+    from relift_ray.data.toy.tokenizer import build_tokenizer
 
-    cfg = load_config(REPO / "jobs" / "configs" / "paper_llama_8b.yaml")
+    cfg = load_config("paper_llama_8b")
     tok = build_tokenizer()
-    load_chat_template(tok, str(REPO / cfg.data.chat_template))
+    load_chat_template(tok, cfg.data.chat_template)  # templates/..., shipped beside the configs
     (q,), _ = render_prompts([Question(id="a", prompt="1+1", answer="2",
                                        demo="<think>\nsum</think> \\boxed{2}")], tok, cfg.data)
     assert q.prompt.startswith(f"<bos><|start_header_id|>system<|end_header_id|>\n\n"
@@ -192,7 +230,8 @@ def test_llama_think_template_renders_with_the_think_opening():
 
 
 def test_extends_merges_and_reports_bad_parents(tmp_path):
-    (tmp_path / "base.yaml").write_text("preset: toy\nname: base\nalgo: {lr: 0.5, batch_size: 8}\n")
+    (tmp_path / "base.yaml").write_text(f"extends: {TOY}\nname: base\n"
+                                        f"algo: {{lr: 0.5, batch_size: 8}}\n")
     (tmp_path / "child.yaml").write_text("extends: base.yaml\nname: child\nalgo: {lr: 0.25}\n")
     cfg = load_config(tmp_path / "child.yaml")
     assert (cfg.name, cfg.algo.lr, cfg.algo.batch_size, cfg.algo.max_new_tokens) == (
@@ -259,9 +298,9 @@ def test_every_declared_config_field_is_read_somewhere():
     corpus = [p.read_text() for p in root.rglob("*.py") if p.name != "config.py"]
     config_src = (root / "config.py").read_text()
     # config.py's own readers (properties such as mlflow_uri and fields), without the field
-    # declarations and without validate(), which reads every field only to check it
+    # declarations and without validate() and its checks, which read every field to check it
     config_src = re.sub(r"^    \w+: [^=\n]+ = .*$", "", config_src, flags=re.M)
-    config_src = re.sub(r"\ndef validate\(.*?\n(?=\S)", "\n", config_src, flags=re.S)
+    config_src = re.sub(r"\ndef (validate|_check_\w+)\(.*?\n(?=\S)", "\n", config_src, flags=re.S)
     corpus.append(config_src)
     assert _unread_fields("\n".join(corpus)) == []
     # and the check itself notices a field nobody reads
@@ -269,11 +308,11 @@ def test_every_declared_config_field_is_read_somewhere():
 
 
 def test_train_kill_fires_once_per_run(tmp_path):
-    from relift_ray import chaos
+    from relift_ray import faults
     cfg = load_config(overrides=[f"output_dir={tmp_path}", "name=k",
                                  "train.kill=[generator@3,learner@5]"])
-    assert chaos.parse(cfg.train.kill) == [("generator", 3), ("learner", 5)]
-    assert not chaos.due(cfg, "generator", 2) and not chaos.due(cfg, "scheduler", 3)
-    assert chaos.due(cfg, "generator", 3)
-    assert not chaos.due(cfg, "generator", 3)  # a restarted actor replaying step 3 goes on
+    assert faults.parse(cfg.train.kill) == [("generator", 3), ("learner", 5)]
+    assert not faults.due(cfg, "generator", 2) and not faults.due(cfg, "scheduler", 3)
+    assert faults.due(cfg, "generator", 3)
+    assert not faults.due(cfg, "generator", 3)  # a restarted actor replaying step 3 goes on
     assert (tmp_path / "k.killed-generator-3").exists()

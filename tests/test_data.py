@@ -5,9 +5,11 @@ import pytest
 
 from helpers import SHARED, needs_shared
 from relift_ray.config import load_config
-from relift_ray.data import (LUFFY_SYSTEM_PROMPT, DataError, load_questions, render_prompts)
-from relift_ray.rewards import math_reward
-from relift_ray.toy import task
+from relift_ray.data.prompts import LUFFY_SYSTEM_PROMPT, render_prompts
+from relift_ray.errors import DataError
+from relift_ray.data.readers import load_questions
+from relift_ray.core.scoring import math_reward
+from relift_ray.data.toy import task
 
 
 def test_toy_splits_are_disjoint_and_cover_all_levels():
@@ -42,7 +44,7 @@ def test_toy_teacher_variant_same_questions_teacher_demonstrations():
 def test_toy_teacher_lengths_against_the_budgets():
     """The pre-registration's figures: the longest teacher trace is 53 tokens with EOS, so it
     fits 64; under 48 exactly the level-4 questions with three additions do not fit."""
-    from relift_ray.toy.tokenizer import build_tokenizer
+    from relift_ray.data.toy.tokenizer import build_tokenizer
     tok = build_tokenizer()
     size = {q.id: len(tok(q.demo, add_special_tokens=False)["input_ids"]) + 1
             for q in task.make_teacher_questions("train")}
@@ -182,7 +184,7 @@ THINK_TEMPLATE = ("{% for m in messages %}[{{ m.role }}]{{ m.content }}\n{% endf
 
 
 def tok_with_template(template=THINK_TEMPLATE):
-    from relift_ray.toy.tokenizer import build_tokenizer
+    from relift_ray.data.toy.tokenizer import build_tokenizer
     tok = build_tokenizer()
     tok.chat_template = template
     return tok
@@ -224,7 +226,7 @@ def test_long_prompts_are_dropped_and_counted():
 
 
 def test_chat_template_needs_a_template():
-    from relift_ray.toy.tokenizer import build_tokenizer
+    from relift_ray.data.toy.tokenizer import build_tokenizer
     with pytest.raises(DataError, match="no chat template"):
         render_prompts(task.make_questions("test")[:1], build_tokenizer(),
                        data_cfg("data.prompt_template=chat"))

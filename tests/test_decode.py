@@ -4,8 +4,8 @@ without changing anyone's tokens, and the nucleus drawn as ``model.generate`` dr
 import pytest
 import torch
 
-from relift_ray.generators import hf
-from relift_ray.generators.hf import HFGenerator, _draw
+from relift_ray.rollout import hf
+from relift_ray.rollout.hf import HFGenerator, _draw
 from relift_ray.records import Question, SamplingParams
 
 PROMPTS = ["Q: 2+3=", "Q: 47+5+8=", "Q: 12+30=", "Q: 27+5*2=", "Q: 9=", "Q: 31+4+2+6="]
@@ -32,7 +32,7 @@ def test_greedy_decode_is_model_generate(gen):
                              eos_token_id=gen.tokenizer.eos_token_id)
     width = enc["input_ids"].shape[1]
     for row, n in enumerate(lengths.tolist()):
-        want = hf._trim(ref[row, width:].tolist(), gen.tokenizer.eos_token_id,
+        want = hf.trim_ids(ref[row, width:].tolist(), gen.tokenizer.eos_token_id,
                         gen.tokenizer.pad_token_id)
         assert tokens[row, :n].tolist() == want
         assert (tokens[row, n:] == gen.tokenizer.pad_token_id).all()

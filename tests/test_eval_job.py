@@ -4,10 +4,10 @@ import json
 import pytest
 
 from helpers import ScriptedGenerator
-from relift_ray.config import ConfigError, load_config
-from relift_ray.data import DataError
-from relift_ray.eval_job import (benchmark_k, evaluate_benchmarks, format_table,
-                                 resolve_model_path)
+from relift_ray.config import load_config
+from relift_ray.data.registry import resolve_model
+from relift_ray.errors import ConfigError, DataError
+from relift_ray.jobs.evaluate import benchmark_k, benchmark_table, evaluate_benchmarks
 from relift_ray.records import Question, Reward
 
 
@@ -49,7 +49,7 @@ def test_avg_and_pass_at_k_by_hand():
     assert sorted(p.seed for _, p in calls) == [5, 6, 7]
     assert {p.temperature for _, p in calls} == {0.6} and all(r.calls for r in rewarders)
     assert any("aime: 3/3 questions" in line for line in lines)
-    table = format_table(summary)
+    table = benchmark_table(summary)
     assert "aime" in table and "50.0%" in table and "66.7%" in table
 
 
@@ -68,46 +68,46 @@ def test_model_resolution(tmp_path):
     model = tmp_path / "hf"
     model.mkdir()
     (model / "config.json").write_text("{}")
-    assert resolve_model_path(str(model)) == str(model)
+    assert resolve_model(str(model), field="eval.model") == str(model)
     run = tmp_path / "run"
     for step in (10, 20):
         pol = run / f"checkpoint_2026-{step}" / "policy"
         pol.mkdir(parents=True)
         (pol / "config.json").write_text("{}")
         (pol.parent / "meta.json").write_text(json.dumps({"step": step}))
-    assert resolve_model_path(str(run / "checkpoint_2026-10")) == str(
+    assert resolve_model(str(run / "checkpoint_2026-10"), field="eval.model") == str(
         run / "checkpoint_2026-10" / "policy")
-    assert resolve_model_path(str(run)) == str(run / "checkpoint_2026-20" / "policy")
-    assert resolve_model_path("Qwen/Qwen2.5-Math-7B") == "Qwen/Qwen2.5-Math-7B"
+    assert resolve_model(str(run), field="eval.model") == str(run / "checkpoint_2026-20" / "policy")
+    assert resolve_model("Qwen/Qwen2.5-Math-7B", field="eval.model") == "Qwen/Qwen2.5-Math-7B"
     with pytest.raises(DataError, match=r"no such folder \(.*does not exist\), and not a hub id"):
-        resolve_model_path(str(tmp_path / "missing" / "model"))
+        resolve_model(str(tmp_path / "missing" / "model"), field="eval.model")
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="exists but holds no model: looked for config.json"):
-        resolve_model_path(str(tmp_path / "empty"))
+        resolve_model(str(tmp_path / "empty"), field="eval.model")
 
 
 def test_average_is_the_papers_six_and_gsm8k_stays_outside():
-    from relift_ray.eval_job import summarize
+    from relift_ray.jobs.evaluate import benchmark_summary
     six = ["aime24", "aime25", "amc", "math500", "minerva", "olympiadbench"]
     assert load_config(None, []).eval.average == six
     score = {"aime24": 0.1, "aime25": 0.2, "amc": 0.3, "math500": 0.8, "minerva": 0.4,
              "olympiadbench": 0.5, "gsm8k": 0.9, "gpqa_diamond": 0.25}
     rows = [{"benchmark": b, "k": 1, "avg": v, "correct": int(v > 0), "no_answer": 0,
              "mean_tokens": 10.0} for b, v in score.items()]
-    by = {r["benchmark"]: r for r in summarize(rows, list(score), averaged=six)}
+    by = {r["benchmark"]: r for r in benchmark_summary(rows, list(score), averaged=six)}
     assert by["average"]["avg_at_k"] == pytest.approx((0.1 + 0.2 + 0.3 + 0.8 + 0.4 + 0.5) / 6)
     assert by["gsm8k"]["avg_at_k"] == 0.9 and by["gpqa_diamond"]["avg_at_k"] == 0.25
     # a run of some of the six says so in the row's name
-    part = {r["benchmark"]: r for r in summarize(rows[:3] + rows[6:7], six + ["gsm8k"],
+    part = {r["benchmark"]: r for r in benchmark_summary(rows[:3] + rows[6:7], six + ["gsm8k"],
                                                 averaged=six)}
     assert part["average (3 of 6)"]["avg_at_k"] == pytest.approx(0.2)
-    one = {r["benchmark"]: r for r in summarize(rows[:1] + rows[6:7], six + ["gsm8k"],
+    one = {r["benchmark"]: r for r in benchmark_summary(rows[:1] + rows[6:7], six + ["gsm8k"],
                                                averaged=six)}
     assert one["average (1 of 6)"]["avg_at_k"] == 0.1
 
 
 def test_evaluation_reads_answers_as_the_released_script():
-    from relift_ray.eval_job import eval_extraction
+    from relift_ray.jobs.evaluate import eval_extraction
     released = load_config(None, ["data.answer_extraction=after_think"])
     assert eval_extraction(released) == "think_or_whole"  # no </think>: the whole text
     assert eval_extraction(load_config(None, [])) == "boxed"
@@ -119,7 +119,7 @@ def test_evaluation_reads_answers_as_the_released_script():
 def test_out_of_distribution_sets_read_from_the_files_given(tmp_path):
     import pandas as pd
 
-    from relift_ray.benchmarks import load_benchmark
+    from relift_ray.data.benchmarks import load_benchmark
     rows = [{"data_source": "gpqa", "ability": "science",
              "prompt": [{"role": "user", "content": f"Q{i}? (A) 1 (B) 2 (C) 3 (D) 4"}],
              "reward_model": {"ground_truth": "ABCD"[i], "style": "rule"},

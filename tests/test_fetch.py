@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from helpers import SHARED, fake_hub, needs_shared
-from relift_ray import fetch as F
-from relift_ray.data import DataError
+from relift_ray.data import fetch as F
+from relift_ray.errors import DataError
 
 SIZES = {"math500": 500, "aime24": 30, "aime25": 30, "amc": 83, "amc23": 40, "minerva": 272,
          "olympiadbench": 675, "gsm8k": 1319, "relift_valid": 1987}
@@ -28,7 +28,7 @@ def test_fetch_writes_the_layout_and_a_manifest(fetched):
     assert ("openai/gsm8k", "main") in calls and (F.RELIFT_VALID, None) in calls
     assert any(line.startswith("[fetch] gsm8k: 1319 questions") for line in lines)
     # the evaluation job reads the folder as it reads the shared data
-    from relift_ray.benchmarks import load_benchmark
+    from relift_ray.data.benchmarks import load_benchmark
     assert [q.answer for q in load_benchmark("amc", root, limit=3)] == ["142", "144", "81"]
     assert load_benchmark("minerva", root)[0].source == "minerva"
 
@@ -48,7 +48,8 @@ def test_a_hub_set_without_the_expected_column_names_it(tmp_path, monkeypatch):
 
 
 def test_no_network_and_no_copy_stops_before_any_model_loads(tmp_path, monkeypatch):
-    from relift_ray import benchmarks, eval_job
+    from relift_ray.data import benchmarks
+    from relift_ray.jobs import evaluate as eval_job
     from relift_ray.config import load_config
 
     def offline(repo, revision):
@@ -57,11 +58,10 @@ def test_no_network_and_no_copy_stops_before_any_model_loads(tmp_path, monkeypat
     monkeypatch.setenv("RELIFT_CACHE", str(tmp_path / "cache"))
     for var in ("RELIFT_EVAL_DATA", "RELIFT_SHARED_DATA"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(benchmarks, "default_data_dir", F.default_fetch_dir)  # no ../shared
+    monkeypatch.setattr(benchmarks, "default_data_dir", benchmarks.default_fetch_dir)  # no ../shared
 
     def no_model(spec):
         raise AssertionError("the model was resolved before the data was checked")
-    monkeypatch.setattr(eval_job, "resolve_model_path", no_model)
     monkeypatch.setattr(eval_job, "resolve_model", no_model)
     cfg = load_config(None, ["eval.benchmarks=[gsm8k,math500]", f"output_dir={tmp_path}"])
     with pytest.raises(DataError) as e:

@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from relift_ray.learner import TwoPhaseAdamW, to_tensors
+from relift_ray.learner.learner import TwoPhaseAdamW
+from relift_ray.learner.forward import to_tensors
 from relift_ray.records import Sample
 
 
@@ -69,9 +70,9 @@ def tiny_model(tmp_path_factory):
 
 
 def _learner(path, **over):
-    from relift_ray.colocated import single_process_group
+    from relift_ray.jobs.in_process import single_process_group
     from relift_ray.config import load_config
-    from relift_ray.learner import Learner
+    from relift_ray.learner.learner import Learner
     single_process_group()
     o = {"algo.minibatches": 1, "algo.entropy_coef": 0, "algo.sft_entropy_coef": 0,
          "algo.weight_decay": 0, "algo.lr": 0.01, "algo.max_new_tokens": 4,
@@ -84,8 +85,8 @@ DEMO = (Sample((3, 4), (8, 9, 1), 0.0, "a"),)
 
 
 def test_mixed_step_adds_the_sft_term_to_the_rl_loss(tiny_model):
-    from relift_ray.algo import sft_loss
-    from relift_ray.learner import forward_logprobs
+    from relift_ray.core.algo import sft_loss
+    from relift_ray.learner.forward import forward_logprobs
     from relift_ray.records import TrainBatch
 
     # zero advantages and no entropy bonus: the RL term alone has no gradient
@@ -131,7 +132,7 @@ def test_separate_sft_step_uses_the_sft_learning_rate(tiny_model):
 def test_tis_correction_weights_each_token_by_the_learner_sampler_ratio(tiny_model):
     from transformers import AutoModelForCausalLM
 
-    from relift_ray.learner import forward_logprobs
+    from relift_ray.learner.forward import forward_logprobs
     from relift_ray.records import TrainBatch
 
     copy = AutoModelForCausalLM.from_pretrained(tiny_model)
@@ -182,7 +183,7 @@ def test_first_minibatch_needs_no_extra_old_logprob_pass(tiny_model):
     forward pass (detached) and runs the extra no-grad pass over the second minibatch only.
     The update equals the one that computes old log-probs for every row first (the path of
     samples that carry sampler log-probs, which needs them all)."""
-    from relift_ray.learner import forward_logprobs
+    from relift_ray.learner.forward import forward_logprobs
     from relift_ray.records import TrainBatch
 
     adv = (1.0, -0.5, 0.75, -1.25)
@@ -196,7 +197,7 @@ def test_first_minibatch_needs_no_extra_old_logprob_pass(tiny_model):
         calls.append((torch.is_grad_enabled(), t["ids"].shape[0]))
         return real(model, t, chunk_tokens, packed)
 
-    import relift_ray.learner as learner_mod
+    import relift_ray.learner.learner as learner_mod
     learner_mod.forward_logprobs = counting
     try:
         ma = a.train_step(TrainBatch(step=1, rl=tuple(rows)))
@@ -230,8 +231,8 @@ def test_transformers_generator_returns_the_learners_log_probs(relift_cache):
     are the model's own: the learner computes the same for the same tokens."""
     from transformers import AutoModelForCausalLM
 
-    from relift_ray.generators.hf import HFGenerator
-    from relift_ray.learner import forward_logprobs
+    from relift_ray.rollout.hf import HFGenerator
+    from relift_ray.learner.forward import forward_logprobs
     from relift_ray.records import Question, SamplingParams
 
     gen = HFGenerator(relift_cache, threads=1)
@@ -254,7 +255,7 @@ def test_transformers_generator_returns_the_learners_log_probs(relift_cache):
 # ------------------------------------------------------------ micro-batches and chunked logits
 
 def test_microbatches_pack_by_padded_tokens():
-    from relift_ray.learner import microbatches
+    from relift_ray.learner.forward import microbatches
     lengths = [5, 9, 3, 9, 4, 20]
     out = microbatches(range(6), lengths, budget=18)
     assert sorted(i for m in out for i in m) == list(range(6))
@@ -295,7 +296,7 @@ def test_micro_batched_chunked_update_equals_the_one_pass_update(tiny_model, los
 def test_chunked_log_probs_equal_the_whole_logits(tiny_model):
     from transformers import AutoModelForCausalLM
 
-    from relift_ray.learner import forward_logprobs
+    from relift_ray.learner.forward import forward_logprobs
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
     t = to_tensors([Sample((3, 4), (5, 6, 7, 8, 1), 1.0, "a"), Sample((3,), (7, 1), 1.0, "a")],
                    0, "cpu")
@@ -316,8 +317,8 @@ def test_released_aggregation_in_the_learner_matches_the_hand_computed_loss(tiny
     mean, whatever memory micro-batching the learner uses; sft_agg=released likewise."""
     from transformers import AutoModelForCausalLM
 
-    from relift_ray.algo import released_groups
-    from relift_ray.learner import forward_logprobs
+    from relift_ray.core.algo import released_groups
+    from relift_ray.learner.forward import forward_logprobs
     from relift_ray.records import TrainBatch
     rows = [Sample((3, 4), (5, 6, 1), 1.0, "a"), Sample((3, 4), (7, 1), -0.5, "a"),
             Sample((3, 4, 5), (9, 8, 7, 6, 1), 0.75, "b"), Sample((3,), (6, 7, 8, 1), -1.25, "b"),
@@ -363,7 +364,7 @@ def test_released_aggregation_in_the_learner_matches_the_hand_computed_loss(tiny
 def test_padding_free_forward_equals_the_padded_one(tiny_model):
     from transformers import AutoModelForCausalLM
 
-    from relift_ray.learner import check_packing, forward_logprobs, microbatches
+    from relift_ray.learner.forward import check_packing, forward_logprobs, microbatches
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
     rows = [Sample((3, 4), (5, 6, 7, 8, 1), 1.0, "a"), Sample((3,), (7, 1), 1.0, "a"),
             Sample((3, 4, 9), (6, 1), 1.0, "a")]
@@ -459,10 +460,10 @@ def test_deferred_compile_compiles_once_on_the_first_call(monkeypatch):
 
 def test_the_learner_process_group_config_loads_without_torch():
     """Ray Train's controller unpickles the learner group's backend config and builds its
-    backend; from relift_ray.process_group neither imports torch (Ray Train's TorchConfig
+    backend; from relift_ray.learner.process_group neither imports torch (Ray Train's TorchConfig
     would: about 1 s of CPU in the controller on the way to step 1)."""
     code = ("import pickle, sys\n"
-            "from relift_ray.process_group import LearnerTorchConfig\n"
+            "from relift_ray.learner.process_group import LearnerTorchConfig\n"
             "blob = pickle.dumps(LearnerTorchConfig(backend='gloo'))\n"
             "cfg = pickle.loads(blob)\n"
             "backend = cfg.backend_cls()\n"

@@ -13,15 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from relift_ray.monitoring import DASHBOARD_FILE, board_metric_names, grafana_dashboard
-from relift_ray.tracking import RAY_GAUGES
+from relift_ray.tracking.monitoring import DASHBOARD_FILE, board_metric_names, grafana_dashboard
+from relift_ray.tracking.tracker import RAY_GAUGES
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_board_in_the_repository_is_the_generated_one():
     assert json.loads(DASHBOARD_FILE.read_text()) == grafana_dashboard(), \
-        "run: python -m relift_ray.monitoring"
+        "run: python -m relift_ray.tracking.monitoring"
     names = board_metric_names(grafana_dashboard())
     assert names == {f"ray_relift_{n}" for n in RAY_GAUGES.values()}
     board = grafana_dashboard()

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from relift_ray.config import ConfigError, load_config
-from relift_ray.placement import cuda_index, learner_gpu, plan, simulate
+from relift_ray.errors import ConfigError
+from relift_ray.config import load_config
+from relift_ray.rollout.placement import cuda_index, learner_gpu, plan, simulate
 
 GPU = ["generator.backend=vllm", "cluster.use_gpu=true"]
 
@@ -89,10 +90,10 @@ SCRIPT = textwrap.dedent('''
     import json, os, sys
     import ray
     from relift_ray.config import load_config
-    from relift_ray.placement import (create_groups, engine_options, engine_placement,
-                                      learner_gpu, plan)
-    from relift_ray.driver import learner_resources
-    from relift_ray.placement import learner_label_selectors
+    from relift_ray.rollout.placement import (create_groups, engine_options,
+                                              engine_placement, learner_gpu, plan)
+    from relift_ray.runtime.topology import learner_resources
+    from relift_ray.rollout.placement import learner_label_selectors
     out = sys.argv[1]
     env = {"RAY_AUTH_MODE": "disabled", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
     # a one-node cluster that declares 2 GPUs: Ray hands out GPU ids as on a real node

@@ -1,5 +1,5 @@
 """The question table's pictures: transitions counted by hand, the figure drawn and sampled."""
-from relift_ray.question_plots import _sample, draw, history, transitions
+from relift_ray.tracking.question_plots import _sample, draw, history, transitions
 
 
 def row(qid, hist, sft=""):

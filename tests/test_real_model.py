@@ -18,7 +18,7 @@ SYSTEM = "Solve the problem step by step. Put the final answer in \\boxed{}."
 
 @pytest.fixture(scope="module")
 def smollm2(relift_cache):
-    from relift_ray.models import smollm2_path
+    from relift_ray.data.models import smollm2_path
     return smollm2_path()  # converted once into the session's cache (~45 s)
 
 
@@ -37,27 +37,27 @@ def test_smollm2_converts_to_an_ordinary_hf_folder(smollm2):
 def test_evaluate_job_on_a_gsm8k_slice(ray_local, smollm2, tmp_path):
     import mlflow
 
-    from relift_ray.eval_job import run
+    from relift_ray.jobs.evaluate import run
     cfg = load_config(REPO / "jobs" / "configs" / "eval.yaml", [
         "model.path=smollm2-135m", "eval.benchmarks=gsm8k,aime24", "eval.max_questions=8",
         "eval.k.aime24=2", "eval.max_new_tokens=64", f"eval.data_dir={SHARED}",
         f"data.system_prompt={SYSTEM}", f"output_dir={tmp_path}", "cluster.torch_threads=2"])
     out = run(cfg)
-    by = {r["benchmark"]: r for r in out["summary"]}
+    by = {r["benchmark"]: r for r in out.summary}
     assert (by["gsm8k"]["questions"], by["gsm8k"]["k"]) == (8, 1)
     assert (by["aime24"]["questions"], by["aime24"]["k"]) == (8, 2)
     # of the paper's six only AIME24 ran: the average says so; GSM8K stays outside it
     assert by["average (1 of 6)"]["avg_at_k"] == by["aime24"]["avg_at_k"]
-    assert len(out["rows"]) == 16 and all(r["response_0"].strip() for r in out["rows"])
-    assert all(0 < r["mean_tokens"] <= 64 for r in out["rows"])
+    assert len(out.rows) == 16 and all(r["response_0"].strip() for r in out.rows)
+    assert all(0 < r["mean_tokens"] <= 64 for r in out.rows)
     for f in ("eval_results.csv", "eval_questions.csv", "eval_table.txt"):
-        assert (Path(out["output"]) / f).exists()
-    run_data = mlflow.MlflowClient(cfg.mlflow_uri).get_run(out["run_id"]).data
+        assert (Path(out.output) / f).exists()
+    run_data = mlflow.MlflowClient(cfg.mlflow_uri).get_run(out.run_id).data
     assert "eval/gsm8k/avg_at_k" in run_data.metrics and run_data.tags["job"] == "evaluate"
     assert "eval/average/avg_at_k" in run_data.metrics
     assert run_data.tags["eval_average"] == "average (1 of 6)"
     print(f"\nSmolLM2-135M on 8 GSM8K test questions: avg@1 {by['gsm8k']['avg_at_k']:.3f}; "
-          f"on 8 AIME24 x 2: {by['aime24']['avg_at_k']:.3f}; {out['seconds']:.0f} s")
+          f"on 8 AIME24 x 2: {by['aime24']['avg_at_k']:.3f}; {out.seconds:.0f} s")
 
 
 def test_relift_steps_on_gsm8k_with_real_demonstrations(ray_local, smollm2, tmp_path):
@@ -65,26 +65,26 @@ def test_relift_steps_on_gsm8k_with_real_demonstrations(ray_local, smollm2, tmp_
     import torch
     from safetensors.torch import load_file
 
-    from relift_ray.driver import run
+    from relift_ray.jobs.train import run
     cfg = load_config(REPO / "jobs" / "configs" / "smollm2_gsm8k.yaml", [
         f"data.train={SHARED / 'train' / 'gsm8k' / 'train.jsonl'}",
         f"data.test={SHARED / 'eval' / 'gsm8k' / 'test.jsonl'}",
         f"output_dir={tmp_path}"])
     summary = run(cfg)
     # it solves almost nothing, so the buffer fills with GSM8K worked solutions at once
-    assert summary["sft_steps"] >= 1 and summary["demos_used_unique"] >= cfg.algo.buffer_size
-    metrics = mlflow.MlflowClient(cfg.mlflow_uri).get_run(summary["run_id"]).data.metrics
+    assert summary.sft_steps >= 1 and summary.demos_used_unique >= cfg.algo.buffer_size
+    metrics = mlflow.MlflowClient(cfg.mlflow_uri).get_run(summary.run_id).data.metrics
     assert metrics["data_dropped_long_prompts"] > 0  # long GSM8K prompts were dropped, counted
     assert metrics["train_questions"] + metrics["data_dropped_long_prompts"] == 7473
-    policy = Path(summary["checkpoint"]) / "policy"
+    policy = Path(summary.checkpoint) / "policy"
     assert (policy / "tokenizer_config.json").exists() and (policy / "chat_template.jinja").exists()
     before, after = load_file(Path(smollm2) / "model.safetensors"), load_file(
         policy / "model.safetensors")
     changed = [k for k in before if not torch.equal(before[k], after[k].to(before[k].dtype))]
     assert len(changed) > len(before) // 2  # the SFT and RL steps really moved the weights
-    steps = mlflow.MlflowClient(cfg.mlflow_uri).get_metric_history(summary["run_id"],
+    steps = mlflow.MlflowClient(cfg.mlflow_uri).get_metric_history(summary.run_id,
                                                                     "step_seconds")
     print(f"\nstep seconds: {[round(m.value) for m in steps]}")
-    print(f"\nSmolLM2 ReLIFT on GSM8K: {cfg.train.steps} steps, {summary['sft_steps']} SFT, "
-          f"{summary['demos_used_unique']} demonstrations, test {summary['before']['overall']:.3f}"
-          f" -> {summary['after']['overall']:.3f}, {summary['wall_seconds']:.0f} s")
+    print(f"\nSmolLM2 ReLIFT on GSM8K: {cfg.train.steps} steps, {summary.sft_steps} SFT, "
+          f"{summary.demos_used_unique} demonstrations, test {summary.before['overall']:.3f}"
+          f" -> {summary.after['overall']:.3f}, {summary.wall_seconds:.0f} s")

@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 def cfg_for(out, name, *extra):
-    return load_config(Path(__file__).parent.parent / "jobs/configs/toy_relift.yaml", [
+    return load_config("toy_relift", [
         f"output_dir={out}", f"name={name}", "algo.batch_size=8", "algo.n_samples=4",
         "algo.buffer_size=4", "train.steps=6", "train.checkpoint_every=2",
         "cluster.num_learners=2", "cluster.num_reward_workers=1", "data.max_test_questions=40",
@@ -28,7 +28,7 @@ def cfg_for(out, name, *extra):
 
 
 def end_state(summary):
-    ckpt = Path(summary["checkpoint"])
+    ckpt = Path(summary.checkpoint)
     from safetensors.torch import load_file
     return (json.loads((ckpt / "scheduler_state.json").read_text()),
             load_file(ckpt / "policy" / "model.safetensors"))
@@ -36,7 +36,7 @@ def end_state(summary):
 
 @pytest.fixture(scope="module")
 def reference(ray_local, tmp_path_factory):
-    from relift_ray.driver import run
+    from relift_ray.jobs.train import run
     out = tmp_path_factory.mktemp("recovery")
     s = run(cfg_for(out, "reference"))
     return out, s, end_state(s)
@@ -46,7 +46,7 @@ def reference(ray_local, tmp_path_factory):
                                        ("learner", 3)])
 def test_killed_actor_comes_back_and_the_run_ends_as_if_nothing_happened(reference, kind,
                                                                           step):
-    from relift_ray.driver import run
+    from relift_ray.jobs.train import run
     out, ref_summary, (ref_state, ref_weights) = reference
     name = f"kill-{kind}"
     s = run(cfg_for(out, name, f"train.kill=[{kind}@{step}]", "train.max_failures=2"))
@@ -56,7 +56,7 @@ def test_killed_actor_comes_back_and_the_run_ends_as_if_nothing_happened(referen
     assert state == ref_state  # question table, buffer, samplers, counters
     assert weights.keys() == ref_weights.keys()
     assert all(torch.equal(weights[k], ref_weights[k]) for k in weights)
-    assert s["after"] == ref_summary["after"]
+    assert s.after == ref_summary.after
 
 
 # ------------------------------------------------------------ asynchronous rollouts
@@ -67,7 +67,7 @@ def comparable(state):
 
 @pytest.fixture(scope="module")
 def async_reference(ray_local, tmp_path_factory):
-    from relift_ray.driver import run
+    from relift_ray.jobs.train import run
     out = tmp_path_factory.mktemp("recovery-async")
     s = run(cfg_for(out, "reference", "algo.max_staleness=1"))
     return out, s, end_state(s)
@@ -77,7 +77,7 @@ def async_reference(ray_local, tmp_path_factory):
 def test_async_run_resumes_with_rollouts_in_flight(async_reference, kind, step):
     """With algo.max_staleness=1 a checkpoint holds the batch sampled ahead (from weights the
     resumed run no longer has); a run killed mid-way ends exactly like the uninterrupted one."""
-    from relift_ray.driver import run
+    from relift_ray.jobs.train import run
     out, ref_summary, (ref_state, ref_weights) = async_reference
     name = f"async-kill-{kind}"
     s = run(cfg_for(out, name, "algo.max_staleness=1", f"train.kill=[{kind}@{step}]",
@@ -86,4 +86,4 @@ def test_async_run_resumes_with_rollouts_in_flight(async_reference, kind, step):
     state, weights = end_state(s)
     assert comparable(state) == comparable(ref_state)
     assert all(torch.equal(weights[k], ref_weights[k]) for k in weights)
-    assert s["after"] == ref_summary["after"]
+    assert s.after == ref_summary.after

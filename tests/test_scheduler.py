@@ -6,8 +6,9 @@ import pytest
 from helpers import ScriptedGenerator, ScriptedRewarder
 from relift_ray.config import load_config
 from relift_ray.records import Question
-from relift_ray.scheduler import HardBuffer, Sampler, Scheduler, bucket_of
-from relift_ray.toy.tokenizer import build_tokenizer
+from relift_ray.core.questions import HardBuffer, Sampler, bucket_of
+from relift_ray.scheduler.scheduler import Scheduler
+from relift_ray.data.toy.tokenizer import build_tokenizer
 
 TOK = build_tokenizer()
 
@@ -374,7 +375,7 @@ def test_drop_last_keeps_every_batch_within_one_pass():
 
 def test_epochs_give_the_steps_from_the_questions_kept():
     from relift_ray.config import load_config
-    from relift_ray.scheduler import steps_of
+    from relift_ray.core.questions import steps_of
     cfg = load_config(overrides=["train.epochs=3", "algo.batch_size=128"])
     # the released run: 45,7xx questions kept, 128 per step, drop_last, 3 epochs
     assert steps_of(cfg, 45714) == 3 * 357
@@ -442,12 +443,12 @@ def test_weights_taken_by_the_scheduler_reach_the_generators_before_they_sample(
     assert s.next_batch(1).weight_version == 0
     ref = ray.put({"w": 1})
     s.take_weights(1, [ref])
-    assert s._weights[0] == 1 and s._published == 1
+    assert s.group.kept[0] == 1 and s._published == 1
     b2 = s.next_batch(2)  # sampled with version 1 (the scheduler checks every completion)
-    assert b2.weight_version == 1 and s._loads == (None, [])
+    assert b2.weight_version == 1 and s.group.pending_loads() == (None, [])
     assert ray.get([g.get_version.remote() for g in gens]) == [1, 1]
 
-    s.generators = [ray.remote(Gen).remote(bad=True)]
+    s.group.generators = [ray.remote(Gen).remote(bad=True)]
     s.take_weights(2, [ref])
     with pytest.raises(ray.exceptions.RayTaskError, match="size mismatch"):
         s.next_batch(3)

@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 
 from relift_ray.records import Question, SamplingParams
-from relift_ray.serve import Job, RequestError, TextEngine
+from relift_ray.jobs.text_engine import Job, RequestError, TextEngine
 
 CHAT = ("{% for m in messages %}{% if m['role'] == 'user' %}{{ m['content'] }}{% endif %}"
         "{% endfor %}")
@@ -35,7 +35,7 @@ def engine(chat_model):
 
 
 def direct(path, prompt, **kw):
-    from relift_ray.generators.hf import HFGenerator
+    from relift_ray.rollout.hf import HFGenerator
     p = SamplingParams(**{"n": 1, "temperature": 0.0, "max_new_tokens": 48, **kw})
     return HFGenerator(path).generate([Question(id="0", prompt=prompt, answer="")], p)[0]
 
@@ -97,7 +97,7 @@ def _post(url, data: bytes):
 def served(ray_local, chat_model):
     from ray import serve
 
-    from relift_ray.serve import start
+    from relift_ray.jobs.serve import start
     url = start(chat_model, port=_free_port(), name="toy", num_cpus=0.25, batch_size=8)
     yield url
     serve.shutdown()

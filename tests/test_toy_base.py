@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from relift_ray.toy import base
-from relift_ray.toy.tokenizer import build_tokenizer
+from relift_ray.data.toy import model as base
+from relift_ray.jobs import toy_base
+from relift_ray.data.toy.tokenizer import build_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,7 +49,7 @@ def test_base_model_path_is_the_shipped_folder(monkeypatch):
         base.RECIPE["hidden_size"], base.RECIPE["intermediate_size"],
         base.RECIPE["num_hidden_layers"], base.RECIPE["num_attention_heads"], len(tok))
     # the weights are trained ones: greedy answers to a few level-1 test questions are right
-    from relift_ray.toy.task import make_questions
+    from relift_ray.data.toy.task import make_questions
     qs = make_questions("test", (1,))[:8]
     enc = tok([q.prompt for q in qs], return_tensors="pt", padding=True,
               add_special_tokens=False)
@@ -62,7 +63,7 @@ def test_base_model_path_is_the_shipped_folder(monkeypatch):
 def test_base_model_path_builds_when_the_recipe_changed(monkeypatch, tmp_path):
     calls = []
     monkeypatch.setattr(base, "RECIPE", {**base.RECIPE, "steps": base.RECIPE["steps"] + 1})
-    monkeypatch.setattr(base, "default_cache", lambda: tmp_path)
+    monkeypatch.setattr(base, "cache_dir", lambda: tmp_path)
     monkeypatch.setattr(base, "build_base_model",
                         lambda cache, log=print: calls.append(cache) or "built")
     logs = []
@@ -75,7 +76,7 @@ def test_shipped_weights_are_packaged_and_not_ignored():
     import tomllib
 
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert "base_model/*" in pyproject["tool"]["setuptools"]["package-data"]["relift_ray.toy"]
+    assert "base_model/*" in pyproject["tool"]["setuptools"]["package-data"]["relift_ray.data.toy"]
     files = [p for p in base.SHIPPED.iterdir()]
     names = {p.name for p in files}
     assert {"config.json", "model.safetensors", "tokenizer.json", "recipe.json"} <= names
@@ -86,7 +87,7 @@ def test_shipped_weights_are_packaged_and_not_ignored():
 
 
 def test_cli_prints_the_shipped_folder():
-    out = subprocess.run([sys.executable, "-m", "relift_ray.toy.base"], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "relift_ray.jobs.toy_base"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == str(base.SHIPPED)
@@ -127,8 +128,8 @@ def test_rebuild_from_the_recipe_is_equivalent_to_the_shipped_model(tmp_path):
         for k in a.keys():
             assert a.get_slice(k).get_shape() == b.get_slice(k).get_shape(), k
 
-    acc_shipped = base.level_accuracy(shipped)
-    acc_rebuilt = base.level_accuracy(rebuilt)
+    acc_shipped = toy_base.level_accuracy(shipped)
+    acc_rebuilt = toy_base.level_accuracy(rebuilt)
     print(f"\nrebuild took {build_s:.0f}s; greedy test accuracy shipped {acc_shipped}, "
           f"rebuilt {acc_rebuilt}")
     for acc in (acc_shipped, acc_rebuilt):

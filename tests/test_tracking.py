@@ -7,7 +7,7 @@ import pytest
 def test_step_logger_writes_every_step_once_the_run_id_arrives(tmp_path):
     import mlflow
 
-    from relift_ray.tracking import StepLogger
+    from relift_ray.tracking.tracker import StepLogger
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = mlflow.MlflowClient(uri)
     exp = client.create_experiment("t")
@@ -30,7 +30,7 @@ def test_step_logger_writes_every_step_once_the_run_id_arrives(tmp_path):
 
 
 def test_step_logger_survives_a_run_id_that_never_comes(tmp_path, capsys):
-    from relift_ray.tracking import StepLogger
+    from relift_ray.tracking.tracker import StepLogger
 
     def missing():
         raise TimeoutError("no MLflow run id under 'k' after 0 s")
@@ -45,7 +45,7 @@ def test_step_logger_survives_a_run_id_that_never_comes(tmp_path, capsys):
 def test_write_csv_takes_every_rows_columns(tmp_path):
     import csv
 
-    from relift_ray.tracking import write_csv
+    from relift_ray.tracking.tracker import write_csv
     write_csv([{"a": 1}, {"a": 2, "b": 3}], tmp_path / "t.csv")
     with open(tmp_path / "t.csv") as f:
         assert list(csv.DictReader(f)) == [{"a": "1", "b": ""}, {"a": "2", "b": "3"}]

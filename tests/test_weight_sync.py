@@ -7,11 +7,11 @@ import time
 import pytest
 import torch
 
-from relift_ray.algo import logprob_mismatch, policy_loss, tis_weights
-from relift_ray.learner import to_tensors
+from relift_ray.core.algo import logprob_mismatch, policy_loss, tis_weights
+from relift_ray.learner.forward import to_tensors
 from relift_ray.records import Sample
-from relift_ray.weight_sync import (WeightSyncTimeout, on_all, bucket_bytes_for,
-                                    named_weights, weights_nbytes, with_deadline)
+from relift_ray.learner.weight_sync import (WeightSyncTimeout, on_all, bucket_bytes_for, named_weights, weights_nbytes)
+from relift_ray.learner.weight_sync import with_deadline
 
 
 def test_tis_weights_are_the_truncated_ratio_and_one_on_padding():
@@ -108,7 +108,7 @@ def test_buckets_fit_the_largest_tensor_and_sizes_count_every_parameter():
 
 def test_colocated_learners_leave_the_generator_its_share_of_the_gpu():
     from relift_ray.config import load_config
-    from relift_ray.driver import COLOCATED_GENERATOR_GPU, learner_resources
+    from relift_ray.runtime.topology import COLOCATED_GENERATOR_GPU, learner_resources
     gpu = ["generator.backend=vllm", "cluster.use_gpu=true", "cluster.learner_cpus=2"]
     assert learner_resources(load_config(overrides=gpu)) == {"CPU": 2, "GPU": 1}
     both = load_config(overrides=gpu + ["generator.colocate=true", "generator.weight_sync=ipc",
@@ -142,17 +142,20 @@ class _FakeLearner:
 
 def test_publisher_is_chosen_from_config_and_loads_in_process_generators():
     from relift_ray.config import load_config
-    from relift_ray.weight_sync import InProcessPublisher, make_publisher
+    from relift_ray.learner.weight_sync import InProcessPublisher, make_publisher
     log = []
     pub = make_publisher(load_config(overrides=[]), [_RecordingGen(log), _RecordingGen(log)])
     assert isinstance(pub, InProcessPublisher)
     pub.after_generation()  # not colocated: the engines stay awake
-    assert pub.publish(_FakeLearner(), 3) >= 0
+    seconds = pub.publish(_FakeLearner(), 3)
+    assert isinstance(seconds, float) and 0 < seconds < 60  # the sync's own time
+    assert pub.waited < 0.1  # on-policy: nothing sampled ahead to wait for
     assert log == [("load", 3, ["w"]), ("load", 3, ["w"])]
+    assert [g.version for g in pub.generators] == [3, 3]
 
 
 def test_colocated_engines_sleep_after_generation_and_wake_weights_first():
-    from relift_ray.weight_sync import InProcessPublisher
+    from relift_ray.learner.weight_sync import InProcessPublisher
     log = []
     pub = InProcessPublisher([_RecordingGen(log)], colocate=True)
     pub.after_generation()
@@ -162,7 +165,7 @@ def test_colocated_engines_sleep_after_generation_and_wake_weights_first():
 
 
 def test_publisher_refuses_a_generator_that_reports_another_version():
-    from relift_ray.weight_sync import InProcessPublisher
+    from relift_ray.learner.weight_sync import InProcessPublisher
 
     class Stuck(_RecordingGen):
         def load_weights(self, version, sd):
@@ -178,7 +181,7 @@ def test_nccl_sync_finishes_the_update_when_the_transfer_fails(monkeypatch):
     import sys
     import types
 
-    from relift_ray.weight_sync import NCCLWeightSync
+    from relift_ray.learner.weight_sync import NCCLWeightSync
 
     class Engine:
         @staticmethod

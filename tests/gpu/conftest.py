@@ -25,7 +25,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def toy_model():
     """The toy base model (pretrained on levels 1-2), shipped with the package."""
-    from relift_ray.toy.base import base_model_path
+    from relift_ray.data.toy.model import base_model_path
     return base_model_path()
 
 

@@ -8,16 +8,17 @@ pytestmark = pytest.mark.gpu
 
 vllm = pytest.importorskip("vllm", reason="the vLLM backend needs vLLM: pip install .[gpu]")
 
-from relift_ray.algo import logprob_mismatch  # noqa: E402
-from relift_ray.learner import forward_logprobs, to_tensors  # noqa: E402
+from relift_ray.core.algo import logprob_mismatch  # noqa: E402
+from relift_ray.learner.forward import forward_logprobs, to_tensors  # noqa: E402
 from relift_ray.records import Sample, SamplingParams  # noqa: E402
-from relift_ray.toy import task  # noqa: E402
-from relift_ray.weight_sync import IPCWeightSync, WeightSyncTimeout, with_deadline  # noqa: E402
+from relift_ray.data.toy import task  # noqa: E402
+from relift_ray.learner.weight_sync import IPCWeightSync, WeightSyncTimeout
+from relift_ray.learner.weight_sync import with_deadline  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def gen(toy_model):
-    from relift_ray.generators import make_generator
+    from relift_ray.rollout.generator import make_generator
     kw = dict(dtype="bfloat16", gpu_memory_utilization=0.15, enforce_eager=True,
               max_model_len=128)
     try:

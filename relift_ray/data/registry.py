@@ -1,0 +1,98 @@
+"""Named models and data sources, and how ``model.path`` / ``data.train`` are resolved.
+
+The embedded toy and SmolLM2 plug in here the way a user's own would: by name, as a
+``module:function`` the core imports only when a config names it.
+
+    model.path: toy | smollm2-135m | <HF model folder> | <checkpoint or run folder> | owner/name
+                | py:my_pkg.models:build      (a function returning an HF model folder)
+    data.train: toy | toy-teacher | <file> | hf://owner/name[/glob]
+                | py:my_pkg.data:questions    (a function of the split returning Questions)
+
+Imports no Ray, and nothing of the toy task unless a config names it.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from pathlib import Path
+
+from relift_ray.errors import DataError
+
+MODELS = {
+    "toy": "relift_ray.data.toy.model:base_model_path",  # the embedded default's base model
+    "smollm2-135m": "relift_ray.data.models:smollm2_path",  # SmolLM2-135M-Instruct, offline on CPU
+}
+DATA_SOURCES = {
+    "toy": "relift_ray.data.toy.task:make_questions",  # the toy task's train / test splits
+    # the same questions, demonstrations in a teacher's long self-verifying style (the comparison job's teacher variants)
+    "toy-teacher": "relift_ray.data.toy.task:make_teacher_questions",
+}
+
+
+class ModelNotFound(DataError):
+    """``model.path`` names nothing loadable; the message says what was looked for."""
+
+
+def cache_dir() -> Path:
+    """Where built and converted models are kept: $RELIFT_CACHE, else ~/.cache/relift_ray."""
+    return Path(os.environ.get("RELIFT_CACHE") or Path.home() / ".cache" / "relift_ray")
+
+
+def load_function(target: str):
+    """``package.module:function`` -> the function."""
+    module, sep, name = target.partition(":")
+    if not sep or not module or not name:
+        raise ValueError(f"{target!r}: expected package.module:function")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"{target!r}: cannot import it ({e})") from None
+
+
+def data_source(spec: str):
+    """The question-making function of a named (or ``py:``) data source, else None."""
+    if spec in DATA_SOURCES:
+        return load_function(DATA_SOURCES[spec])
+    if spec.startswith("py:"):
+        return load_function(spec[3:])
+    return None
+
+
+def resolve_model(spec: str, field: str = "model.path", log=print) -> str:
+    """A loadable model for ``spec``: a named model (built or converted on first use), an HF
+    folder, a checkpoint (``<ckpt>/policy``), a run folder (its newest checkpoint's policy), or
+    a hub id (``owner/name``, downloaded by ``from_pretrained`` into the HF cache)."""
+    if spec in MODELS:
+        return load_function(MODELS[spec])(log=log)
+    if spec.startswith("py:"):
+        try:
+            return str(load_function(spec[3:])())
+        except ValueError as e:
+            raise ModelNotFound(f"{field}={spec}: {e}") from None
+    path = Path(spec).expanduser()
+    known = ", ".join(MODELS)
+    if not path.exists():
+        if spec.startswith((".", "/", "~")) or spec.count("/") != 1 or not spec.strip("/"):
+            raise ModelNotFound(
+                f"{field}={spec}: no such folder ({path.resolve()} does not exist), and not a "
+                f"hub id (owner/name). {field} takes an HF model folder (with config.json), a "
+                f"checkpoint or run folder, a hub id, or one of: {known}")
+        return spec  # a hub id: from_pretrained downloads it (or reads the HF cache)
+    if (path / "config.json").exists():
+        return str(path)
+    if (path / "policy" / "config.json").exists():
+        return str(path / "policy")
+    checkpoints = [p.parent.parent for p in path.rglob("policy/config.json")]
+    if not checkpoints:
+        raise ModelNotFound(
+            f"{field}={spec}: {path.resolve()} exists but holds no model: looked for "
+            f"config.json (an HF model folder), policy/config.json (a checkpoint) and "
+            f"*/policy/config.json (a run's checkpoints)")
+    return str(max(checkpoints, key=_checkpoint_step) / "policy")
+
+
+def _checkpoint_step(ckpt: Path) -> tuple[int, float]:
+    meta = ckpt / "meta.json"
+    step = json.loads(meta.read_text()).get("step", -1) if meta.exists() else -1
+    return step, ckpt.stat().st_mtime

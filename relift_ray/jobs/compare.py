@@ -1,0 +1,332 @@
+"""The comparison job: RL, SFT, SFT-then-RL, ReLIFT and the paper's ablations side by side.
+
+Every method starts from the same base model and runs the same number of learner steps
+(``train.steps``) with the same seeds; each (method, seed) is one Ray task running a whole
+in-process run (``relift_ray.jobs.in_process``), ``compare.parallel`` of them at once. Then:
+
+- test accuracy per level and overall, greedy and avg@k at temperature 0.6, on the held-out
+  split, as mean and spread (sample std) over seeds;
+- demonstrations used (unique, total, share of all available), learner updates, wall time;
+- the paper's bucket analysis: test questions bucketed by the base model's pass rate over
+  N samples (Easy >= 6/8, Medium 3-5/8, Hard 1-2/8, Hardest 0/8), each method's gain per bucket;
+- the test responses' length, share cut at the budget and the policy's entropy over them, at
+  every evaluation point (SFT included);
+- controls for ReLIFT's demonstrations: offline SFT on as many demonstrations as ReLIFT used
+  in the same seed (``sft_matched_random``) or on exactly those (``sft_matched_hardest``),
+  started when that ReLIFT run ends;
+- the paper's claims as pre-registered (docs/preregistration_toy_claims.md), each with a
+  verdict from 95% Welch intervals over seeds (``claims``);
+- MLflow: one parent run, one child run per (method, seed) with its config, per-step metrics
+  and accuracy curve; the tables and the figure as the parent's artifacts;
+- CSV files and a PNG figure in ``<output_dir>/<name>/`` (relift_ray.jobs.compare_report).
+
+The job reads as prepare / submit / wait / report (``run``).
+
+    relift compare --config compare_toy compare.seeds=1,2,3
+"""
+from __future__ import annotations
+
+import copy
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ray
+
+from relift_ray.config import RunConfig, validate
+from relift_ray.data.load import load_data
+from relift_ray.data.registry import resolve_model
+from relift_ray.errors import ConfigError
+from relift_ray.imports import skip_unused_modules
+from relift_ray.jobs.compare_report import write_report
+from relift_ray.records import BaseEval, RunResult
+from relift_ray.rollout.evaluate import question_scores
+from relift_ray.rollout.rewards import RewardWorker
+from relift_ray.runtime.cluster import init_ray
+from relift_ray.tracking.console import Console
+from relift_ray.tracking.tracker import Tracker, finite_metrics
+
+# What each method changes in the run's config (everything else is shared).
+METHODS: dict[str, dict] = {
+    "rl": {"mode": "rl"},  # RL only: no buffer, no SFT
+    "sft": {"mode": "sft"},  # offline SFT over all demonstrations
+    "sft_then_rl": {"mode": "sft_then_rl"},  # SFT for a share of the steps, then RL
+    "relift": {"mode": "relift"},  # the released algorithm
+    # the paper's ablations
+    "sft_every_k": {"mode": "relift", "sft_trigger": "every_k"},  # fixed SFT schedule
+    "non_hardest_buffer": {"mode": "relift", "buffer_feed": "non_hardest"},
+    "sft_every_step": {"mode": "relift", "sft_trigger": "every_step"},
+    "mixed": {"mode": "mixed"},  # RL loss + SFT loss on the step's hardest, every step
+    # asynchronous rollouts: each batch sampled with weights one version behind the learner
+    "relift_async": {"mode": "relift", "max_staleness": 1},
+    "rl_async": {"mode": "rl", "max_staleness": 1},
+    # controls for ReLIFT's demonstrations: offline SFT on as many as ReLIFT used in the same
+    # seed, a random subset / exactly those (the same steps and SFT batch size as `sft`)
+    "sft_matched_random": {"mode": "sft"},
+    "sft_matched_hardest": {"mode": "sft"},
+}
+MATCHED = ("sft_matched_random", "sft_matched_hardest")  # they wait for relift's run
+
+
+def matched_questions(method: str, train_qs: list, relift_ids, seed: int) -> list:
+    """The training questions of a matched control: only those whose demonstration it trains
+    on (offline SFT samples from the questions with a demonstration)."""
+    with_demo = [q for q in train_qs if q.demo]
+    if method == "sft_matched_hardest":
+        ids = set(relift_ids)
+        return [q for q in with_demo if q.id in ids]
+    if method == "sft_matched_random":
+        picked = set(random.Random(seed).sample(range(len(with_demo)), len(relift_ids)))
+        return [q for i, q in enumerate(with_demo) if i in picked]
+    raise ValueError(f"{method} is not a matched control ({', '.join(MATCHED)})")
+
+
+def method_config(cfg: RunConfig, method: str, seed: int) -> RunConfig:
+    if method not in METHODS:
+        raise ConfigError(f"compare.methods: unknown method {method!r} "
+                          f"(known: {', '.join(METHODS)})")
+    out = copy.deepcopy(cfg)
+    for key, value in METHODS[method].items():
+        setattr(out.algo, key, value)
+    if method == "sft_then_rl":
+        out.algo.sft_first_steps = max(1, round(cfg.train.steps * cfg.compare.sft_then_rl_fraction))
+    out.train.seed = seed
+    out.name = f"{cfg.name}-{method}-s{seed}"
+    out.cluster.num_learners = 1
+    return validate(out)
+
+
+# ------------------------------------------------------------------ the Ray tasks
+
+def _run_task(cfg_dict: dict, model_path: str, train_qs, test_qs, eval_every: int,
+              eval_k: int, threads: int) -> RunResult:
+    # in the Ray task, after skip_unused_modules(): torch, transformers, the learner
+    from relift_ray.jobs.in_process import run_in_process
+    skip_unused_modules()
+    cfg = RunConfig.from_dict(cfg_dict)
+    return run_in_process(cfg, model_path, train_qs, test_qs, eval_every=eval_every,
+                         eval_k=eval_k, threads=threads)
+
+
+def _base_task(cfg_dict: dict, model_path: str, test_qs, eval_k: int, n_bucket: int,
+               threads: int) -> BaseEval:
+    """The base model on the test split: greedy, avg@k at 0.6, and its pass rate over N samples
+    at the training temperature (what the buckets are made of)."""
+    # in the Ray task: this module is imported by the driver too, which needs no torch
+    import torch
+
+    skip_unused_modules()
+
+    # in the Ray task, after skip_unused_modules(): torch, transformers
+    from relift_ray.jobs.in_process import device_of, greedy_profile, test_accuracy
+    from relift_ray.rollout.hf import HFGenerator
+
+    cfg = RunConfig.from_dict(cfg_dict)
+    torch.set_num_threads(threads)
+    rewarder = RewardWorker(cfg.data.answer_extraction, cfg.cluster.reward_timeout_s)
+    try:
+        gen = HFGenerator(model_path, device=device_of(cfg), dtype=cfg.model.dtype)
+        t = cfg.algo.max_new_tokens
+        pass_rates = question_scores([gen], [rewarder], test_qs, n=n_bucket,
+                                     temperature=cfg.algo.temperature, max_new_tokens=t, seed=1)
+        greedy_scores, profile = greedy_profile(gen, rewarder, test_qs, t)
+        return BaseEval(**test_accuracy(gen, rewarder, test_qs, t, eval_k, seed=0,
+                                        greedy_scores=greedy_scores),
+                        pass_rates=pass_rates, profile=profile)
+    finally:
+        rewarder.close()
+
+
+# ------------------------------------------------------------------ aggregation
+
+
+# ------------------------------------------------------------------ the pre-registered claims
+
+
+# ------------------------------------------------------------------ outputs
+
+
+def _log_child(client, experiment_id: str, parent_id: str, cfg: RunConfig,
+               r: RunResult) -> str:
+    # MLflow (~1.5 s): where a run logs
+    from mlflow.entities import Metric, Param
+
+
+    run = client.create_run(experiment_id, run_name=cfg.name,
+                            tags={"mlflow.parentRunId": parent_id, "method": r.method,
+                                  "seed": str(r.seed), "mode": cfg.algo.mode})
+    rid = run.info.run_id
+    params = [Param(k, str(v)[:500]) for k, v in cfg.flat().items()]
+    for i in range(0, len(params), 100):
+        client.log_batch(rid, params=params[i:i + 100])
+    client.log_text(rid, cfg.to_yaml(), "config.yaml")
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, v, now, h["step"]) for h in r.history
+               for k, v in finite_metrics(h).items() if k != "step"]
+    metrics += [Metric(f"test_greedy/{k}", v, now, p["step"]) for p in r.curve
+                for k, v in p.items() if k != "step"]
+    final = {**{f"final_greedy/{k}": v for k, v in r.greedy.items()},
+             **{f"final_avg_at_k/{k}": v for k, v in r.sampled.items()},
+             **{k: getattr(r, k) for k in ("demos_used_unique", "demos_used_total", "demos_available",
+                                  "learner_updates", "sft_steps", "wall_seconds")}}
+    metrics += [Metric(k, float(v), now, cfg.train.steps) for k, v in final.items()]
+    for i in range(0, len(metrics), 900):
+        client.log_batch(rid, metrics=metrics[i:i + 900])
+    client.set_terminated(rid, "FINISHED")
+    return rid
+
+
+@dataclass
+class Comparison:
+    """What the comparison job carries between its phases, and returns."""
+    cfg: RunConfig
+    configs: dict  # (method, seed) -> its RunConfig
+    model_path: str = ""
+    train_qs: list = field(default_factory=list)
+    test_qs: list = field(default_factory=list)
+    base: BaseEval | None = None  # the base model's evaluation (_base_task)
+    results: list[RunResult] = field(default_factory=list)  # each finished run
+    failed: list = field(default_factory=list)  # "method seed s" of runs that failed
+    rows: list = field(default_factory=list)  # the table's rows
+    gains: dict = field(default_factory=dict)
+    out_dir: str = ""
+    run_id: str = ""
+    wall_seconds: float = 0.0
+
+
+def run(cfg: RunConfig) -> Comparison:
+    """Prepare the runs' configs and data, submit every run as a Ray task, wait for them
+    (the matched controls start when their ReLIFT run ends), report."""
+
+    t_start = time.time()
+    job = Comparison(cfg, {(m, s): method_config(cfg, m, s)
+                           for m in cfg.compare.methods for s in cfg.compare.seeds})
+    out_dir = cfg.run_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    job.out_dir = str(out_dir)
+    init_ray(cfg)
+    console = Console.start()  # the runs' progress lines (Ray's own stay in its log files)
+    prepare(job)
+    tracker = Tracker(cfg.mlflow_uri, cfg.tracking.experiment, cfg.name,
+                      tags={"kind": "compare"}, artifact_root=cfg.artifact_root)
+    tracker.log_config(cfg)
+    job.run_id = tracker.run_id
+    status = "FAILED"
+    try:
+        wait(job, tracker, submit(job), t_start)
+        report(job, tracker, out_dir)
+        job.wall_seconds = time.time() - t_start
+        tracker.log_metrics({"wall_seconds": job.wall_seconds})
+        status = "FINISHED"
+        print(f"\n[compare] {len(job.configs)} runs in {job.wall_seconds:.0f}s; tables and "
+              f"compare.png in {out_dir}; MLflow parent run {tracker.run_id} in "
+              f"{cfg.mlflow_uri}", flush=True)
+        return job
+    finally:
+        tracker.end(status)
+        console.stop()
+
+
+def prepare(job: Comparison) -> None:
+    """The base model and the questions every run shares."""
+    # transformers: the Ray tasks import this module before they hide scikit-learn
+    from transformers import AutoTokenizer
+
+    cfg, cc = job.cfg, job.cfg.compare
+    job.model_path = resolve_model(cfg.model.path)
+    tokenizer = AutoTokenizer.from_pretrained(job.model_path)
+    job.train_qs, job.test_qs, _ = load_data(cfg, tokenizer)
+    print(f"[compare] {len(cc.methods)} methods x {len(cc.seeds)} seeds = {len(job.configs)} "
+          f"runs of {cfg.train.steps} steps, {cc.parallel} at a time; {len(job.train_qs)} "
+          f"training and {len(job.test_qs)} test questions", flush=True)
+
+
+class Runs:
+    """The Ray tasks of one comparison: the base model's evaluation and the runs."""
+
+    def __init__(self, job: Comparison):
+
+        self.job, cc = job, job.cfg.compare
+        self.res = {"num_cpus": job.cfg.cluster.num_cpus / cc.parallel,
+                    "num_gpus": 1 if job.cfg.cluster.use_gpu else 0}
+        self.train_ref, self.test_ref = ray.put(job.train_qs), ray.put(job.test_qs)
+        self.pending: dict = {}  # task ref -> (method, seed)
+        self.base_ref = ray.remote(_base_task).options(name="compare-base", **self.res).remote(
+            job.cfg.to_dict(), job.model_path, self.test_ref, cc.eval_k, cc.bucket_samples,
+            cc.threads)
+
+    def submit(self, method: str, seed: int, questions_ref=None) -> None:
+
+        cc = self.job.cfg.compare
+        ref = ray.remote(_run_task).options(name=f"compare-{method}-s{seed}", **self.res).remote(
+            self.job.configs[(method, seed)].to_dict(), self.job.model_path,
+            questions_ref or self.train_ref, self.test_ref, cc.eval_every, cc.eval_k, cc.threads)
+        self.pending[ref] = (method, seed)
+
+
+def submit(job: Comparison) -> Runs:
+    """Every run but the matched controls (they start when relift's run of their seed ends),
+    and the base model's evaluation, as Ray tasks, ``compare.parallel`` at a time."""
+    runs = Runs(job)
+    for m, s in job.configs:
+        if m not in MATCHED:
+            runs.submit(m, s)
+    return runs
+
+
+def wait(job: Comparison, tracker, runs: Runs, t_start: float) -> None:
+    """Each run's result as it finishes, logged as an MLflow child run; a run that crashes
+    is reported and the others kept."""
+
+    job.base = ray.get(runs.base_ref)
+    print(f"[compare] base model: greedy {job.base.greedy['overall']:.3f}, "
+          f"avg@{job.cfg.compare.eval_k} {job.base.sampled['overall']:.3f}", flush=True)
+    client = tracker.mlflow.tracking.MlflowClient(job.cfg.mlflow_uri)
+    exp_id = tracker.run.info.experiment_id
+    n_demos = sum(1 for q in job.train_qs if q.demo)
+    while runs.pending:
+        done, _ = ray.wait(list(runs.pending), num_returns=1)
+        m, s = runs.pending.pop(done[0])
+        waiting = [c for c in MATCHED if (c, s) in job.configs] if m == "relift" else []
+        try:
+            r = ray.get(done[0])
+        except ray.exceptions.RayError as e:  # one run's crash does not lose the others
+            job.failed += [f"{x} seed {s}" for x in [m, *waiting]]
+            print(f"[compare] FAILED: {m} seed {s}: {str(e).strip().splitlines()[-1]}"
+                  + (f" (so {', '.join(waiting)} cannot run)" if waiting else ""), flush=True)
+            continue
+        for c in waiting:
+            _submit_matched(job, runs, c, s, r.demos_used_ids)
+        r.method = m
+        if m in MATCHED:  # its share is of every training demonstration, as the others'
+            r.demos_available = n_demos
+        job.results.append(r)
+        r.mlflow_run_id = _log_child(client, exp_id, tracker.run_id, job.configs[(m, s)], r)
+        print(f"[compare] {len(job.results) + len(job.failed)}/{len(job.configs)} done: {m} "
+              f"seed {s}: greedy {r.greedy['overall']:.3f}, demos "
+              f"{r.demos_used_unique}, {r.wall_seconds:.0f}s "
+              f"({time.time() - t_start:.0f}s elapsed)", flush=True)
+
+
+def _submit_matched(job: Comparison, runs: Runs, method: str, seed: int, relift_ids) -> None:
+
+    subset = matched_questions(method, job.train_qs, relift_ids, seed)
+    if subset:
+        runs.submit(method, seed, ray.put(subset))
+    else:
+        job.failed.append(f"{method} seed {seed}")
+        print(f"[compare] {method} seed {seed} not run: relift used no demonstrations in "
+              f"seed {seed}", flush=True)
+
+
+def report(job: Comparison, tracker, out_dir: Path) -> None:
+    """The tables, claims and figures (relift_ray.jobs.compare_report), printed too."""
+    if not job.results:
+        raise RuntimeError(f"every run failed: {', '.join(job.failed)}")
+    if job.failed:
+        tracker.set_tags({"failed_runs": ", ".join(job.failed)})
+    job.rows, job.gains, text = write_report(out_dir, tracker, job.base, job.results,
+                                             job.failed, job.cfg.compare.methods,
+                                             job.cfg.compare.eval_k)
+    print("\n" + text, flush=True)

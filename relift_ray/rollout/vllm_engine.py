@@ -1,0 +1,163 @@
+"""The vLLM generator backend (GPU): one vLLM engine per generator, same interface as the
+transformers backend.
+
+Weights reach the engine through vLLM's own weight-transfer API (``LLM.start_weight_update``,
+``update_weights``, ``finish_weight_update``): CUDA IPC when the sender shares the GPU
+(colocated learner, or this process loading a state dict from the object store), NCCL when the
+learner broadcasts from its own GPUs (``relift_ray.weight_sync``). The methods below carry the
+names of vLLM's ``VLLMWeightSyncClient`` protocol, so a Ray actor of this class can be driven by
+vLLM's trainer-side engines as well as by ours.
+
+Colocated runs put the engine to sleep while the learner trains (``sleep``: KV cache dropped,
+weights offloaded to CPU) and wake it before the next weight sync (``wake_up``).
+
+vLLM is imported inside the methods: the CPU install never needs it (``pip install .[gpu]``).
+"""
+from __future__ import annotations
+
+from relift_ray.learner.weight_sync import bucket_bytes_for, ipc_send
+from relift_ray.records import Completion, Question, SamplingParams
+from relift_ray.rollout.placement import engine_placement
+
+
+class VLLMGenerator:
+    def __init__(self, model_path: str, *, tensor_parallel_size: int = 1,
+                 dtype: str = "bfloat16", gpu_memory_utilization: float = 0.5,
+                 max_model_len: int = 0, eos_token: str = "", seed: int = 0,
+                 enable_sleep_mode: bool = False, weight_transfer: str = "ipc",
+                 enforce_eager: bool = False, bucket_mb: int = 512,
+                 distributed_executor_backend: str | None = None):
+        import os
+
+        from vllm import LLM  # vLLM (the gpu extra): in the engine actor only
+
+        if weight_transfer == "ipc":
+            # CUDA IPC handles carry torch types that vLLM's msgpack channel to its engine
+            # process only passes with pickle; both ends are this job's own processes
+            os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
+        kwargs = dict(model=model_path, tensor_parallel_size=tensor_parallel_size,
+                      dtype=dtype, gpu_memory_utilization=gpu_memory_utilization, seed=seed,
+                      enable_sleep_mode=enable_sleep_mode, enforce_eager=enforce_eager,
+                      weight_transfer_config={"backend": weight_transfer})
+        if max_model_len:
+            kwargs["max_model_len"] = max_model_len
+        if distributed_executor_backend:
+            kwargs["distributed_executor_backend"] = distributed_executor_backend
+        self.llm = LLM(**kwargs)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.eos_id = (self.tokenizer.convert_tokens_to_ids(eos_token) if eos_token
+                       else self.tokenizer.eos_token_id)
+        self.weight_transfer = weight_transfer
+        self.bucket_mb = bucket_mb
+        self.weight_version = 0
+        self.tokens_generated = 0
+        self.asleep = False
+
+    def placement(self) -> tuple[str, str]:
+        """(node id, Ray GPU id) of this engine (relift_ray.placement pins its learner)."""
+        return engine_placement()
+
+    # ------------------------------------------------------------------ sampling
+
+    def get_version(self) -> int:
+        return self.weight_version
+
+    def sampling_params(self, params: SamplingParams, logprobs: bool = True):
+        from vllm import SamplingParams as VLLMSamplingParams  # in the engine actor only
+
+        # logprobs=0: the sampled token's own log-prob (raw logits, as the learner computes
+        # them), kept per token for the mismatch check and the importance-sampling correction
+        return VLLMSamplingParams(
+            n=params.n, temperature=params.temperature, top_p=params.top_p,
+            max_tokens=params.max_new_tokens, seed=params.seed,
+            logprobs=0 if logprobs else None,
+            stop_token_ids=[self.eos_id] if self.eos_id is not None else None)
+
+    def generate(self, questions: list[Question], params: SamplingParams) -> list[list[Completion]]:
+        if self.asleep:
+            raise RuntimeError("generate() on a sleeping vLLM engine: call wake_up() first")
+        prompts = [{"prompt_token_ids": self.tokenizer.encode(q.prompt, add_special_tokens=False)}
+                   for q in questions]
+        outs = self.llm.generate(prompts, self.sampling_params(params), use_tqdm=False)
+        result = []
+        for q, prompt, out in zip(questions, prompts, outs):
+            group = []
+            for c in sorted(out.outputs, key=lambda c: c.index):
+                resp = tuple(c.token_ids)
+                lps = _sampled_logprobs(c.logprobs, resp)
+                self.tokens_generated += len(resp)
+                group.append(Completion(
+                    question_id=q.id, prompt_ids=tuple(prompt["prompt_token_ids"]),
+                    response_ids=resp, text=c.text, weight_version=self.weight_version,
+                    logprobs=lps))
+            result.append(group)
+        return result
+
+    # ------------------------------------------------------------------ weights
+
+    def init_weight_transfer_engine(self, request) -> None:
+        self.llm.init_weight_transfer_engine(_as_dict(request, "init_info"))
+
+    def start_weight_update(self) -> None:
+        self.llm.start_weight_update()
+
+    def update_weights(self, request) -> None:
+        self.llm.update_weights(_as_dict(request, "update_info"))
+
+    def finish_weight_update(self) -> None:
+        self.llm.finish_weight_update()
+        self.llm.reset_prefix_cache()  # cached KV blocks were computed by the old weights
+
+    def set_version(self, version: int) -> int:
+        self.weight_version = version
+        return version
+
+    def load_weights(self, version: int, state_dict: dict) -> int:
+        """The object-store path: a CPU state dict (one ``ray.put`` by the learner) goes to this
+        GPU, then into the engine by CUDA IPC in buckets of ``bucket_mb``."""
+        # torch: in the engine actor only
+        import torch
+
+        if self.weight_transfer != "ipc":
+            raise RuntimeError(
+                f"load_weights needs the engine's weight transfer backend 'ipc', this engine "
+                f"was started with {self.weight_transfer!r} (generator.weight_sync)")
+        device = torch.device("cuda", torch.cuda.current_device())
+        ipc_send([self], ((k, v.to(device, non_blocking=True)) for k, v in state_dict.items()),
+                 bucket_bytes_for(state_dict.values(), self.bucket_mb))
+        return self.set_version(version)
+
+    # ------------------------------------------------------------------ colocation
+
+    def sleep(self, level: int = 1) -> None:
+        """Free the GPU for the learner: level 1 offloads the weights to CPU and drops the KV
+        cache; level 2 drops both (the next weight sync refills them)."""
+        self.llm.sleep(level=level)
+        self.asleep = True
+
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        if not self.asleep:  # colocated runs wake before every sync; the first finds it awake
+            return
+        self.llm.wake_up(tags)
+        if tags is None or "kv_cache" in tags:
+            self.asleep = False
+
+    def memory_gib(self) -> float:
+        # torch: in the engine actor only
+        import torch
+        free, total = torch.cuda.mem_get_info()
+        return (total - free) / 2 ** 30
+
+
+def _as_dict(request, key: str) -> dict:
+    """vLLM's request objects or plain dicts ({key: ...}), as vLLM's own clients send them."""
+    if isinstance(request, dict):
+        return request if key in request else {key: request}
+    return {key: getattr(request, key)}
+
+
+def _sampled_logprobs(logprobs, token_ids: tuple[int, ...]) -> tuple[float, ...]:
+    """vLLM gives, per position, a {token_id: Logprob} map; keep the sampled token's value."""
+    if not logprobs:
+        return ()
+    return tuple(float(pos[t].logprob) for pos, t in zip(logprobs, token_ids))
