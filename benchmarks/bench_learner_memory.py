@@ -1,6 +1,6 @@
 """Peak memory of one learner update at the paper's shapes, against the token budget.
 
-The paper's run (jobs/configs/paper.yaml) trains Qwen2.5-Math-7B on 1,024-token prompts with
+The paper's run (relift_ray/configs/paper.yaml) trains Qwen2.5-Math-7B on 1,024-token prompts with
 8,192-token responses and a 151,936-entry vocabulary. Its logits alone are 9,216 x 151,936 x
 4 bytes = 5.6 GB per sequence in fp32, and a one-pass update holds several such tensors
 (logits, log-softmax, its exponent for the entropy, their gradients). This script builds a

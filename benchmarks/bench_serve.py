@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import sys
 import threading
@@ -21,14 +20,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+from relift_ray.background import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def post(url: str, body: dict) -> float:
@@ -79,13 +75,13 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from relift_ray.jobs.serve import build_app
     from relift_ray.data.toy.model import base_model_path
     from relift_ray.data.toy.task import make_questions
+    from relift_ray.jobs.serve import build_app
 
     ray.init(address="local", num_cpus=4, include_dashboard=False,
              runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}})
-    port = free_port()
+    port = free_port("127.0.0.1")
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     url = f"http://127.0.0.1:{port}/v1"
     prompts = [q.prompt for q in make_questions("test")[:64]]

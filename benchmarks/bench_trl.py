@@ -1,11 +1,11 @@
 """relift_ray (RL mode) vs TRL's GRPOTrainer: completions per second on the same machine.
 
 Both train the same toy base model on the same toy training questions with the same setting,
-all read from ``jobs/configs/toy_rl.yaml``: B=16 prompts x N=8 completions per step, at most 48
+all read from ``relift_ray/configs/toy_rl.yaml``: B=16 prompts x N=8 completions per step, at most 48
 new tokens, temperature 1.0, learning rate 1e-4 (constant), 2 optimizer steps per generated
 batch, no KL term, float32, ``--threads`` torch threads (2 by default).
 
-  relift_ray  the real job, in process: ``relift_ray.driver.run(cfg)`` on a private local Ray
+  relift_ray  the real job, in process: ``relift_ray.jobs.train.run(cfg)`` on a private local Ray
               cluster (it never joins a cluster already running on the machine). The seconds
               per step are the median of the differences between consecutive steps' MLflow
               timestamps (``reward_mean``), after ``--warmup`` steps; the last step is left out
@@ -55,8 +55,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # the timing window (steps, checkpoints, validation)
 FIXED_PREFIXES = ("algo.", "data.", "tracking.", "model.")
 FIXED_KEYS = ("train.steps", "train.epochs", "train.checkpoint_every", "train.seed",
-              "output_dir", "name", "preset")
-CONFIG = ROOT / "jobs" / "configs" / "toy_rl.yaml"
+              "output_dir", "name")
+CONFIG = ROOT / "relift_ray" / "configs" / "toy_rl.yaml"
 
 
 # ------------------------------------------------------------------ shared
@@ -468,7 +468,7 @@ def main(argv=None) -> int:
                     help="steps/batches left out at the start (default 3; quick 2)")
     ap.add_argument("--threads", type=int, default=2, help="TRL's torch threads")
     ap.add_argument("--relift-threads", type=int, default=0,
-                    help="relift cluster.torch_threads (0 = the config's: the toy preset's 1 per "
+                    help="relift cluster.torch_threads (0 = the config's: toy.yaml's 1 per "
                          "learner, 2 for the generator, which use the 2 cores in turn)")
     ap.add_argument("--generator-threads", type=int, default=0,
                     help="relift cluster.generator_threads (0 = the config's)")

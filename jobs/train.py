@@ -1,7 +1,7 @@
 """Train with ReLIFT (or RL / SFT) on Ray: the entry point for `ray job submit`.
 
     python jobs/train.py                                        # ReLIFT on the embedded default
-    python jobs/train.py --config jobs/configs/toy_rl.yaml train.steps=10
+    python jobs/train.py --config toy_rl train.steps=10    # a config shipped in relift_ray/configs
     ray job submit --address http://127.0.0.1:8265 -- python jobs/train.py output_dir=$PWD/runs
 """
 import sys

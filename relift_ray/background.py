@@ -2,6 +2,7 @@
 thread whose result (or error) is collected later, and a free TCP port."""
 from __future__ import annotations
 
+import socket
 import threading
 
 
@@ -29,8 +30,8 @@ class Background:
         return self.box.get("value")
 
 
-def free_port() -> int:
-    import socket
+def free_port(host: str = "") -> int:
+    """A TCP port free on ``host`` ("" = every interface) at the time of the call."""
     with socket.socket() as s:
-        s.bind(("", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]

@@ -250,7 +250,7 @@ class CompareConfig:
     """The comparison job (``relift compare``): methods side by side from one base model."""
     methods: list = field(default_factory=lambda: [
         "rl", "sft", "sft_then_rl", "relift", "sft_every_k", "non_hardest_buffer",
-        "sft_every_step", "mixed"])  # names from relift_ray.compare.METHODS
+        "sft_every_step", "mixed"])  # names from relift_ray.jobs.compare.METHODS
     seeds: list = field(default_factory=lambda: [1, 2, 3])
     parallel: int = positive(2)  # runs at once (each is one Ray task; on GPU each takes one GPU)
     threads: int = positive(1)  # torch threads per run on CPU

@@ -9,7 +9,7 @@
   starts making step s's batch, then goes on (its next call to that actor meets the death).
 
 Each kill happens once per run: a marker file in ``output_dir`` remembers it, so a restarted
-actor that replays step s goes on. In a one-process run (the comparison job) a kill raises
+actor that replays step s goes on. In an in-process run (the comparison job) a kill raises
 ``InjectedFailure`` instead. Imports no Ray.
 """
 from __future__ import annotations

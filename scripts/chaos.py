@@ -54,10 +54,10 @@ def main(argv=None) -> int:
     common = [f"output_dir={out}", "algo.batch_size=8", "algo.n_samples=4", "algo.buffer_size=4",
               f"train.steps={args.steps}", "train.checkpoint_every=3",
               "data.max_test_questions=60"]
-    cfg_ref = load_config(ROOT / "jobs/configs/toy_relift.yaml", common + ["name=reference"])
+    cfg_ref = load_config("toy_relift", common + ["name=reference"])
     kill_list = ",".join(f"{k}@{s}" for k, s in kills)
     restarts = sum(k in ("scheduler", "learner") for k, _ in kills)
-    cfg_chaos = load_config(ROOT / "jobs/configs/toy_relift.yaml", common + [
+    cfg_chaos = load_config("toy_relift", common + [
         "name=chaos", f"train.kill=[{kill_list}]", f"train.max_failures={restarts + 1}"])
     print(f"[chaos] {args.steps} steps; kills: {kill_list}; output in {out}", flush=True)
 

@@ -32,7 +32,7 @@ python3 -c "import torch, transformers, vllm, ray, deepspeed; print('torch', tor
 job() {  # the whole system on one GPU: Ray, scheduler, reward pool, vLLM engine, DeepSpeed learner
   [ -n "${KEEP_RUN:-}" ] || rm -rf /tmp/gpu_run; mkdir -p /tmp/gpu_run  # KEEP_RUN=1: resume it
   RAY_AUTH_MODE=disabled timeout ${JOB_S:-300} python3 jobs/train.py \
-    --config jobs/configs/toy_relift.yaml output_dir=/tmp/gpu_run train.steps=${JOB_STEPS:-12} \
+    --config toy_relift output_dir=/tmp/gpu_run train.steps=${JOB_STEPS:-12} \
     train.checkpoint_every=6 model.dtype=bfloat16 cluster.use_gpu=true cluster.num_learners=1 \
     cluster.num_generators=1 cluster.dashboard=false generator.backend=vllm generator.colocate=true \
     generator.weight_sync=ipc generator.gpu_memory_utilization=0.2 \

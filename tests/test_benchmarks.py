@@ -16,6 +16,7 @@ SIZES = {"math500": 500, "aime24": 30, "aime25": 30, "amc": 83, "amc23": 40, "mi
 ALLOWED_MISSES = {"olympiadbench": 2, "minerva": 1}
 
 
+@pytest.mark.slow  # every gold answer of every benchmark through math-verify: ~30 s
 @needs_shared
 @pytest.mark.parametrize("where", ["shared", "fetched"])
 @pytest.mark.parametrize("name", [b for b in BENCHMARKS if b not in OOD_BENCHMARKS])

@@ -2,11 +2,10 @@
 download functions mapping dataset ids and URLs to those files), the folder and manifest it
 writes, the grader check on what it fetched, and the errors."""
 import json
-from pathlib import Path
 
 import pytest
 
-from helpers import SHARED, fake_hub, needs_shared
+from helpers import fake_hub, needs_shared
 from relift_ray.data import fetch as F
 from relift_ray.errors import DataError
 

@@ -3,15 +3,15 @@ against the official openai client (completions, chat, streams, log-probs, seeds
 requests, errors), with the same text the generator gives directly."""
 import json
 import shutil
-import socket
 import threading
 import urllib.error
 import urllib.request
 
 import pytest
 
-from relift_ray.records import Question, SamplingParams
+from relift_ray.background import free_port
 from relift_ray.jobs.text_engine import Job, RequestError, TextEngine
+from relift_ray.records import Question, SamplingParams
 
 CHAT = ("{% for m in messages %}{% if m['role'] == 'user' %}{{ m['content'] }}{% endif %}"
         "{% endfor %}")
@@ -77,11 +77,6 @@ def test_engine_stops_logprobs_and_streams(engine, chat_model):
         engine.tok.chat_template = CHAT
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _post(url, data: bytes):
     req = urllib.request.Request(url, data=data, method="POST",
@@ -98,7 +93,7 @@ def served(ray_local, chat_model):
     from ray import serve
 
     from relift_ray.jobs.serve import start
-    url = start(chat_model, port=_free_port(), name="toy", num_cpus=0.25, batch_size=8)
+    url = start(chat_model, port=free_port("127.0.0.1"), name="toy", num_cpus=0.25, batch_size=8)
     yield url
     serve.shutdown()
 

@@ -1,4 +1,4 @@
-"""The toy base model ships with the package (relift_ray/toy/base_model/), built from RECIPE.
+"""The toy base model ships with the package (relift_ray/data/toy/base_model/), built from RECIPE.
 
 Fast tier: ``base_model_path()`` returns the shipped folder without building anything, and it
 loads with transformers like any HF model. Slow tier: a rebuild from the recipe is

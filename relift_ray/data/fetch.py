@@ -1,6 +1,6 @@
 """``relift data fetch``: the evaluation benchmarks, downloaded once into one local folder.
 
-Every benchmark of ``relift_ray.catalog`` (and the paper preset's validation set) has a
+Every benchmark of ``relift_ray.catalog`` (and the paper config's validation set) has a
 default source: a Hugging Face hub dataset (id, revision, config, split, the columns read) read
 through the hub's own cache, or, where the paper's exact set is not on the hub, a file of a
 public repository at a pinned commit. ``fetch`` writes each set into the folder layout the
@@ -75,7 +75,7 @@ SOURCES: dict[str, Source] = {
     "gsm8k": Source(HUB, "openai/gsm8k", "test", "main",
                     columns={"question": "question", "answer": "answer"}),
     "relift_valid": Source(URL, RELIFT_VALID, note=(
-        "the paper preset's validation set (data.test): ReLIFT's dataset/valid.parquet")),
+        "the paper config's validation set (data.test): ReLIFT's dataset/valid.parquet")),
 }
 LAYOUT = {"relift_valid": "eval/bundles/relift_valid.parquet"}  # beside the benchmarks'
 

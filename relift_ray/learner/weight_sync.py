@@ -4,7 +4,7 @@
 step calls ``publisher.after_generation()`` once the step's batch is made and
 ``publisher.publish(learner, version)`` after the update. Four paths:
 
-- ``InProcessPublisher`` (one-process runs: tests, the comparison job): the generator object
+- ``InProcessPublisher`` (in-process runs: tests, the comparison job): the generator object
   loads a CPU copy of the state dict directly.
 - ``ObjectStorePublisher`` (``generator.weight_sync=object_store``; any backend, CPU too): rank 0
   puts a CPU state dict in Ray's object store once; every generator loads that one object. The

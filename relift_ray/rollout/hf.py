@@ -114,6 +114,8 @@ class HFGenerator:
                 out.append(group)
         return out
 
+    # one function (~70 lines) on purpose: the per-token loop keeps its state in locals, and
+    # each helper call would run once per generated token
     @torch.inference_mode()
     def decode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                params: SamplingParams):

@@ -96,12 +96,24 @@ def draw(rows: list[dict], path: str | Path, title: str = "", max_questions: int
 
     path = Path(path)
     rows = [r for r in rows if history(r)]
-    shown = _sample(rows, max_questions)
+    fig, (ax, mx, bx) = plt.subplots(1, 3, figsize=(17, 7),
+                                     gridspec_kw={"width_ratios": [3, 1.4, 1.2]})
+    _samplings(fig, ax, rows, _sample(rows, max_questions), title)
+    _bucket_shares(mx, rows)
+    _transitions(bx, transitions(rows))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _samplings(fig, ax, rows: list[dict], shown: list[dict], title: str) -> None:
+    """Left: one line per question, a dot per sampling coloured by its pass rate, grouped by
+    the bucket of the first sampling; SFT phases that held a question as black ticks."""
     groups = defaultdict(list)
     for r in shown:
         groups[bucket_of(history(r)[0][1])].append(r)
-    fig, (ax, mx, bx) = plt.subplots(1, 3, figsize=(17, 7),
-                                     gridspec_kw={"width_ratios": [3, 1.4, 1.2]})
     y, ticks = 0, []
     xs, ys, cs, sx, sy = [], [], [], [], []
     for b in BUCKETS:
@@ -132,6 +144,9 @@ def draw(rows: list[dict], path: str | Path, title: str = "", max_questions: int
                  fontsize=10)
     fig.colorbar(points, ax=ax, fraction=0.03, pad=0.01, label="pass rate")
 
+
+def _bucket_shares(mx, rows: list[dict]) -> None:
+    """Middle: the share of each bucket among the questions sampled at each step."""
     per_step = defaultdict(Counter)
     for r in rows:
         for st, p in history(r):
@@ -147,7 +162,9 @@ def draw(rows: list[dict], path: str | Path, title: str = "", max_questions: int
     mx.set_title("buckets of the questions sampled, per step", fontsize=9)
     mx.legend(loc="lower left", fontsize=8)
 
-    t = transitions(rows)
+
+def _transitions(bx, t: dict) -> None:
+    """Right: first -> last bucket, stacked by the last; hatched: left Hardest after SFT."""
     bottoms = [0] * len(BUCKETS)
     for last in BUCKETS:
         heights = [t["moves"].get(f"{first}->{last}", 0) for first in BUCKETS]
@@ -167,8 +184,3 @@ def draw(rows: list[dict], path: str | Path, title: str = "", max_questions: int
     bx.set_xlabel("bucket when first sampled")
     if t["sampled_twice_or_more"]:
         bx.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
