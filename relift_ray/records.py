@@ -4,7 +4,7 @@ Frozen dataclasses, pickled by Ray as they are. Imports no Ray.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple
 
 
@@ -85,6 +85,68 @@ class Sample:
     behavior_logprobs: tuple[float, ...] = ()  # the sampler's per-token log-probs (vLLM), if kept
 
 
+@dataclass
+class BatchStats:
+    """The scheduler's figures for one step's batch, logged under these names. The rollout
+    figures stay None on an offline SFT step (nothing is sampled)."""
+    # the rollouts (RL steps)
+    weight_version: int | None = None  # the weights that sampled them
+    reward_mean: float | None = None
+    bucket_easy: int | None = None  # questions by their pass rate: >= 6/8
+    bucket_medium: int | None = None  # 3-5/8
+    bucket_hard: int | None = None  # 1-2/8
+    bucket_hardest: int | None = None  # 0/8
+    gen_seconds: float | None = None
+    gen_tokens_per_s: float | None = None
+    response_length: float | None = None  # mean tokens per response
+    reward_seconds: float | None = None
+    reward_timeouts: int | None = None
+    reward_no_answer: int | None = None
+    # the scheduler's state once the batch is made
+    buffer_size: int = 0
+    sft_steps: int = 0
+    demos_used_unique: int = 0
+    demos_used_total: int = 0
+    demos_used_share: float = 0.0  # of the training questions' demonstrations
+    fed_without_demo: int = 0  # questions the buffer would have taken, had they one
+    scheduler_seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in vars(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "BatchStats":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class StepMetrics:
+    """One learner step's figures (``relift_ray.learner.step.learner_step``); ``flat()`` names
+    them as MLflow and the Ray gauges do."""
+    step: int
+    batch: BatchStats  # the scheduler's figures for the step's batch
+    update: dict  # the learner's, by name: rl/..., sft/... losses and norms, learner_updates
+    batch_wait_seconds: float  # generation, reward, records and the transfer, as waited for
+    train_seconds: float
+    weight_sync_seconds: float
+    publish_wait_seconds: float  # asynchronous rollouts: waiting for the batch sampled ahead
+    staleness: int  # weight versions the batch's sampler was behind the learner
+    sft_this_step: int
+    validation: dict = field(default_factory=dict)  # val/... after a validation
+    checkpoint_seconds: float | None = None  # when the step checkpointed
+    step_seconds: float | None = None  # wall time since the previous step ended
+
+    def flat(self) -> dict:
+        out = {**self.batch.as_dict(), **self.update, **self.validation}
+        for name in ("batch_wait_seconds", "train_seconds", "weight_sync_seconds",
+                     "publish_wait_seconds", "staleness", "sft_this_step",
+                     "checkpoint_seconds", "step_seconds"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        return out
+
+
 @dataclass(frozen=True)
 class TrainBatch:
     """What a learner step consumes: an RL batch and, when the buffer triggered, an SFT batch."""
@@ -92,7 +154,7 @@ class TrainBatch:
     rl: tuple[Sample, ...] = ()
     sft: tuple[Sample, ...] = ()
     weight_version: int = 0  # the version the RL samples came from
-    metrics: dict = field(default_factory=dict)  # scheduler-side figures for this step
+    stats: BatchStats = field(default_factory=BatchStats)  # the scheduler's figures
     sft_mixed: bool = False  # mode=mixed: the SFT term joins the RL loss instead of its own step
 
     def to_dict(self) -> dict:
@@ -100,19 +162,18 @@ class TrainBatch:
         return {"step": self.step, "rl": [list(map(list, _sample_fields(x))) for x in self.rl],
                 "sft": [list(map(list, _sample_fields(x))) for x in self.sft],
                 "weight_version": self.weight_version, "sft_mixed": self.sft_mixed,
-                "metrics": {k: v for k, v in self.metrics.items()
-                            if isinstance(v, (int, float, str, bool))}}
+                "stats": self.stats.as_dict()}
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainBatch":
         return cls(step=d["step"], rl=tuple(_sample(x) for x in d["rl"]),
                    sft=tuple(_sample(x) for x in d["sft"]), weight_version=d["weight_version"],
-                   sft_mixed=d["sft_mixed"], metrics=dict(d["metrics"]))
+                   sft_mixed=d["sft_mixed"], stats=BatchStats.from_dict(d["stats"]))
 
     def shard(self, rank: int, world: int) -> "TrainBatch":
         # Distribution changes the code here: each learner takes every world-th sample.
         return TrainBatch(step=self.step, rl=self.rl[rank::world], sft=self.sft[rank::world],
-                          weight_version=self.weight_version, metrics=self.metrics,
+                          weight_version=self.weight_version, stats=self.stats,
                           sft_mixed=self.sft_mixed)
 
 

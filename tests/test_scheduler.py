@@ -47,7 +47,7 @@ def test_hardest_enter_buffer_newest_first_and_trigger_at_m():
     gen.script[order[1]] = [1, 0, 0, 0]  # one of them is only hard
     b1 = step(s, gen, 1)
     hardest1 = [order[0], order[2], order[3]]
-    assert b1.metrics["bucket_hardest"] == 3 and b1.metrics["bucket_hard"] == 1
+    assert b1.stats.bucket_hardest == 3 and b1.stats.bucket_hard == 1
     # buffer reached M=3 in this step: the SFT batch holds exactly those 3, newest first
     assert [x.question_id for x in b1.sft] == hardest1
     assert len(s.buffer) == 0 and s.counters["sft_steps"] == 1
@@ -93,7 +93,7 @@ def test_rl_advantages_are_reward_minus_group_mean():
         gen.script[q.id] = [1, 1, 1, 0]
     b = step(s, gen, 1)
     assert [x.advantage for x in b.rl[:4]] == [0.25, 0.25, 0.25, -0.75]
-    assert b.metrics["reward_mean"] == 0.75 and b.metrics["bucket_easy"] == 4
+    assert b.stats.reward_mean == 0.75 and b.stats.bucket_easy == 4
 
 
 def test_rl_mode_has_no_buffer():
@@ -161,8 +161,10 @@ def test_state_round_trip_continues_exactly():
     tail_b = [step(b, gen_b, k) for k in (4, 5, 6)]
     for x, y in zip(tail_a, tail_b):
         assert x.rl == y.rl and x.sft == y.sft
-        assert {k: v for k, v in x.metrics.items() if "second" not in k and "per_s" not in k} == \
-               {k: v for k, v in y.metrics.items() if "second" not in k and "per_s" not in k}
+        assert {k: v for k, v in x.stats.as_dict().items()
+                if "second" not in k and "per_s" not in k} == \
+               {k: v for k, v in y.stats.as_dict().items()
+                if "second" not in k and "per_s" not in k}
     assert a.state_dict() == b.state_dict()
 
 
@@ -301,7 +303,7 @@ def test_async_batches_are_sampled_lag_versions_behind_and_ahead_of_the_learner(
     batches = [async_step(s, gen, k) for k in range(1, 8)]
     # batch s comes from version max(0, s - 1 - 2)
     assert [b.weight_version for b in batches] == [0, 0, 0, 1, 2, 3, 4]
-    assert all(b.metrics["weight_version"] == b.weight_version for b in batches)
+    assert all(b.stats.weight_version == b.weight_version for b in batches)
     # the generator was asked for batch s while the learner had finished step s - 3 at most
     assert len(gen.calls) == 7 and all(p.logprobs for _, p in gen.calls)
     # the question table keeps the version that sampled each pass rate

@@ -168,9 +168,8 @@ def train(cfg: RunConfig, p: Parts, test_qs: list[Question], eval_every: int,
             if faults.due(cfg, kind, step):
                 raise faults.InjectedFailure(f"{cfg.name}: train.kill {kind}@{step}")
         m = learner_step(p.learner, p.scheduler, p.publisher, step)
-        m["step_seconds"] = time.perf_counter() - t0
-        m["step"] = step
-        history.append(m)
+        m.step_seconds = time.perf_counter() - t0
+        history.append({"step": step, **m.flat()})
         if (eval_every and step % eval_every == 0) or step == steps:
             # asynchronous rollouts: the batch being sampled ahead comes first (it holds the
             # generator; the evaluation's sampling seed would change its draws)
@@ -178,7 +177,8 @@ def train(cfg: RunConfig, p: Parts, test_qs: list[Question], eval_every: int,
             last_scores, stats = greedy_profile(p.generator, p.rewarder, test_qs, max_tokens)
             curve.append({"step": step, **summarize(test_qs, last_scores), **stats})
         if step % max(1, steps // 6) == 0 or step == steps:
-            log(f"[{cfg.name}] step {step}/{steps} reward "
-                f"{m.get('reward_mean', float('nan')):.3f} buffer {m.get('buffer_size', 0)} "
-                f"sft steps {m.get('sft_steps', 0)} test {curve[-1]['overall']:.3f}")
+            reward = float("nan") if m.batch.reward_mean is None else m.batch.reward_mean
+            log(f"[{cfg.name}] step {step}/{steps} reward {reward:.3f} buffer "
+                f"{m.batch.buffer_size} sft steps {m.batch.sft_steps} test "
+                f"{curve[-1]['overall']:.3f}")
     return history, curve, last_scores

@@ -38,7 +38,7 @@ from relift_ray.learner.checkpoint import (
 from relift_ray.learner.learner import Learner
 from relift_ray.learner.step import learner_step, progress_line
 from relift_ray.learner.weight_sync import make_publisher
-from relift_ray.records import LoopSpec
+from relift_ray.records import LoopSpec, StepMetrics
 from relift_ray.rollout.calls import call
 from relift_ray.rollout.placement import pin_learner_gpu
 from relift_ray.tracking.console import say
@@ -135,18 +135,18 @@ def loop(w: Worker, learner: Learner, publisher, start: int, steps: int) -> None
         if w.rank == w.world - 1 and faults.due(cfg, "learner", step):
             say(f"[learner] rank {w.rank}: train.kill learner@{step}: SIGKILL")
             faults.kill()
-        metrics = learner_step(learner, w.scheduler, publisher, step, w.rank, w.world)
+        m = learner_step(learner, w.scheduler, publisher, step, w.rank, w.world)
         if cfg.tracking.eval_every and step % cfg.tracking.eval_every == 0:
-            metrics.update(validate_step(w, learner, step, tracker))
+            m.validation = validate_step(w, learner, step, tracker)
         if step % cfg.train.checkpoint_every == 0 or step == steps:
-            metrics["checkpoint_seconds"] = checkpoint(w, learner, step)
+            m.checkpoint_seconds = checkpoint(w, learner, step)
         now = time.perf_counter()
-        metrics["step_seconds"] = now - t_prev  # wall time since the previous step ended
+        m.step_seconds = now - t_prev  # wall time since the previous step ended
         t_prev = now
         if w.lead:
-            report(w, step, steps, start, metrics)
+            report(w, steps, start, m)
             if tracker:
-                tracker.log(step, metrics)  # in the background: MLflow is off the step's path
+                tracker.log(step, m.flat())  # in the background: off the step's path
     if tracker:
         tracker.close()
 
@@ -166,19 +166,20 @@ def checkpoint(w: Worker, learner: Learner, step: int) -> float:
     return time.perf_counter() - t0
 
 
-def report(w: Worker, step: int, steps: int, start: int, metrics: dict) -> None:
-    """Rank 0's console lines for step ``step``: the progress line, and after the first step
-    the time since the job started and the sampler/learner log-prob mismatch."""
-    if step == start + 1 and "mismatch/logprob_abs_diff_mean" in metrics:
-        say(f"[learner] sampler vs learner log-probs of step {step}'s "
-            f"{metrics['mismatch/tokens']} tokens: mean |diff| "
-            f"{metrics['mismatch/logprob_abs_diff_mean']:.2e}, max "
-            f"{metrics['mismatch/logprob_abs_diff_max']:.2e} "
+def report(w: Worker, steps: int, start: int, m: StepMetrics) -> None:
+    """Rank 0's console lines for a step: the progress line, and after the first step the
+    time since the job started and the sampler/learner log-prob mismatch."""
+    first, u = m.step == start + 1, m.update
+    if first and "mismatch/logprob_abs_diff_mean" in u:
+        say(f"[learner] sampler vs learner log-probs of step {m.step}'s "
+            f"{u['mismatch/tokens']} tokens: mean |diff| "
+            f"{u['mismatch/logprob_abs_diff_mean']:.2e}, max "
+            f"{u['mismatch/logprob_abs_diff_max']:.2e} "
             f"(algo.is_correction={w.cfg.algo.is_correction})")
-    if step == start + 1 and w.spec.job_start:
-        say(f"[learner] step {step} done {time.time() - w.spec.job_start:.1f}s "
+    if first and w.spec.job_start:
+        say(f"[learner] step {m.step} done {time.time() - w.spec.job_start:.1f}s "
             f"after the job started")
-    say(progress_line(step, steps, metrics))
+    say(progress_line(steps, m))
 
 
 def validate_step(w: Worker, learner: Learner, step: int, tracker=None) -> dict:

@@ -63,7 +63,8 @@ class VLLMGenerator:
         return self.weight_version
 
     def sampling_params(self, params: SamplingParams, logprobs: bool = True):
-        from vllm import SamplingParams as VLLMSamplingParams  # in the engine actor only
+        # vLLM (the gpu extra): in the engine actor only
+        from vllm import SamplingParams as VLLMSamplingParams
 
         # logprobs=0: the sampled token's own log-prob (raw logits, as the learner computes
         # them), kept per token for the mismatch check and the importance-sampling correction

@@ -40,7 +40,14 @@ from relift_ray.core.questions import (
     steps_of,
 )
 from relift_ray.core.stats import source_scores
-from relift_ray.records import Question, Sample, SamplingParams, ScoredGroup, TrainBatch
+from relift_ray.records import (
+    BatchStats,
+    Question,
+    Sample,
+    SamplingParams,
+    ScoredGroup,
+    TrainBatch,
+)
 from relift_ray.rollout.calls import actor_pid, in_actor, is_actor, score_all
 from relift_ray.rollout.evaluate import question_scores
 from relift_ray.rollout.group import GeneratorGroup
@@ -94,7 +101,7 @@ class Scheduler(AheadProducer):
         else:
             # 1. sample B questions   2. N rollouts each   3. rewards
             qs = [self.questions[i] for i in self.sampler.take(self.a.batch_size)]
-            groups, gen_metrics = self._rollouts(step, qs)
+            groups, stats = self._rollouts(step, qs)
             # 4. records, hard buffer, advantages   5. SFT batch when the buffer holds M
             for g in groups:
                 self.table.observe(step, g)
@@ -110,10 +117,9 @@ class Scheduler(AheadProducer):
                 sft, mixed = (self._sft_samples(step, with_demo) if with_demo else ()), True
             batch = TrainBatch(step=step, rl=self._rl_samples(groups), sft=sft,
                                weight_version=self.behavior_version(step), sft_mixed=mixed,
-                               metrics={**gen_metrics, **group_metrics(groups)})
+                               stats=stats)
         self.counters["step"] = step
-        batch.metrics.update(self._state_metrics())
-        batch.metrics["scheduler_seconds"] = time.perf_counter() - t0
+        self._add_state(batch.stats, time.perf_counter() - t0)
         return batch
 
     def next_batch(self, step: int, rank: int = 0, world: int = 1) -> TrainBatch:
@@ -140,7 +146,7 @@ class Scheduler(AheadProducer):
         self.load_state_dict(self._initial)
 
     # ------------------------------------------------------------ the step's parts
-    def _rollouts(self, step: int, qs: list[Question]) -> tuple[list[ScoredGroup], dict]:
+    def _rollouts(self, step: int, qs: list[Question]) -> tuple[list[ScoredGroup], BatchStats]:
         t0 = time.perf_counter()
         k = len(self.group)
         chunks = [qs[i::k] for i in range(k)]
@@ -173,12 +179,13 @@ class Scheduler(AheadProducer):
         groups = [ScoredGroup(q, tuple(g), tuple(r.value for r in rewards[i * n:(i + 1) * n]))
                   for i, (q, g) in enumerate(zip(qs, comps))]
         tokens = sum(len(c.response_ids) for g in comps for c in g)
-        return groups, {"weight_version": version, "gen_seconds": gen_s,
-                        "gen_tokens_per_s": tokens / max(gen_s, 1e-9),
-                        "response_length": tokens / max(len(pairs), 1),
-                        "reward_seconds": time.perf_counter() - t1,
-                        "reward_timeouts": sum(r.timed_out for r in rewards),
-                        "reward_no_answer": sum(r.no_answer for r in rewards)}
+        return groups, BatchStats(
+            weight_version=version, gen_seconds=gen_s,
+            gen_tokens_per_s=tokens / max(gen_s, 1e-9),
+            response_length=tokens / max(len(pairs), 1),
+            reward_seconds=time.perf_counter() - t1,
+            reward_timeouts=sum(r.timed_out for r in rewards),
+            reward_no_answer=sum(r.no_answer for r in rewards), **group_metrics(groups))
 
     def _rl_samples(self, groups: list[ScoredGroup]) -> tuple[Sample, ...]:
         rewards = torch.tensor([g.rewards for g in groups], dtype=torch.float32)
@@ -211,7 +218,7 @@ class Scheduler(AheadProducer):
         qids = list(dict.fromkeys(self.with_demo[i].id
                                   for i in self.sft_sampler.take(self.a.sft_batch_size)))
         return TrainBatch(step=step, sft=self._sft_samples(step, qids),
-                          weight_version=self.behavior_version(step), metrics={})
+                          weight_version=self.behavior_version(step))
 
     def _sft_samples(self, step: int, qids: list[str]) -> tuple[Sample, ...]:
         self.counters["sft_steps"] += 1
@@ -311,13 +318,15 @@ class Scheduler(AheadProducer):
         with self._lock:
             return dict(self.val)
 
-    # ------------------------------------------------------------ metrics and state
-    def _state_metrics(self) -> dict:
+    # ------------------------------------------------------------ figures and state
+    def _add_state(self, stats: BatchStats, seconds: float) -> None:
+        """The scheduler's state once the batch is made, into the batch's figures."""
         c = self.counters
-        return {"buffer_size": len(self.buffer), "sft_steps": c["sft_steps"],
-                "demos_used_unique": len(self.demos_used), "demos_used_total": c["demos_used_total"],
-                "demos_used_share": len(self.demos_used) / max(self.demos_available, 1),
-                "fed_without_demo": c["fed_without_demo"]}
+        stats.buffer_size, stats.sft_steps = len(self.buffer), c["sft_steps"]
+        stats.demos_used_unique, stats.demos_used_total = len(self.demos_used), \
+            c["demos_used_total"]
+        stats.demos_used_share = len(self.demos_used) / max(self.demos_available, 1)
+        stats.fed_without_demo, stats.scheduler_seconds = c["fed_without_demo"], seconds
 
     def question_rows(self) -> list[dict]:
         with self._lock:
