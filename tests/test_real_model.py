@@ -38,7 +38,7 @@ def test_evaluate_job_on_a_gsm8k_slice(ray_local, smollm2, tmp_path):
     import mlflow
 
     from relift_ray.jobs.evaluate import run
-    cfg = load_config(REPO / "jobs" / "configs" / "eval.yaml", [
+    cfg = load_config("eval", [
         "model.path=smollm2-135m", "eval.benchmarks=gsm8k,aime24", "eval.max_questions=8",
         "eval.k.aime24=2", "eval.max_new_tokens=64", f"eval.data_dir={SHARED}",
         f"data.system_prompt={SYSTEM}", f"output_dir={tmp_path}", "cluster.torch_threads=2"])
@@ -66,7 +66,7 @@ def test_relift_steps_on_gsm8k_with_real_demonstrations(ray_local, smollm2, tmp_
     from safetensors.torch import load_file
 
     from relift_ray.jobs.train import run
-    cfg = load_config(REPO / "jobs" / "configs" / "smollm2_gsm8k.yaml", [
+    cfg = load_config("smollm2_gsm8k", [
         f"data.train={SHARED / 'train' / 'gsm8k' / 'train.jsonl'}",
         f"data.test={SHARED / 'eval' / 'gsm8k' / 'test.jsonl'}",
         f"output_dir={tmp_path}"])

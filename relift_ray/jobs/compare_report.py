@@ -230,7 +230,7 @@ def write_figure(path: Path, base: BaseEval, results: list[RunResult], methods: 
         sft = [h["step"] for h in r.history if h["sft_this_step"]]
         for i, s in enumerate(sft):
             axes[2].axvline(s, color="k", alpha=0.3, lw=1, label="SFT step" if i == 0 else None)
-        axes[2].set_title(f"ReLIFT hard buffer (seed {r['seed']}), SFT events marked")
+        axes[2].set_title(f"ReLIFT hard buffer (seed {r.seed}), SFT events marked")
         axes[2].set_xlabel("learner step")
         axes[2].legend(fontsize=8)
         axes[2].grid(alpha=0.3)
@@ -260,7 +260,7 @@ def write_diagnostics(path: Path, results: list[RunResult], methods: list[str]) 
         for ax, (where, key, title) in zip(axes, keys):
             points = {}
             for r in runs:
-                for h in r[where]:
+                for h in getattr(r, where):
                     if key in h:
                         points.setdefault(h["step"], []).append(h[key])
             if points:
