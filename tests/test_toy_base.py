@@ -97,15 +97,17 @@ def test_cli_prints_the_shipped_folder():
 def test_rebuild_from_the_recipe_is_equivalent_to_the_shipped_model(tmp_path):
     """Rebuild from RECIPE (85 s on 2 idle cores, much longer on busy ones) and compare.
 
-    Not bit-identical on another machine, so the check is equivalence. Tolerances, from
-    measurements (greedy, toy test split: 186/217/152/159 questions for levels 1-4; the shipped
-    model measured 1.0 / 1.0 / 0.908 / 0.019 on the machine that built it):
-      - levels 1 and 2 (pretrained on) are learned: >= 0.95 for both (measured 1.0);
-      - level 3 (40 examples only) is the one that moves between machines: 0.908 on one,
-        0.868 on another with the same recipe and seed (a gap of 0.04, 6 questions); within
-        0.10 of the shipped model's leaves room for a machine further off than that;
-      - level 4 (an operation never seen) must stay out of the base model's reach: <= 0.10
-        for both (measured 0.019, 3 of 159 questions); RL alone has no signal there by design.
+    Not bit-identical on another machine (float results differ across CPUs, and 1,500 steps
+    of training carry a difference far), so the check is the properties the toy relies on.
+    Greedy accuracy on the toy test split (186/217/152/159 questions for levels 1-4):
+      - levels 1 and 2 (pretrained on) are learned: >= 0.95 for both (measured 1.0 on every
+        machine so far);
+      - level 3 (40 examples only) is within partial reach, where RL has a signal: between
+        0.5 and 1 (exclusive). It is the level that moves between machines: the shipped model
+        measured 0.908 where it was built, a rebuild 0.868 on a second machine and 0.618 on a
+        third (2026-12-06, the same recipe, seed and versions);
+      - level 4 (an operation never seen) stays out of the base model's reach: <= 0.10 for
+        both (measured 0.019 and 0.0); RL alone has no signal there by design.
     On the machine that built the shipped weights the rebuild is identical (same accuracy).
     """
     t0 = time.time()
@@ -134,6 +136,5 @@ def test_rebuild_from_the_recipe_is_equivalent_to_the_shipped_model(tmp_path):
           f"rebuilt {acc_rebuilt}")
     for acc in (acc_shipped, acc_rebuilt):
         assert acc["level_1"] >= 0.95 and acc["level_2"] >= 0.95, acc
+        assert 0.5 <= acc["level_3"] < 1.0, acc
         assert acc["level_4"] <= 0.10, acc
-    assert abs(acc_rebuilt["level_3"] - acc_shipped["level_3"]) <= 0.10, (acc_shipped,
-                                                                          acc_rebuilt)
