@@ -63,6 +63,19 @@ def test_table_means_spreads_and_demonstration_share():
     assert rows["rl"]["response_length"] == 11.5  # the final policy's, mean over seeds
 
 
+def test_results_json_alone_redraws_the_figures(tmp_path):
+    """results.json keeps what the figures are made of: redraw() needs nothing else."""
+    from relift_ray.jobs.compare_report import redraw, save_results
+    results = [_result(m, s, 0.5 + 0.1 * s, {"a": 1.0}) for m in ("rl", "relift") for s in (1, 2)]
+    for r in results:
+        r.history = [{"step": 1, "reward_mean": 0.5, "buffer_size": 2, "sft_this_step": 1}]
+    base = BaseEval(**{**vars(BASE), "profile": {"response_length": 9.0}})
+    save_results(tmp_path / "results.json", base, results, ["rl", "relift"])
+    redraw(tmp_path)
+    for name in ("compare.png", "diagnostics.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
 def test_bucket_gains_against_the_base_pass_rates():
     results = [_result("rl", 1, 0, {"a": 1.0, "b": 1.0, "c": 0.0, "d": 0.0}),
                _result("rl", 2, 0, {"a": 0.5, "b": 1.0, "c": 0.0, "d": 0.0}),

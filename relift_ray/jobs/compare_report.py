@@ -282,9 +282,9 @@ def write_diagnostics(path: Path, results: list[RunResult], methods: list[str]) 
     plt.close(fig)
 
 
-KEPT = ("method", "seed", "mode", "history", "curve", "greedy", "sampled", "greedy_scores",
-        "sampled_scores", "sft_steps", "demos_used_unique", "demos_used_ids", "demos_used_total",
-        "demos_available", "learner_updates", "wall_seconds")
+KEPT = ("name", "method", "seed", "mode", "history", "curve", "greedy", "sampled",
+        "greedy_scores", "sampled_scores", "sft_steps", "demos_used_unique", "demos_used_ids",
+        "demos_used_total", "demos_available", "learner_updates", "wall_seconds")
 
 
 def save_results(path: Path, base: BaseEval, results: list[RunResult],
