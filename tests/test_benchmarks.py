@@ -1,11 +1,11 @@
 """The paper's benchmarks: their readers, and the grader checked on every gold answer."""
 import pytest
-
 from helpers import SHARED, needs_shared
+
 from relift_ray.catalog import BENCHMARKS, OOD_BENCHMARKS
+from relift_ray.core.scoring import math_reward
 from relift_ray.data.benchmarks import load_benchmark
 from relift_ray.errors import DataError
-from relift_ray.core.scoring import math_reward
 
 SIZES = {"math500": 500, "aime24": 30, "aime25": 30, "amc": 83, "amc23": 40, "minerva": 272,
          "olympiadbench": 675, "gsm8k": 1319}

@@ -6,8 +6,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from relift_ray.learner.checkpoint import (SCHEDULER_STATE, CheckpointWorldMismatch, load_learner,
-                                           save_checkpoint, save_learner)
+from relift_ray.learner.checkpoint import (
+    SCHEDULER_STATE,
+    CheckpointWorldMismatch,
+    load_learner,
+    save_checkpoint,
+    save_learner,
+)
 from relift_ray.records import Sample, TrainBatch
 
 RL = (Sample((3, 4), (5, 6, 1), 1.0, "a"), Sample((3, 4), (7, 1), -1.0, "a"),
@@ -35,8 +40,8 @@ def _tiny(path):
 
 
 def _learner(path, stage=2):
-    from relift_ray.jobs.in_process import single_process_group
     from relift_ray.config import load_config
+    from relift_ray.jobs.in_process import single_process_group
     from relift_ray.learner.learner import Learner
     single_process_group()
     o = {"model.dtype": "bfloat16", "train.zero_stage": stage, "algo.minibatches": 2,
@@ -268,8 +273,8 @@ def test_a_run_resumed_with_another_number_of_learners_stops_before_starting(tmp
     """The driver checks the checkpoints under Ray Train's storage before any learner starts."""
     import json as _json
 
-    from relift_ray.errors import ConfigError
     from relift_ray.config import load_config
+    from relift_ray.errors import ConfigError
     from relift_ray.runtime.topology import check_resumable
     cfg = load_config(None, [f"output_dir={tmp_path}", "name=r", "cluster.num_learners=1"])
     assert check_resumable(cfg) is False  # nothing to resume

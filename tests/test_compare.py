@@ -5,13 +5,18 @@ import csv
 
 import pytest
 
-from relift_ray.core.stats import ci95, welch
-from relift_ray.jobs.compare import METHODS, matched_questions, method_config
-from relift_ray.jobs.compare_report import (bucket_gains, claims, format_claims, method_table,
-                                           method_table_text)
-from relift_ray.records import BaseEval, RunResult
-from relift_ray.errors import ConfigError
 from relift_ray.config import load_config
+from relift_ray.core.stats import ci95, welch
+from relift_ray.errors import ConfigError
+from relift_ray.jobs.compare import METHODS, matched_questions, method_config
+from relift_ray.jobs.compare_report import (
+    bucket_gains,
+    claims,
+    format_claims,
+    method_table,
+    method_table_text,
+)
+from relift_ray.records import BaseEval, RunResult
 
 
 def test_every_method_is_a_valid_config_with_the_same_budget():

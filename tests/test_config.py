@@ -152,8 +152,8 @@ def test_a_vllm_max_model_len_beyond_the_model_stops_before_ray(tmp_path):
     assert ("error: generator.max_model_len=256 is more than the model's "
             "max_position_embeddings=128") in r.stderr
     assert not (tmp_path / "mlflow.db").exists()
-    from relift_ray.runtime.topology import check_model_len
     from relift_ray.data.toy.model import base_model_path
+    from relift_ray.runtime.topology import check_model_len
     check_model_len(128, base_model_path(), 112, "x")  # at the limit, 0 (the model's own),
     check_model_len(0, base_model_path(), 128, "x")  # and contexts that hold what is asked, pass
     # a context too small for the prompts and responses the config allows
@@ -215,8 +215,8 @@ def test_paper_configs_load_and_carry_the_released_defaults(name, model):
 
 def test_llama_think_template_renders_with_the_think_opening():
     from relift_ray.data.prompts import LUFFY_SYSTEM_PROMPT, load_chat_template, render_prompts
-    from relift_ray.records import Question
     from relift_ray.data.toy.tokenizer import build_tokenizer
+    from relift_ray.records import Question
 
     cfg = load_config("paper_llama_8b")
     tok = build_tokenizer()

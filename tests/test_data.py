@@ -2,14 +2,14 @@
 import json
 
 import pytest
-
 from helpers import SHARED, needs_shared
+
 from relift_ray.config import load_config
-from relift_ray.data.prompts import LUFFY_SYSTEM_PROMPT, render_prompts
-from relift_ray.errors import DataError
-from relift_ray.data.readers import load_questions
 from relift_ray.core.scoring import math_reward
+from relift_ray.data.prompts import LUFFY_SYSTEM_PROMPT, render_prompts
+from relift_ray.data.readers import load_questions
 from relift_ray.data.toy import task
+from relift_ray.errors import DataError
 
 
 def test_toy_splits_are_disjoint_and_cover_all_levels():

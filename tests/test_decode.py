@@ -4,9 +4,9 @@ without changing anyone's tokens, and the nucleus drawn as ``model.generate`` dr
 import pytest
 import torch
 
+from relift_ray.records import Question, SamplingParams
 from relift_ray.rollout import hf
 from relift_ray.rollout.hf import HFGenerator, _draw
-from relift_ray.records import Question, SamplingParams
 
 PROMPTS = ["Q: 2+3=", "Q: 47+5+8=", "Q: 12+30=", "Q: 27+5*2=", "Q: 9=", "Q: 31+4+2+6="]
 

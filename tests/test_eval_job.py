@@ -2,8 +2,8 @@
 import json
 
 import pytest
-
 from helpers import ScriptedGenerator
+
 from relift_ray.config import load_config
 from relift_ray.data.registry import resolve_model
 from relift_ray.errors import ConfigError, DataError

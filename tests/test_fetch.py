@@ -4,8 +4,8 @@ writes, the grader check on what it fetched, and the errors."""
 import json
 
 import pytest
-
 from helpers import fake_hub, needs_shared
+
 from relift_ray.data import fetch as F
 from relift_ray.errors import DataError
 
@@ -47,9 +47,9 @@ def test_a_hub_set_without_the_expected_column_names_it(tmp_path, monkeypatch):
 
 
 def test_no_network_and_no_copy_stops_before_any_model_loads(tmp_path, monkeypatch):
+    from relift_ray.config import load_config
     from relift_ray.data import benchmarks
     from relift_ray.jobs import evaluate as eval_job
-    from relift_ray.config import load_config
 
     def offline(repo, revision):
         raise ConnectionError("no network")

@@ -3,9 +3,10 @@ from relift_ray.config import load_config
 
 
 def _run(relift_cache, lag):
-    from relift_ray.jobs.in_process import run_in_process
-    from relift_ray.data.load import load_data
     from transformers import AutoTokenizer
+
+    from relift_ray.data.load import load_data
+    from relift_ray.jobs.in_process import run_in_process
     cfg = load_config("toy_relift", [
         "algo.batch_size=4", "algo.n_samples=4", "algo.buffer_size=2", "train.steps=4",
         "cluster.num_learners=1", f"algo.max_staleness={lag}", "data.max_test_questions=8",
@@ -30,11 +31,11 @@ def test_greedy_profile_scores_lengths_and_entropy(relift_cache):
     over its own response tokens, as a separate forward pass computes it."""
     import torch
 
+    from relift_ray.data.toy.task import make_questions
     from relift_ray.jobs.in_process import greedy_profile
     from relift_ray.rollout.evaluate import question_scores
     from relift_ray.rollout.hf import HFGenerator
     from relift_ray.rollout.rewards import RewardWorker
-    from relift_ray.data.toy.task import make_questions
 
     qs = make_questions("test")[::60]
     gen, rewarder = HFGenerator(relift_cache), RewardWorker("whole", 5.0)

@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from relift_ray.learner.learner import TwoPhaseAdamW
 from relift_ray.learner.forward import to_tensors
+from relift_ray.learner.learner import TwoPhaseAdamW
 from relift_ray.records import Sample
 
 
@@ -70,8 +70,8 @@ def tiny_model(tmp_path_factory):
 
 
 def _learner(path, **over):
-    from relift_ray.jobs.in_process import single_process_group
     from relift_ray.config import load_config
+    from relift_ray.jobs.in_process import single_process_group
     from relift_ray.learner.learner import Learner
     single_process_group()
     o = {"algo.minibatches": 1, "algo.entropy_coef": 0, "algo.sft_entropy_coef": 0,
@@ -231,9 +231,9 @@ def test_transformers_generator_returns_the_learners_log_probs(relift_cache):
     are the model's own: the learner computes the same for the same tokens."""
     from transformers import AutoModelForCausalLM
 
-    from relift_ray.rollout.hf import HFGenerator
     from relift_ray.learner.forward import forward_logprobs
     from relift_ray.records import Question, SamplingParams
+    from relift_ray.rollout.hf import HFGenerator
 
     gen = HFGenerator(relift_cache, threads=1)
     qs = [Question("a", "Q: 2+3=", "5"), Question("b", "Q: 12+30=", "42")]

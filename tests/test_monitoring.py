@@ -14,11 +14,7 @@ from pathlib import Path
 import pytest
 
 from relift_ray.background import free_port
-from relift_ray.tracking.monitoring import (
-    DASHBOARD_FILE,
-    board_metric_names,
-    grafana_dashboard,
-)
+from relift_ray.tracking.monitoring import DASHBOARD_FILE, board_metric_names, grafana_dashboard
 from relift_ray.tracking.tracker import RAY_GAUGES
 
 ROOT = Path(__file__).resolve().parent.parent

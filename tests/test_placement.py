@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from relift_ray.errors import ConfigError
 from relift_ray.config import load_config
+from relift_ray.errors import ConfigError
 from relift_ray.rollout.placement import cuda_index, learner_gpu, plan, simulate
 
 GPU = ["generator.backend=vllm", "cluster.use_gpu=true"]

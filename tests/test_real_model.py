@@ -7,8 +7,8 @@ that is an installation error the test must report.
 from pathlib import Path
 
 import pytest
-
 from helpers import SHARED, needs_shared
+
 from relift_ray.config import load_config
 
 pytestmark = [pytest.mark.slow, needs_shared]

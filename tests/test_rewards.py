@@ -1,9 +1,9 @@
 """Answer extraction, math-verify scoring, and the reward worker's hard time limit."""
 import pytest
 
+from relift_ray.core.scoring import extract_answer, last_boxed, math_reward
 from relift_ray.records import Reward
 from relift_ray.rollout.rewards import RewardWorker
-from relift_ray.core.scoring import extract_answer, last_boxed, math_reward
 
 
 def test_extraction_modes():

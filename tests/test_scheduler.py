@@ -2,13 +2,13 @@
 import json
 
 import pytest
-
 from helpers import ScriptedGenerator, ScriptedRewarder
+
 from relift_ray.config import load_config
-from relift_ray.records import Question
 from relift_ray.core.questions import HardBuffer, Sampler, bucket_of
-from relift_ray.scheduler.scheduler import Scheduler
 from relift_ray.data.toy.tokenizer import build_tokenizer
+from relift_ray.records import Question
+from relift_ray.scheduler.scheduler import Scheduler
 
 TOK = build_tokenizer()
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from relift_ray.data.toy import model as base
-from relift_ray.jobs import toy_base
 from relift_ray.data.toy.tokenizer import build_tokenizer
+from relift_ray.jobs import toy_base
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,9 +9,15 @@ import torch
 
 from relift_ray.core.algo import logprob_mismatch, policy_loss, tis_weights
 from relift_ray.learner.forward import to_tensors
+from relift_ray.learner.weight_sync import (
+    WeightSyncTimeout,
+    bucket_bytes_for,
+    named_weights,
+    on_all,
+    weights_nbytes,
+    with_deadline,
+)
 from relift_ray.records import Sample
-from relift_ray.learner.weight_sync import (WeightSyncTimeout, on_all, bucket_bytes_for, named_weights, weights_nbytes)
-from relift_ray.learner.weight_sync import with_deadline
 
 
 def test_tis_weights_are_the_truncated_ratio_and_one_on_padding():

@@ -11,13 +11,7 @@ import uuid
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from relift_ray.jobs.text_engine import (
-    MAX_TOP_LOGPROBS,
-    Choice,
-    Job,
-    RequestError,
-    TextEngine,
-)
+from relift_ray.jobs.text_engine import MAX_TOP_LOGPROBS, Choice, Job, RequestError, TextEngine
 from relift_ray.records import SamplingParams
 
 ROUTE = "/v1"

@@ -29,12 +29,7 @@ import torch
 from relift_ray import faults
 from relift_ray.config import RunConfig
 from relift_ray.imports import skip_unused_modules
-from relift_ray.learner.checkpoint import (
-    SCHEDULER_STATE,
-    load_learner,
-    save_best,
-    save_checkpoint,
-)
+from relift_ray.learner.checkpoint import SCHEDULER_STATE, load_learner, save_best, save_checkpoint
 from relift_ray.learner.learner import Learner
 from relift_ray.learner.step import learner_step, progress_line
 from relift_ray.learner.weight_sync import make_publisher

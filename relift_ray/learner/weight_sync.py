@@ -153,9 +153,7 @@ class NCCLWeightSync:
     def connect(self) -> None:
         """Rendezvous: the generators join (asynchronously) while the trainer joins here."""
         # vLLM: only on the NCCL path
-        from vllm.distributed.weight_transfer.nccl_engine import (
-            NCCLWeightTransferEngine,
-        )
+        from vllm.distributed.weight_transfer.nccl_engine import NCCLWeightTransferEngine
 
         def run():
             refs = [g.init_weight_transfer_engine.remote(

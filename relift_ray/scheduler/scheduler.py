@@ -40,14 +40,7 @@ from relift_ray.core.questions import (
     steps_of,
 )
 from relift_ray.core.stats import source_scores
-from relift_ray.records import (
-    BatchStats,
-    Question,
-    Sample,
-    SamplingParams,
-    ScoredGroup,
-    TrainBatch,
-)
+from relift_ray.records import BatchStats, Question, Sample, SamplingParams, ScoredGroup, TrainBatch
 from relift_ray.rollout.calls import actor_pid, in_actor, is_actor, score_all
 from relift_ray.rollout.evaluate import question_scores
 from relift_ray.rollout.group import GeneratorGroup

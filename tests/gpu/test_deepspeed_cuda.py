@@ -8,10 +8,10 @@ pytestmark = pytest.mark.gpu
 deepspeed = pytest.importorskip("deepspeed")
 
 from relift_ray.config import RunConfig  # noqa: E402
-from relift_ray.learner.learner import Learner  # noqa: E402
-from relift_ray.records import Sample  # noqa: E402
 from relift_ray.data.toy import task  # noqa: E402
+from relift_ray.learner.learner import Learner  # noqa: E402
 from relift_ray.learner.weight_sync import named_weights  # noqa: E402
+from relift_ray.records import Sample  # noqa: E402
 
 
 def _cfg(stage):

@@ -9,11 +9,14 @@ pytestmark = pytest.mark.gpu
 vllm = pytest.importorskip("vllm", reason="the vLLM backend needs vLLM: pip install .[gpu]")
 
 from relift_ray.core.algo import logprob_mismatch  # noqa: E402
-from relift_ray.learner.forward import forward_logprobs, to_tensors  # noqa: E402
-from relift_ray.records import Sample, SamplingParams  # noqa: E402
 from relift_ray.data.toy import task  # noqa: E402
-from relift_ray.learner.weight_sync import IPCWeightSync, WeightSyncTimeout
-from relift_ray.learner.weight_sync import with_deadline  # noqa: E402
+from relift_ray.learner.forward import forward_logprobs, to_tensors  # noqa: E402
+from relift_ray.learner.weight_sync import (
+    IPCWeightSync,
+    WeightSyncTimeout,
+    with_deadline,  # noqa: E402
+)
+from relift_ray.records import Sample, SamplingParams  # noqa: E402
 
 
 @pytest.fixture(scope="module")
