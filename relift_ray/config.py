@@ -317,7 +317,8 @@ class RunConfig:
 
     @property
     def mlflow_uri(self) -> str:
-        return self.tracking.tracking_uri or f"sqlite:///{Path(self.output_dir).resolve() / 'mlflow.db'}"
+        default = f"sqlite:///{Path(self.output_dir).resolve() / 'mlflow.db'}"
+        return self.tracking.tracking_uri or default
 
     @property
     def artifact_root(self) -> str:
@@ -577,7 +578,8 @@ def _build(cls, tree: dict, prefix: str):
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(tree) - names)
     if unknown:
-        raise ConfigError(f"{prefix}{unknown[0]}: unknown field (known: {', '.join(sorted(names))})")
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown field "
+                          f"(known: {', '.join(sorted(names))})")
     kwargs = {}
     for name, value in tree.items():
         hint = hints[name]

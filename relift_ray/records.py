@@ -16,7 +16,8 @@ class Question:
     demo: str | None = None  # a worked demonstration (the response an SFT step teaches)
     source: str = ""
     level: int = 0
-    messages: tuple[tuple[str, str], ...] = ()  # (role, content) pairs when the data has chat messages
+    # (role, content) pairs when the data has chat messages
+    messages: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

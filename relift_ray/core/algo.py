@@ -24,7 +24,8 @@ def group_advantages(rewards: torch.Tensor, normalize_std: bool = False,
     return centered
 
 
-def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def token_logprobs(logits: torch.Tensor,
+                   targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """logits [B, T, V] predicting targets [B, T] -> (log p(target) [B, T], entropy [B, T])."""
     logits = logits.float()
     logp_all = F.log_softmax(logits, dim=-1)

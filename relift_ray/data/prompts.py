@@ -78,7 +78,8 @@ def prepare_tokenizer(tokenizer, cfg) -> None:
     load_chat_template(tokenizer, cfg.data.chat_template)
     if cfg.model.eos_token:
         if tokenizer.convert_tokens_to_ids(cfg.model.eos_token) in (None, tokenizer.unk_token_id):
-            raise DataError(f"model.eos_token={cfg.model.eos_token!r}: not a token of this tokenizer")
+            raise DataError(f"model.eos_token={cfg.model.eos_token!r}: not a token of this "
+                            f"tokenizer")
         tokenizer.eos_token = cfg.model.eos_token
 
 

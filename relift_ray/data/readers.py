@@ -1,7 +1,8 @@
 """Training and test questions: readers for data files and named data sources.
 
 ``load_questions(spec, fmt, split)`` returns ``Question`` records. ``spec`` is a named data
-source (``toy``, see relift_ray.data.registry) or ``py:module:function`` (called with the split), a file
+source (``toy``, see relift_ray.data.registry) or ``py:module:function`` (called with the
+split), a file
 (``.jsonl``, ``.json`` holding a list of objects, or ``.parquet``), or a Hugging Face dataset
 ``hf://owner/name[/file-glob]`` (downloaded into the HF cache; needs network access the first
 time). A bad row raises ``DataError`` naming the file, the row (1-based) and the field.

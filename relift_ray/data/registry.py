@@ -25,7 +25,8 @@ MODELS = {
 }
 DATA_SOURCES = {
     "toy": "relift_ray.data.toy.task:make_questions",  # the toy task's train / test splits
-    # the same questions, demonstrations in a teacher's long self-verifying style (the comparison job's teacher variants)
+    # the same questions, demonstrations in a teacher's long self-verifying style (the
+    # comparison job's teacher variants)
     "toy-teacher": "relift_ray.data.toy.task:make_teacher_questions",
 }
 

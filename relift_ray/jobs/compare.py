@@ -168,7 +168,8 @@ def _log_child(client, experiment_id: str, parent_id: str, cfg: RunConfig,
                 for k, v in p.items() if k != "step"]
     final = {**{f"final_greedy/{k}": v for k, v in r.greedy.items()},
              **{f"final_avg_at_k/{k}": v for k, v in r.sampled.items()},
-             **{k: getattr(r, k) for k in ("demos_used_unique", "demos_used_total", "demos_available",
+             **{k: getattr(r, k) for k in ("demos_used_unique", "demos_used_total",
+                                          "demos_available",
                                   "learner_updates", "sft_steps", "wall_seconds")}}
     metrics += [Metric(k, float(v), now, cfg.train.steps) for k, v in final.items()]
     for i in range(0, len(metrics), 900):

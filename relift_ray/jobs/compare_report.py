@@ -307,7 +307,8 @@ def redraw(out_dir: str | Path) -> None:
 
 
 
-def write_report(out_dir: Path, tracker, base: BaseEval, results: list[RunResult], failed: list[str],
+def write_report(out_dir: Path, tracker, base: BaseEval, results: list[RunResult],
+                 failed: list[str],
                  methods: list[str], eval_k: int) -> tuple[list[dict], dict, str]:
     """The tables (csv and text), claims, figures and results.json in ``out_dir`` and as the
     MLflow parent run's artifacts and metrics; returns (table rows, bucket gains, text)."""
@@ -344,7 +345,8 @@ def _run_rows(results: list[RunResult], methods: list[str]) -> list[dict]:
     return [{"method": r.method, "seed": r.seed,
              **{f"greedy_{k}": v for k, v in r.greedy.items()},
              **{f"sampled_{k}": v for k, v in r.sampled.items()},
-             **{k: getattr(r, k) for k in ("demos_used_unique", "demos_used_total", "demos_available",
+             **{k: getattr(r, k) for k in ("demos_used_unique", "demos_used_total",
+                                          "demos_available",
                                   "learner_updates", "sft_steps", "wall_seconds")},
              **{k: r.curve[-1].get(k) for k in ("response_length", "truncated", "entropy")}}
             for r in sorted(results, key=lambda r: (methods.index(r.method), r.seed))]

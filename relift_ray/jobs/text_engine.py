@@ -108,7 +108,7 @@ class TextEngine:
         lps = None
         if first.top is not None:
             lps = torch.log_softmax(torch.stack(res.logits, dim=1).float(), -1)
-        rows, out, k = [], [], 0
+        out, k = [], 0
         for job in jobs:
             per_prompt = []
             for _ in job.prompts:

@@ -3,9 +3,9 @@
 The toy task and its shipped weights are data (relift_ray.data.toy); building and checking
 the model (greedy accuracy on the test split, with a generator and the reward) is this job.
 
-    python -m relift_ray.jobs.toy_base                      # prints the base model's directory
-    python -m relift_ray.jobs.toy_base --rebuild DIR        # pretrain from RECIPE into DIR/toy_base-<hash>
-    python -m relift_ray.jobs.toy_base --rebuild DIR --ship # ... and ship it (after changing RECIPE)
+    python -m relift_ray.jobs.toy_base                   # the base model's directory
+    python -m relift_ray.jobs.toy_base --rebuild DIR     # pretrain into DIR/toy_base-<hash>
+    python -m relift_ray.jobs.toy_base --rebuild DIR --ship   # ... and ship it
 """
 from __future__ import annotations
 

@@ -120,7 +120,8 @@ def saved_world(directory: Path) -> int:
     meta = Path(directory) / DS_DIR / _meta_name(0)
     if not meta.exists():
         raise FileNotFoundError(f"{Path(directory)} holds no learner state ({meta} is missing): "
-                                "not a checkpoint written by relift_ray.learner.checkpoint.save_learner")
+                                "not a checkpoint written by "
+                                "relift_ray.learner.checkpoint.save_learner")
     return int(json.loads(meta.read_text())["world"])
 
 

@@ -214,7 +214,8 @@ class WeightPublisher:
     ``publish(learner, version)`` is called by every learner rank (collective under ZeRO-3)
     and returns, with the seconds it took, once every generator holds the version (or, with
     the object store and a scheduler actor, has its load queued ahead of its next sampling);
-    ``after_generation()`` by every rank once the step's batch exists. With ``colocate`` (vLLM engines on the learners' GPUs) the engines sleep from
+    ``after_generation()`` by every rank once the step's batch exists. With ``colocate``
+    (vLLM engines on the learners' GPUs) the engines sleep from
     ``after_generation`` until the next ``publish``, which wakes their weights, sends, and then
     wakes their KV cache."""
 

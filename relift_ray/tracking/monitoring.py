@@ -4,7 +4,8 @@ The rank-0 learner sets one Ray gauge per step metric (``relift_ray.tracking.tra
 Prometheus scrapes them from every node's metrics endpoint as ``ray_relift_<name>`` with the
 labels ``run`` (the run's name) and ``SessionName`` (the Ray session). ``grafana_dashboard()``
 builds the board over exactly those names; the repository keeps it as
-``monitoring/relift_grafana_dashboard.json`` (``python -m relift_ray.tracking.monitoring`` rewrites it)
+``monitoring/relift_grafana_dashboard.json`` (``python -m relift_ray.tracking.monitoring``
+rewrites it)
 and a test checks that every name it draws is exported during a short run.
 """
 from __future__ import annotations
@@ -13,7 +14,8 @@ import json
 import re
 from pathlib import Path
 
-DASHBOARD_FILE = Path(__file__).resolve().parents[2] / "monitoring" / "relift_grafana_dashboard.json"
+DASHBOARD_FILE = (Path(__file__).resolve().parents[2] / "monitoring"
+                  / "relift_grafana_dashboard.json")
 PREFIX = "ray_relift_"
 
 # (title, description, unit, [(gauge name, legend)], stacked)

@@ -49,7 +49,8 @@ def shipped_recipe(folder: str | Path = SHIPPED) -> dict | None:
 
 def base_model_path(log=print) -> str:
     """The toy base model's directory: the shipped weights when they were built from the current
-    RECIPE (no building, no cache), else the model built from RECIPE into the relift cache (``relift_ray.data.registry.cache_dir``)."""
+    RECIPE (no building, no cache), else the model built from RECIPE into the relift cache
+    (``relift_ray.data.registry.cache_dir``)."""
     meta = shipped_recipe()
     weights_there = (SHIPPED / "config.json").exists() and (SHIPPED / "model.safetensors").exists()
     if meta is not None and weights_there and meta.get("recipe_hash") == recipe_hash():
