@@ -11,7 +11,6 @@ import re
 
 from relift_ray.records import Reward
 
-OK, NO_ANSWER = Reward.OK, Reward.NO_ANSWER
 EXTRACTIONS = ("whole", "after_think", "think_or_whole", "boxed")
 
 
@@ -73,17 +72,17 @@ def math_reward(response: str, truth: str, extraction: str = "boxed",
 
     part = extract_answer(response, extraction)
     if part is None:
-        return Reward(0.0, NO_ANSWER)
+        return Reward(0.0, Reward.NO_ANSWER)
     if exact_match and (part == f"\\boxed{{{truth}}}" or part.strip() == truth.strip()):
-        return Reward(1.0, OK)  # character-for-character the ground truth: no parsing needed
+        return Reward(1.0, Reward.OK)  # character-for-character the ground truth: no parsing needed
     if exact_match and _INTEGER.fullmatch(truth.strip()):
         inner = part[len("\\boxed{"):-1] if extraction == "boxed" else part
         if _INTEGER.fullmatch(inner.strip()):  # two plain integers: equal values or not
-            return Reward(float(int(inner) == int(truth)), OK)
+            return Reward(float(int(inner) == int(truth)), Reward.OK)
     pred = parse(part, parsing_timeout=None)
     if not pred:
-        return Reward(0.0, NO_ANSWER)
+        return Reward(0.0, Reward.NO_ANSWER)
     gold = parse(f"\\boxed{{{truth}}}", parsing_timeout=None)
     if not gold:
         gold = parse(f"${truth}$", parsing_timeout=None)
-    return Reward(1.0 if verify(gold, pred, timeout_seconds=None) else 0.0, OK)
+    return Reward(1.0 if verify(gold, pred, timeout_seconds=None) else 0.0, Reward.OK)

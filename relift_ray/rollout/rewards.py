@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from relift_ray.core.scoring import EXTRACTIONS
 from relift_ray.records import Reward
 
-TIMEOUT, ERROR = Reward.TIMEOUT, Reward.ERROR
-
 
 def _child(conn, fn_path: str, extraction: str) -> None:
     """The scoring process: takes a list of (response, truth) at a time and sends back one
@@ -34,7 +32,7 @@ def _child(conn, fn_path: str, extraction: str) -> None:
             try:
                 conn.send(Reward(*fn(response, truth, extraction)))
             except Exception as e:  # a verifier bug must not kill the worker
-                conn.send(Reward(0.0, f"{ERROR}: {type(e).__name__}: {e}"[:200]))
+                conn.send(Reward(0.0, f"{Reward.ERROR}: {type(e).__name__}: {e}"[:200]))
 
 
 @dataclass
@@ -88,7 +86,7 @@ class RewardWorker:
             self._conn.send(pairs[len(out):])
             while len(out) < len(pairs):
                 late = not self._conn.poll(self.timeout_s)
-                reward = Reward(0.0, TIMEOUT) if late else self._conn.recv()
+                reward = Reward(0.0, Reward.TIMEOUT) if late else self._conn.recv()
                 self.stats.scored += 1
                 self.stats.timeouts += reward.timed_out
                 self.stats.no_answer += reward.no_answer
