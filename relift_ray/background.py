@@ -32,6 +32,19 @@ class Background:
 
 def free_port(host: str = "") -> int:
     """A TCP port free on ``host`` ("" = every interface) at the time of the call."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    return free_ports(1, host)[0]
+
+
+def free_ports(n: int, host: str = "") -> list[int]:
+    """``n`` distinct TCP ports free on ``host`` at the time of the call.
+
+    All ``n`` sockets stay bound until the last is chosen: asking one at a time may hand the
+    same port out twice, since each is released before the next is asked for."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from relift_ray.background import free_port
+from relift_ray.background import free_ports
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,17 +23,18 @@ RAY = str(Path(sys.executable).parent / "ray")
 @pytest.fixture
 def ray_head(tmp_path, relift_cache):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    dash = free_port("127.0.0.1")
+    gcs, dash, agent, grpc, metrics, runtime = free_ports(6, "127.0.0.1")
     temp = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # Ray's socket paths must stay short
     head = subprocess.Popen(
         # Every port its own: another Ray instance on this machine (the session's local cluster
         # of the other tests) already holds the defaults, e.g. the dashboard agent's 52365,
         # and a head whose agent cannot bind answers every submit with "No available agent".
-        [RAY, "start", "--head", "--block", "--num-cpus=8", f"--port={free_port('127.0.0.1')}",
+        # The six drawn together, so that no two are the same port.
+        [RAY, "start", "--head", "--block", "--num-cpus=8", f"--port={gcs}",
          "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-         f"--dashboard-agent-listen-port={free_port('127.0.0.1')}",
-         f"--dashboard-agent-grpc-port={free_port('127.0.0.1')}", f"--metrics-export-port={free_port('127.0.0.1')}",
-         f"--runtime-env-agent-port={free_port('127.0.0.1')}", f"--temp-dir={temp}"],
+         f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={grpc}",
+         f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={runtime}",
+         f"--temp-dir={temp}"],
         env=env, stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT,
         start_new_session=True)  # its own process group: we stop exactly what we started
     address = f"http://127.0.0.1:{dash}"

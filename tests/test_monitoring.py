@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from relift_ray.background import free_port
+from relift_ray.background import free_ports
 from relift_ray.tracking.monitoring import DASHBOARD_FILE, board_metric_names, grafana_dashboard
 from relift_ray.tracking.tracker import RAY_GAUGES
 
@@ -33,7 +33,7 @@ def test_board_in_the_repository_is_the_generated_one():
 
 @pytest.mark.e2e
 def test_every_board_metric_is_exported_and_the_dashboard_answers(tmp_path, relift_cache):
-    port, dash = free_port("127.0.0.1"), free_port("127.0.0.1")
+    port, dash = free_ports(2, "127.0.0.1")
     env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_metrics_report_interval_ms="500",
                RAY_ADDRESS="")
     cmd = [sys.executable, str(ROOT / "jobs/train.py"), f"output_dir={tmp_path}",

@@ -32,3 +32,14 @@ def test_a_steps_figures_flatten_to_their_logged_names():
     assert "step_seconds" not in flat and "checkpoint_seconds" not in flat  # not measured yet
     m.step_seconds, m.validation = 0.6, {"val/score": 0.75}
     assert m.flat()["step_seconds"] == 0.6 and m.flat()["val/score"] == 0.75
+
+
+def test_free_ports_are_distinct_and_bindable():
+    import socket
+
+    from relift_ray.background import free_ports  # only this test needs it
+
+    ports = free_ports(64, "127.0.0.1")
+    assert len(set(ports)) == 64
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", ports[0]))  # released again once chosen
