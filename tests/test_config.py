@@ -253,7 +253,8 @@ def test_text_overrides_stay_text():
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["generator.backend=vllm"], "generator.backend=vllm: needs cluster.use_gpu=true"),
+    (["generator.backend=vllm", "generator.colocate=true"],
+     "generator.colocate=True: vLLM on CPU"),
     (["generator.weight_sync=nccl"], "generator.weight_sync='nccl': needs generator.backend=vllm"),
     (["algo.max_staleness=1", "generator.backend=vllm", "cluster.use_gpu=true",
       "generator.weight_sync=ipc", "generator.colocate=true"],

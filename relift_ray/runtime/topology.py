@@ -126,14 +126,16 @@ def _vllm_actor(cfg: RunConfig, model_path: str, name: str, placed: dict | None 
 
     g, c = cfg.generator, cfg.cluster
     tp = g.tensor_parallel_size
-    gpus = COLOCATED_GENERATOR_GPU if g.colocate else (1 if tp == 1 else 0)
+    gpus = 0 if not c.use_gpu else (
+        COLOCATED_GENERATOR_GPU if g.colocate else (1 if tp == 1 else 0))
     options = {"num_gpus": gpus, **(placed or {})}
     return ray.remote(VLLMGenerator).options(
         name=name, num_cpus=c.generator_cpus, max_restarts=-1, **options).remote(
         model_path, tensor_parallel_size=tp, dtype=cfg.model.dtype,
         gpu_memory_utilization=g.gpu_memory_utilization, max_model_len=g.max_model_len,
         eos_token=cfg.model.eos_token, seed=cfg.train.seed, enable_sleep_mode=g.colocate,
-        weight_transfer="nccl" if g.weight_sync == "nccl" else "ipc",
+        weight_transfer="nccl" if g.weight_sync == "nccl" else "auto",
+        device="cuda" if c.use_gpu else "cpu", kv_cache_gib=g.cpu_kv_cache_gib,
         enforce_eager=g.enforce_eager, bucket_mb=g.bucket_mb,
         **({"distributed_executor_backend": "ray"} if tp > 1 else {}))
 
