@@ -191,9 +191,9 @@ class GeneratorConfig:
     colocate: bool = False  # generators share the learners' GPUs; they sleep while learners train
     bucket_mb: int = positive(512)  # weights are sent in packed buckets of this size
     sync_timeout_s: float = positive(300.0)  # watchdog: a transfer slower than this fails the step
-    # vLLM on CPU: each engine's KV cache in GiB (VLLM_CPU_KVCACHE_SPACE); a step's sequences
+    # vLLM on CPU: each engine's KV cache in whole GiB (VLLM_CPU_KVCACHE_SPACE); sequences
     # beyond it wait for others to finish
-    cpu_kv_cache_gib: float = positive(2.0)
+    cpu_kv_cache_gib: int = positive(2)
 
 
 @dataclass

@@ -35,7 +35,7 @@ class VLLMGenerator:
                  enable_sleep_mode: bool = False, weight_transfer: str = "auto",
                  enforce_eager: bool = False, bucket_mb: int = 512,
                  distributed_executor_backend: str | None = None, device: str = "auto",
-                 kv_cache_gib: float = 2.0):
+                 kv_cache_gib: int = 2):
         import os
 
         # torch: in the engine actor only
@@ -48,7 +48,7 @@ class VLLMGenerator:
         if self.device == "cpu":
             # before vLLM reads its settings: the engine in this process, its KV cache size
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{kv_cache_gib:g}")
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(kv_cache_gib)))
             if weight_transfer != "object_store":
                 raise ValueError(f"weight transfer {weight_transfer!r} needs a GPU; vLLM on "
                                  f"CPU takes weights from the object store")
@@ -78,6 +78,8 @@ class VLLMGenerator:
             kwargs["distributed_executor_backend"] = distributed_executor_backend
         self.llm = LLM(**kwargs)
         self.model_path = model_path
+        self.tied_embeddings = bool(getattr(
+            self.llm.llm_engine.model_config.hf_config, "tie_word_embeddings", False))
         self.tokenizer = self.llm.get_tokenizer()
         self.eos_id = (self.tokenizer.convert_tokens_to_ids(eos_token) if eos_token
                        else self.tokenizer.eos_token_id)
@@ -155,6 +157,11 @@ class VLLMGenerator:
         import torch
 
         if self.device == "cpu":
+            if self.tied_embeddings and "lm_head.weight" not in state_dict:
+                # a checkpoint of a tied model holds the embedding alone; layerwise reloading
+                # leaves a module none of whose weights arrived as it was before the update
+                state_dict = {**state_dict,
+                              "lm_head.weight": state_dict["model.embed_tokens.weight"]}
             self.llm.start_weight_update()
             try:
                 self.llm.update_weights({"update_info": {
