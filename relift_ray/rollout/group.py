@@ -23,9 +23,11 @@ GENERATOR_RESTART_TIMEOUT_S = 600
 
 
 class GeneratorGroup:
-    def __init__(self, generators: list, weight_sync: str = "object_store"):
+    def __init__(self, generators: list, weight_sync: str = "object_store",
+                 sync_timeout_s: float = 300.0):
         self.generators = generators
         self.weight_sync = weight_sync  # named in the error when a revived one cannot reload
+        self.sync_timeout_s = sync_timeout_s  # a weight load slower than this fails the step
         self.kept: tuple[int, object] | None = None  # (version, object ref): for revivals
         self._lock = threading.Lock()
         self._loads: tuple = (None, [])  # (version, each generator's pending load)
@@ -68,13 +70,29 @@ class GeneratorGroup:
         refs = [g.generate.remote(c, p) for g, c, p in zip(self.generators, chunks, params)]
         with self._lock:  # the weight loads queued before these calls
             (loaded, loads), self._loads = self._loads, (None, [])
-        for load in loads:
+        deadline = time.monotonic() + self.sync_timeout_s
+        for i, load in enumerate(loads):
             try:
-                check_versions([ray.get(load)], loaded)
+                check_versions([self._loaded(i, load, loaded, deadline)], loaded)
             except ray.exceptions.RayActorError:
                 pass  # the generator died: its generate call fails too and revives it below
         return [self._collect(i, ref, chunks[i], params[i], version)
                 for i, ref in enumerate(refs)]
+
+    def _loaded(self, i: int, load, version: int, deadline: float) -> int:
+        """What generator ``i``'s load of weight version ``version`` returned; a load that
+        fails or outlasts ``deadline`` fails the step with the reason (never a step sampled
+        with the old weights)."""
+        try:
+            return ray.get(load, timeout=max(0.0, deadline - time.monotonic()))
+        except ray.exceptions.GetTimeoutError:
+            raise TimeoutError(
+                f"generator {i} did not load weight version {version} within "
+                f"{self.sync_timeout_s:g} s (generator.sync_timeout_s); the step stops here "
+                f"rather than sample with older weights") from None
+        except ray.exceptions.RayTaskError as e:
+            raise RuntimeError(f"generator {i} failed to load weight version {version}: "
+                               f"{type(e.cause).__name__}: {e.cause}") from e
 
     def _collect(self, i: int, ref, chunk, params, version: int):
         for attempt in range(GENERATOR_RETRIES + 1):
@@ -116,4 +134,5 @@ class GeneratorGroup:
                 f"copy of version {version} to reload it with (generator.weight_sync="
                 f"{self.weight_sync}: only object_store keeps one); the learner "
                 f"group restarts from its checkpoint and republishes") from error
-        ray.get(gen.load_weights.remote(version, self.kept[1]))
+        self._loaded(i, gen.load_weights.remote(version, self.kept[1]), version,
+                     time.monotonic() + self.sync_timeout_s)

@@ -53,7 +53,8 @@ class Scheduler(AheadProducer):
                  rewarders: list, val_questions: list[Question] | None = None):
         self.cfg, self.a = cfg, cfg.algo
         self.tok = tokenizer
-        self.group = GeneratorGroup(generators, cfg.generator.weight_sync)
+        self.group = GeneratorGroup(generators, cfg.generator.weight_sync,
+                                    cfg.generator.sync_timeout_s)
         self.rewarders = rewarders
         if not questions:
             raise ValueError("no training questions")
