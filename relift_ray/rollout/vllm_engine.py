@@ -35,7 +35,7 @@ class VLLMGenerator:
                  enable_sleep_mode: bool = False, weight_transfer: str = "auto",
                  enforce_eager: bool = False, bucket_mb: int = 512,
                  distributed_executor_backend: str | None = None, device: str = "auto",
-                 kv_cache_gib: int = 2):
+                 kv_cache_gib: int = 2, threads: int = 0):
         import os
 
         # torch: in the engine actor only
@@ -49,6 +49,11 @@ class VLLMGenerator:
             # before vLLM reads its settings: the engine in this process, its KV cache size
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(kv_cache_gib)))
+            if threads:
+                # the engine computes on this process's torch threads (Ray gives a
+                # fractional-CPU actor one); its CPU worker then freezes the count
+                os.environ["OMP_NUM_THREADS"] = str(threads)
+                torch.set_num_threads(threads)
             if weight_transfer != "object_store":
                 raise ValueError(f"weight transfer {weight_transfer!r} needs a GPU; vLLM on "
                                  f"CPU takes weights from the object store")

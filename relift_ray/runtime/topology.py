@@ -136,6 +136,7 @@ def _vllm_actor(cfg: RunConfig, model_path: str, name: str, placed: dict | None 
         eos_token=cfg.model.eos_token, seed=cfg.train.seed, enable_sleep_mode=g.colocate,
         weight_transfer="nccl" if g.weight_sync == "nccl" else "auto",
         device="cuda" if c.use_gpu else "cpu", kv_cache_gib=g.cpu_kv_cache_gib,
+        threads=0 if c.use_gpu else (c.generator_threads or c.torch_threads),
         enforce_eager=g.enforce_eager, bucket_mb=g.bucket_mb,
         **({"distributed_executor_backend": "ray"} if tp > 1 else {}))
 
