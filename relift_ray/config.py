@@ -445,7 +445,8 @@ def _check_generator(cfg: RunConfig) -> None:
                                   f"(cluster.use_gpu=false) takes weight_sync=object_store, "
                                   f"colocate=false and tensor_parallel_size=1; set "
                                   f"cluster.use_gpu=true for the GPU paths")
-    if g.backend == "vllm" and cfg.tracking.eval_before == "end" and g.weight_sync != "object_store":
+    if (g.backend == "vllm" and cfg.tracking.eval_before == "end"
+            and g.weight_sync != "object_store"):
         raise ConfigError(f"tracking.eval_before=end: reloading the base weights at the end "
                           f"takes generator.weight_sync=object_store (this run: "
                           f"{g.weight_sync}); use start or none")
