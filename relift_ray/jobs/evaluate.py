@@ -10,14 +10,17 @@ and reward actors are the training job's own. Prompts follow the run's ``data`` 
 
 Writes ``<output_dir>/<name>/eval_results.csv`` (avg@k, pass@k per benchmark and the average),
 ``eval_questions.csv`` (per question: correct samples, a sample response) and
-``eval_table.txt``; logs the same to an MLflow run; prints progress and the table.
+``eval_table.txt``; logs the same to an MLflow run; prints progress and the table. The sampling
+phase's generation throughput (generated tokens and completions per second, once the workers
+have started) is printed, logged as ``eval/gen_tokens_per_s`` and ``eval/completions_per_s``,
+and kept in ``EvalResult.throughput``.
 """
 from __future__ import annotations
 
 import os
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import ray
@@ -31,7 +34,7 @@ from relift_ray.data.prompts import prepare_tokenizer, render_prompts
 from relift_ray.data.registry import resolve_model
 from relift_ray.errors import DataError
 from relift_ray.records import Question, SamplingParams
-from relift_ray.rollout.calls import is_actor, score_all
+from relift_ray.rollout.calls import call_all, is_actor, score_all
 from relift_ray.runtime.cluster import init_ray
 from relift_ray.runtime.topology import check_model_len, start_workers
 from relift_ray.tracking.tracker import Tracker, write_csv
@@ -66,8 +69,9 @@ def evaluate_benchmarks(generators: list, rewarders: list, suites: list[tuple[st
                         *, temperature: float = 0.6, top_p: float = 1.0,
                         max_new_tokens: int = 1024, chunk: int = 8, seed: int = 0,
                         log=print, averaged: list[str] | None = None
-                        ) -> tuple[list[dict], list[dict]]:
-    """suites: [(benchmark, questions, k)] -> (per-question rows, per-benchmark summary rows)."""
+                        ) -> tuple[list[dict], list[dict], dict]:
+    """suites: [(benchmark, questions, k)] -> (per-question rows, per-benchmark summary rows,
+    the generation throughput: ``throughput``'s dict)."""
     jobs, owners = [], []
     for name, qs, k in suites:
         for start in range(0, len(qs), chunk):
@@ -77,8 +81,13 @@ def evaluate_benchmarks(generators: list, rewarders: list, suites: list[tuple[st
             owners.append(name)
     total = {name: len(qs) for name, qs, _ in suites}
     done_q: dict[str, int] = defaultdict(int)
+    tokens = completions = 0
     seconds: dict[str, float] = defaultdict(float)
     rows: list[dict] = []
+    # the clock starts once every generator is up: an engine's start-up (a vLLM engine's is
+    # most of a short run) is no part of the sampling throughput. Reward workers start beside
+    # them and sooner.
+    call_all(generators, "get_version", [()] * len(generators))
     t0 = last_log = time.perf_counter()
     t_prev = t0
     for i, groups in _stream(generators, jobs):
@@ -90,6 +99,8 @@ def evaluate_benchmarks(generators: list, rewarders: list, suites: list[tuple[st
             res = scored[at:at + len(group)]
             at += len(group)
             correct = sum(r.value > 0 for r in res)
+            tokens += sum(len(c.response_ids) for c in group)
+            completions += len(group)
             rows.append({"benchmark": name, "id": q.id, "answer": q.answer, "k": len(group),
                          "correct": correct, "avg": correct / len(group),
                          "no_answer": sum(r.no_answer for r in res),
@@ -108,7 +119,19 @@ def evaluate_benchmarks(generators: list, rewarders: list, suites: list[tuple[st
             log(f"[eval] {name}: {done_q[name]}/{total[name]} questions, avg so far "
                 f"{sum(acc) / len(acc):.3f} | all: {left} questions left, "
                 f"eta {left / max(rate, 1e-9):.0f} s")
-    return rows, benchmark_summary(rows, [s[0] for s in suites], seconds, averaged)
+    speed = throughput(tokens, completions, time.perf_counter() - t0)
+    log(f"[eval] sampling: {completions} completions, {tokens} tokens in "
+        f"{speed['gen_seconds']:.1f} s: {speed['gen_tokens_per_s']:.1f} tokens/s, "
+        f"{speed['completions_per_s']:.2f} completions/s")
+    return rows, benchmark_summary(rows, [s[0] for s in suites], seconds, averaged), speed
+
+
+def throughput(tokens: int, completions: int, seconds: float) -> dict:
+    """Generated tokens (the completions' response_ids) and completions per second of the
+    sampling phase's wall time; scoring overlaps it but for the last chunk's."""
+    per_s = 1 / max(seconds, 1e-9)
+    return {"gen_tokens": tokens, "completions": completions, "gen_seconds": seconds,
+            "gen_tokens_per_s": tokens * per_s, "completions_per_s": completions * per_s}
 
 
 def eval_extraction(cfg: RunConfig) -> str:
@@ -202,13 +225,15 @@ def load_suites(cfg: RunConfig, tokenizer, log=print) -> list[tuple[str, list[Qu
 @dataclass
 class EvalResult:
     """What the evaluation job returns: the model, the per-benchmark summary rows (and the
-    average row), the per-question rows, where they were written, the MLflow run."""
+    average row), the per-question rows, where they were written, the MLflow run, the
+    sampling phase's generation throughput (``throughput``'s dict)."""
     model: str
     summary: list[dict]
     rows: list[dict]
     output: str
     run_id: str
     seconds: float
+    throughput: dict = field(default_factory=dict)
 
 
 def run(cfg: RunConfig) -> EvalResult:
@@ -223,10 +248,11 @@ def run(cfg: RunConfig) -> EvalResult:
     tracker.log_config(cfg)
     status = "FAILED"
     try:
-        rows, summary, reward_stats = sample_and_score(cfg, model, suites)
-        out = report(cfg, model, tracker, rows, summary, reward_stats, t_start)
+        rows, summary, reward_stats, speed = sample_and_score(cfg, model, suites)
+        out = report(cfg, model, tracker, rows, summary, reward_stats, t_start, speed)
         status = "FINISHED"
-        return EvalResult(model, summary, rows, str(out), tracker.run_id, time.time() - t_start)
+        return EvalResult(model, summary, rows, str(out), tracker.run_id, time.time() - t_start,
+                          speed)
     finally:
         tracker.end(status)
 
@@ -253,28 +279,30 @@ def max_tokens(cfg: RunConfig) -> int:
     return cfg.eval.max_new_tokens or cfg.algo.max_new_tokens
 
 
-def sample_and_score(cfg: RunConfig, model: str, suites: list) -> tuple[list, list, list]:
+def sample_and_score(cfg: RunConfig, model: str, suites: list
+                     ) -> tuple[list, list, list, dict]:
     """The suites on the job's own generator and reward actors (named eval-*): per-question
-    rows, per-benchmark summary, the reward workers' statistics."""
+    rows, per-benchmark summary, the reward workers' statistics, the generation throughput."""
 
     rewarders, generators = start_workers(cfg, model, prefix="eval-",
                                           extraction=eval_extraction(cfg))
     try:
-        rows, summary = evaluate_benchmarks(
+        rows, summary, speed = evaluate_benchmarks(
             generators, rewarders, suites, temperature=cfg.eval.temperature,
             top_p=cfg.eval.top_p, max_new_tokens=max_tokens(cfg),
             chunk=cfg.eval.chunk_questions, seed=cfg.eval.seed,
             log=lambda line: print(line, flush=True), averaged=list(cfg.eval.average))
-        return rows, summary, ray.get([r.get_stats.remote() for r in rewarders])
+        return rows, summary, ray.get([r.get_stats.remote() for r in rewarders]), speed
     finally:
         for a in [*rewarders, *generators]:
             ray.kill(a)
 
 
 def report(cfg: RunConfig, model: str, tracker, rows: list, summary: list, reward_stats: list,
-           t_start: float) -> Path:
+           t_start: float, speed: dict | None = None) -> Path:
     """eval_results.csv, eval_questions.csv and eval_table.txt in <output_dir>/<name> and in
-    MLflow with the metrics; the table printed. Returns the folder."""
+    MLflow with the metrics (the generation throughput ``speed`` among them); the table
+    printed. Returns the folder."""
 
     table = benchmark_table(summary)
     out = cfg.run_dir
@@ -291,7 +319,10 @@ def report(cfg: RunConfig, model: str, tracker, rows: list, summary: list, rewar
     for f in ("eval_results.csv", "eval_questions.csv", "eval_table.txt"):
         tracker.mlflow.log_artifact(str(out / f))
     tracker.log_metrics({"reward_timeouts": sum(s["timeouts"] for s in reward_stats),
-                         "eval_seconds": time.time() - t_start})
+                         "eval_seconds": time.time() - t_start,
+                         **{f"eval/{k}": v for k, v in (speed or {}).items()}})
+    gen = (f"; generation ({cfg.generator.backend}) {speed['gen_tokens_per_s']:.1f} tokens/s, "
+           f"{speed['completions_per_s']:.2f} completions/s" if speed else "")
     print(f"[eval] {model}\n{table}\n[eval] results in {out} (MLflow run "
-          f"{tracker.run_id}, {time.time() - t_start:.0f} s)", flush=True)
+          f"{tracker.run_id}, {time.time() - t_start:.0f} s){gen}", flush=True)
     return out
