@@ -182,6 +182,10 @@ class GeneratorConfig:
     # scripts/install.sh installs)
     backend: str = one_of("transformers", "vllm")
     # vLLM only:
+    # the engine's weights: "" = model.dtype. bfloat16 samples about twice as fast as
+    # float32 on a CPU with AVX512-BF16 (docs/performance.md); the learner keeps
+    # model.dtype, so pair it with algo.is_correction=tis
+    dtype: str = one_of("", "float32", "bfloat16")
     tensor_parallel_size: int = positive(1)  # GPUs per engine
     gpu_memory_utilization: float = fraction(0.5)  # of each GPU for weights + KV cache
     max_model_len: int = 0  # 0 = the model's own limit
@@ -452,7 +456,7 @@ def _check_generator(cfg: RunConfig) -> None:
                           f"{g.weight_sync}); use start or none")
     if g.backend != "vllm":
         for key, bad in (("generator.weight_sync", g.weight_sync != "object_store"),
-                         ("generator.colocate", g.colocate)):
+                         ("generator.colocate", g.colocate), ("generator.dtype", bool(g.dtype))):
             if bad:
                 raise ConfigError(f"{key}={cfg.flat()[key]!r}: needs generator.backend=vllm")
     if cfg.algo.max_staleness and g.colocate:

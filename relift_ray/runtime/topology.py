@@ -131,7 +131,7 @@ def _vllm_actor(cfg: RunConfig, model_path: str, name: str, placed: dict | None 
     options = {"num_gpus": gpus, **(placed or {})}
     return ray.remote(VLLMGenerator).options(
         name=name, num_cpus=c.generator_cpus, max_restarts=-1, **options).remote(
-        model_path, tensor_parallel_size=tp, dtype=cfg.model.dtype,
+        model_path, tensor_parallel_size=tp, dtype=g.dtype or cfg.model.dtype,
         gpu_memory_utilization=g.gpu_memory_utilization, max_model_len=g.max_model_len,
         eos_token=cfg.model.eos_token, seed=cfg.train.seed, enable_sleep_mode=g.colocate,
         weight_transfer="nccl" if g.weight_sync == "nccl" else "auto",
