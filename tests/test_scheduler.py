@@ -452,5 +452,6 @@ def test_weights_taken_by_the_scheduler_reach_the_generators_before_they_sample(
 
     s.group.generators = [ray.remote(Gen).remote(bad=True)]
     s.take_weights(2, [ref])
-    with pytest.raises(ray.exceptions.RayTaskError, match="size mismatch"):
+    with pytest.raises(RuntimeError, match="generator 0 failed to load weight version 2: "
+                                           "ValueError: size mismatch"):
         s.next_batch(3)
