@@ -50,6 +50,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import cpu_busy  # benchmarks/machine.py, beside this script
+
 ROOT = Path(__file__).resolve().parent.parent
 # what --set may not change: the work compared (TRL's side is built from the same values) and
 # the timing window (steps, checkpoints, validation)
@@ -77,22 +79,6 @@ def load_cfg(args, model_path: str, extra: list[str] = ()):
 
 def median(xs):
     return statistics.median(xs) if xs else float("nan")
-
-
-def cpu_busy(seconds: float = 3.0) -> float | None:
-    """The share of the machine's CPU time that was busy over ``seconds`` (Linux /proc/stat):
-    what other work takes before a side starts."""
-    def read():
-        with open("/proc/stat") as f:
-            vals = [int(x) for x in f.readline().split()[1:]]
-        return sum(vals), vals[3] + vals[4]  # total, idle + iowait
-    try:
-        t1, i1 = read()
-        time.sleep(seconds)
-        t2, i2 = read()
-        return 1 - (i2 - i1) / max(t2 - t1, 1)
-    except OSError:
-        return None
 
 
 def versions() -> dict:

@@ -62,6 +62,8 @@ import threading
 import time
 from pathlib import Path
 
+from machine import cpu_busy  # benchmarks/machine.py, beside this script
+
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "relift_ray" / "configs"
 # the config whose job each model stands for: its model, data, prompts and sampling
@@ -302,21 +304,6 @@ THREAD_ENV = ("OMP_NUM_THREADS", "VLLM_CPU_OMP_THREADS_BIND", "LD_PRELOAD",
 
 # ------------------------------------------------------------------ the parent
 
-def cpu_busy(seconds: float) -> float | None:
-    """The share of the machine's CPU time in use over ``seconds`` (/proc/stat)."""
-    def read():
-        with open("/proc/stat") as f:
-            vals = [int(x) for x in f.readline().split()[1:]]
-        return sum(vals), vals[3] + vals[4]  # total, idle + iowait
-    try:
-        t1, i1 = read()
-        time.sleep(seconds)
-        t2, i2 = read()
-        return 1 - (i2 - i1) / max(t2 - t1, 1)
-    except OSError:
-        return None
-
-
 def vllm_preload() -> str:
     """vLLM's advice for CPU: tcmalloc and torch's libgomp preloaded. vLLM sets LD_PRELOAD
     itself only for the worker processes it spawns; an in-process engine (ours) never has
@@ -503,8 +490,8 @@ def main(argv=None) -> int:
                     help="threads of each backend (OMP_NUM_THREADS; default all cores)")
     ap.add_argument("--vllm-threads", type=int, default=0,
                     help="the vLLM child's OMP_NUM_THREADS instead of --threads (1: what a "
-                         "job's vLLM actor gets today: Ray sets OMP_NUM_THREADS=1 for its "
-                         "0.5 CPUs and the vLLM generator sets no thread count)")
+                         "job's vLLM actor gets without cluster.generator_threads or "
+                         "torch_threads: Ray sets OMP_NUM_THREADS=1 for its 0.5 CPUs)")
     ap.add_argument("--vllm-bind", default="",
                     help="VLLM_CPU_OMP_THREADS_BIND for the vLLM child (recorded; the "
                          "in-process engine does not apply it)")

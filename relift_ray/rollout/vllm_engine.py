@@ -162,11 +162,6 @@ class VLLMGenerator:
         import torch
 
         if self.device == "cpu":
-            if self.tied_embeddings and "lm_head.weight" not in state_dict:
-                # a checkpoint of a tied model holds the embedding alone; layerwise reloading
-                # leaves a module none of whose weights arrived as it was before the update
-                state_dict = {**state_dict,
-                              "lm_head.weight": state_dict["model.embed_tokens.weight"]}
             self.llm.start_weight_update()
             try:
                 self.llm.update_weights({"update_info": {
@@ -196,6 +191,11 @@ class VLLMGenerator:
             state.update(load_file(f))
         if not state:
             raise FileNotFoundError(f"no *.safetensors in {self.model_path}")
+        if self.tied_embeddings and "lm_head.weight" not in state:
+            # the folder of a tied model holds the embedding alone (a learner's state dict
+            # holds both); layerwise reloading leaves a module none of whose weights arrive
+            # as it was before the update
+            state["lm_head.weight"] = state["model.embed_tokens.weight"]
         return self.load_weights(0, state)
 
     # ------------------------------------------------------------------ colocation
