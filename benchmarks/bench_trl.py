@@ -58,23 +58,28 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXED_PREFIXES = ("algo.", "data.", "tracking.", "model.")
 FIXED_KEYS = ("train.steps", "train.epochs", "train.checkpoint_every", "train.seed",
               "output_dir", "name")
-CONFIG = ROOT / "relift_ray" / "configs" / "toy_rl.yaml"
+CONFIGS = {"toy": ROOT / "relift_ray" / "configs" / "toy_rl.yaml",
+           "smollm2": ROOT / "relift_ray" / "configs" / "bench_smollm2_rl.yaml"}
 
 
 # ------------------------------------------------------------------ shared
 
-def base_model(explicit: str | None) -> str:
+def base_model(explicit: str | None, model: str = "toy") -> str:
     """The toy base model: --base-model, else the shipped weights (or, after a change of the
-    recipe, the locally built and cached one: ``base_model_path``)."""
+    recipe, the locally built and cached one: ``base_model_path``); SmolLM2 from its package
+    (converted once into the cache)."""
     if explicit:
         return str(Path(explicit).expanduser().resolve())
+    if model == "smollm2":
+        from relift_ray.data.registry import resolve_model
+        return resolve_model("smollm2-135m")
     from relift_ray.data.toy.model import base_model_path
     return str(base_model_path())
 
 
 def load_cfg(args, model_path: str, extra: list[str] = ()):
     from relift_ray.config import load_config
-    return load_config(CONFIG, [f"model.path={model_path}", *extra])
+    return load_config(CONFIGS[args.model], [f"model.path={model_path}", *extra])
 
 
 def median(xs):
@@ -242,7 +247,12 @@ def child_trl(args) -> dict:
         beta=0.0,  # no KL, no reference model
         max_steps=batches * k,
         logging_steps=1, save_strategy="no", eval_strategy="no", report_to="none",
-        use_cpu=True, bf16=False, fp16=False,
+        use_cpu=True, fp16=False,
+        # relift's train.autocast=bfloat16 (bf16 products, fp32 weights) is Trainer's bf16 on CPU
+        bf16=cfg.train.autocast == "bfloat16",
+        **({"use_vllm": True, "vllm_mode": "colocate", "vllm_enable_sleep_mode": False,
+            "vllm_max_model_length": cfg.data.max_prompt_tokens + a.max_new_tokens}
+           if args.trl_vllm else {}),
         gradient_checkpointing=False,  # GRPOConfig's default is True; relift's is off
         disable_tqdm=True, dataloader_num_workers=0, seed=cfg.train.seed,
     )
@@ -307,7 +317,8 @@ def child_trl(args) -> dict:
 
     sec = median(diffs)
     return {"system": "TRL GRPOTrainer",
-            "setup": {"per_device_train_batch_size": gcfg.per_device_train_batch_size,
+            "setup": {"generation": "vLLM colocate" if args.trl_vllm else "transformers",
+                      "bf16": gcfg.bf16,"per_device_train_batch_size": gcfg.per_device_train_batch_size,
                       "gradient_accumulation_steps": gcfg.gradient_accumulation_steps,
                       "steps_per_generation": gcfg.steps_per_generation,
                       "generation_batch_size": gcfg.generation_batch_size,
@@ -344,7 +355,8 @@ def run_child(which: str, args, model_path: str, out_dir: Path, steps: int, time
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", which,
            "--staleness", str(staleness),
            "--model-path", model_path, "--out-dir", str(out_dir / tag),
-           "--result", str(result), "--threads", str(args.threads),
+           "--result", str(result), "--threads", str(args.threads), "--model", args.model,
+           *(["--trl-vllm"] if which == "trl" and args.trl_vllm else []),
            "--warmup", str(args.warmup), "--eval-questions", str(args.eval_questions),
            "--learners", str(args.learners or 0), "--generators", str(args.generators or 0),
            "--relift-threads", str(args.relift_threads or 0),
@@ -402,8 +414,10 @@ def report(results: list[dict], args, model_path: str) -> None:
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs; "
           f"torch threads {args.threads}; " + ", ".join(f"{k} {x}" for k, x in v.items() if x))
     print(f"base model: {model_path}")
-    print(f"setting: {CONFIG.relative_to(ROOT)}: 16 prompts x 8 completions per step, "
-          f"<=48 new tokens, lr 1e-4, 2 optimizer steps per batch, no KL, temperature 1.0")
+    a = load_cfg(args, model_path).algo
+    print(f"setting: {CONFIGS[args.model].relative_to(ROOT)}: {a.batch_size} prompts x "
+          f"{a.n_samples} completions per step, <={a.max_new_tokens} new tokens, lr {a.lr:g}, "
+          f"{a.minibatches} optimizer step(s) per batch, no KL, temperature {a.temperature}")
     for r in results:
         print(f"{r['system']}: {r['setup']}")
     print()
@@ -419,7 +433,8 @@ def report(results: list[dict], args, model_path: str) -> None:
               f"{(f'{rl:.1f}' if rl is not None else '-'):>10}"
               f"{r['start_to_step1_s']:>15.1f}"
               f"{(f'{busy:.0%}' if (busy := r.get('cpu_busy_before')) is not None else '-'):>13}")
-    print("s/step: one batch of 16x8 completions (relift: 1 step; TRL: 2 optimizer steps), median "
+    print(f"s/step: one batch of {a.batch_size}x{a.n_samples} completions (relift: 1 step; "
+          f"TRL: {a.minibatches} optimizer step(s)), median "
           "over the timed steps\n(their min-max: " + "; ".join(
               f"{label(r, args)} {min(r['step_times']):.3f}-{max(r['step_times']):.3f}s"
               for r in results) + ")."
@@ -475,6 +490,12 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=1,
                     help="run both sides this many times, alternating (relift, TRL, relift, "
                          "...); the ratio is the median of the rounds' ratios")
+    ap.add_argument("--model", choices=sorted(CONFIGS), default="toy",
+                    help="toy: the toy model and task (toy_rl.yaml); smollm2: SmolLM2-135M on "
+                         "GSM8K questions (bench_smollm2_rl.yaml: vLLM generator, bf16 learner)")
+    ap.add_argument("--trl-vllm", action="store_true",
+                    help="TRL generates with vLLM in colocate mode (the CPU build of vLLM) "
+                         "instead of transformers")
     ap.add_argument("--quick", action="store_true", help="a smoke test: few steps")
     ap.add_argument("--base-model", help="the toy base model folder (default: shipped or built)")
     ap.add_argument("--timeout", type=float, default=None,
@@ -507,7 +528,7 @@ def main(argv=None) -> int:
         return 0
 
     sys.path.insert(0, str(ROOT))
-    model_path = base_model(args.base_model)
+    model_path = base_model(args.base_model, args.model)
     out_dir = Path(args.out_dir).resolve() if args.out_dir else \
         Path(tempfile.mkdtemp(prefix="bench-trl-"))
     out_dir.mkdir(parents=True, exist_ok=True)

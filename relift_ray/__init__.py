@@ -46,8 +46,8 @@ entry point; the three lowest layers import no Ray (tests/test_layers.py checks 
    monitoring (the Grafana board).
 5. runtime/: cluster (start or join Ray), topology (the actors of one run, the learner
    group).
-6. entry points, jobs/: train (the training job), evaluate, compare (+ compare_report),
-   serve (+ openai_api, text_engine), in_process (the in-process runner), toy_base (builds
-   the toy base model); and ``cli.py`` (``relift``). The scripts in the repository's jobs/
-   folder only call the CLI.
+6. entry points, jobs/: train (the training job), evaluate, compare (+ compare_report,
+   compare_claims), serve (+ openai_api, text_engine), in_process (the in-process runner),
+   toy_base (builds the toy base model); and ``cli.py`` (``relift``). The scripts in the
+   repository's jobs/ folder only call the CLI.
 """

@@ -169,6 +169,10 @@ class TrainConfig:
     # (positions restart per row; transformers keeps the rows apart), and the token budget
     # counts their own tokens; checked against the padded forward when the learner starts
     padding_free: bool = False
+    # bfloat16: the learner's matrix products in bf16 under torch.autocast while weights,
+    # gradients and both optimizer states stay fp32 (model.dtype=float32); on CPUs with AMX
+    # (Xeon 4th gen and later) the update is several times faster (benchmarks/bench_learner.py)
+    autocast: str = one_of("", "bfloat16")
     # Ray Train restarts of the learner group after a worker dies
     max_failures: int = non_negative(2)
     # testing: actors killed with SIGKILL once, as <actor>@<step> (learner, scheduler,
@@ -267,6 +271,12 @@ class CompareConfig:
     # N samples of the base model per test question for the buckets
     bucket_samples: int = positive(8)
     sft_then_rl_fraction: float = 0.33  # sft_then_rl: share of train.steps spent on SFT first
+    # learner steps of some methods instead of train.steps, e.g. {sft: 60}: to compare at the
+    # same number of learner updates (a ReLIFT step that runs SFT is two updates)
+    steps: dict = field(default_factory=dict)
+    # the pre-registered claims the report tests: toy (docs/preregistration_toy_claims.md),
+    # smollm2_gsm8k / smollm2_toy (docs/preregistration_smollm2_gsm8k.md), or none
+    claims: str = one_of("toy", "smollm2_gsm8k", "smollm2_toy", "none")
 
 
 @dataclass
@@ -420,6 +430,11 @@ def _check_compare(cfg: RunConfig) -> None:
     if matched and "relift" not in c.methods:
         raise ConfigError(f"compare.methods: {', '.join(matched)} match the demonstrations "
                           f"ReLIFT used in the same seed, so relift must be in compare.methods")
+    bad = {m: n for m, n in c.steps.items()
+           if not isinstance(n, int) or isinstance(n, bool) or n < 1}
+    if bad:
+        m, n = next(iter(bad.items()))
+        raise ConfigError(f"compare.steps.{m}={n!r}: must be a positive number of steps")
     if not 0 < c.sft_then_rl_fraction < 1:
         raise ConfigError(f"compare.sft_then_rl_fraction={c.sft_then_rl_fraction}: "
                           f"must be in (0, 1)")
@@ -487,6 +502,11 @@ def _check_colocated(cfg: RunConfig) -> None:
 
 
 def _check_train(cfg: RunConfig) -> None:
+    if cfg.train.autocast and cfg.model.dtype != "float32":
+        raise ConfigError(f"train.autocast={cfg.train.autocast}: mixed precision keeps fp32 "
+                          f"weights, so model.dtype must be float32 (this run: "
+                          f"{cfg.model.dtype}); with model.dtype=bfloat16 the weights are bf16 "
+                          f"already")
     try:
         faults.parse(cfg.train.kill)
     except ValueError as e:

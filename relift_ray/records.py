@@ -265,6 +265,7 @@ class BaseEval:
     sampled_scores: dict  # question id -> avg@k
     pass_rates: dict = field(default_factory=dict)  # question id -> pass rate over N samples
     profile: dict = field(default_factory=dict)  # response length, truncated share, entropy
+    answered_ids: list = field(default_factory=list)  # greedy answers the verifier could read
 
 
 @dataclass
@@ -289,4 +290,7 @@ class RunResult:
     reward_stats: dict = field(default_factory=dict)
     wall_seconds: float = 0.0
     method: str = ""  # the comparison method it ran (set by the comparison job)
+    # the final policy's greedy test answers that the verifier could read (question ids)
+    answered_ids: list = field(default_factory=list)
+    questions_seen: int = 0  # distinct training questions sampled for RL
     mlflow_run_id: str = ""  # its MLflow child run (set by the comparison job)

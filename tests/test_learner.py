@@ -180,9 +180,9 @@ def test_gradient_checkpointing_gives_the_same_update(tiny_model):
 
 def test_first_minibatch_needs_no_extra_old_logprob_pass(tiny_model):
     """With 2 minibatches the learner takes the first minibatch's old log-probs from its own
-    forward pass (detached) and runs the extra no-grad pass over the second minibatch only.
-    The update equals the one that computes old log-probs for every row first (the path of
-    samples that carry sampler log-probs, which needs them all)."""
+    forward pass (detached) and runs the extra no-grad pass over the second minibatch only,
+    also when the samples carry the sampler's log-probs (the sampler comparison takes the
+    first minibatch's from its training pass). Both updates are the same."""
     from relift_ray.learner.forward import forward_logprobs
     from relift_ray.records import TrainBatch
 
@@ -218,7 +218,16 @@ def test_first_minibatch_needs_no_extra_old_logprob_pass(tiny_model):
                                               .tolist()))
                for i, s in enumerate(rows)]
     b = _learner(tiny_model, **{"algo.minibatches": 2})
-    mb = b.train_step(TrainBatch(step=1, rl=tuple(sampled)))
+    calls.clear()
+    learner_mod.forward_logprobs = counting
+    try:
+        mb = b.train_step(TrainBatch(step=1, rl=tuple(sampled)))
+    finally:
+        learner_mod.forward_logprobs = real
+    assert calls == [(False, 2), (True, 2), (True, 2)]  # no pass over all rows first
+    # the sampler comparison still covers every sampled token, and they agree
+    assert mb["mismatch/tokens"] == sum(len(s.response_ids) for s in rows)
+    assert mb["mismatch/logprob_abs_diff_max"] < 1e-5
     assert ma["rl/loss"] == pytest.approx(mb["rl/loss"], rel=1e-5)
     wa, wb = a.full_state_dict(), b.full_state_dict()
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
@@ -473,3 +482,20 @@ def test_the_learner_process_group_config_loads_without_torch():
             "print('ok')\n")
     out = _fresh_python(code)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+
+
+def test_bf16_autocast_update_stays_close_to_fp32_and_keeps_fp32_weights(tiny_model):
+    """train.autocast=bfloat16: the same step with bf16 matrix products; the weights and the
+    optimizer state stay fp32 and the loss is within bf16 rounding of the fp32 one."""
+    from relift_ray.records import TrainBatch
+    rows = tuple(Sample((3, 4), (5, 6, 1), a, "a") for a in (1.0, -1.0))
+    fp32 = _learner(tiny_model).train_step(TrainBatch(step=1, rl=rows, sft=DEMO))
+    mixed = _learner(tiny_model, **{"train.autocast": "bfloat16"})
+    m = mixed.train_step(TrainBatch(step=1, rl=rows, sft=DEMO))
+    assert m["sft/sft_loss"] == pytest.approx(fp32["sft/sft_loss"], rel=2e-2)
+    assert m["sft/sft_loss"] != fp32["sft/sft_loss"]  # the bf16 products really ran
+    assert m["rl/pg_loss"] == pytest.approx(fp32["rl/pg_loss"], abs=2e-2)
+    assert all(p.dtype == torch.float32 for p in mixed.engine.module.parameters())
+    state = next(iter(mixed.opt.state.values()))
+    assert state["exp_avg"].dtype == torch.float32
+

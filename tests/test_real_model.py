@@ -88,3 +88,37 @@ def test_relift_steps_on_gsm8k_with_real_demonstrations(ray_local, smollm2, tmp_
     print(f"\nSmolLM2 ReLIFT on GSM8K: {cfg.train.steps} steps, {summary.sft_steps} SFT, "
           f"{summary.demos_used_unique} demonstrations, test {summary.before['overall']:.3f}"
           f" -> {summary.after['overall']:.3f}, {summary.wall_seconds:.0f} s")
+
+
+@pytest.mark.parametrize("config", ["compare_smollm2_gsm8k", "compare_smollm2_toy"])
+def test_smollm2_comparison_reduced_setting(ray_local, smollm2, tmp_path, config):
+    """The pre-registered SmolLM2 comparisons (docs/preregistration_smollm2_gsm8k.md) with 1
+    seed, 2-3 steps and 16 test questions: each run samples with its own vLLM engine actor,
+    the offline methods run their own number of steps, the claims table is written."""
+    import ray
+
+    from relift_ray.jobs.compare import run
+    gsm8k = [f"data.train={SHARED / 'train' / 'gsm8k' / 'train.jsonl'}",
+             f"data.test={SHARED / 'eval' / 'gsm8k' / 'test.jsonl'}"]
+    cfg = load_config(config, (gsm8k if "gsm8k" in config else []) + [
+        f"output_dir={tmp_path}", "name=s", "train.steps=2", "compare.seeds=[21]",
+        "compare.steps={sft: 3, sft_then_rl: 3}", "data.max_test_questions=16",
+        "compare.eval_every=2", "compare.bucket_samples=2"])
+    out = run(cfg)
+    assert not out.failed
+    by = {r.method: r for r in out.results}
+    assert sorted(by) == ["relift", "rl", "sft", "sft_then_rl"]
+    assert by["sft"].learner_updates == by["sft_then_rl"].learner_updates == 3
+    assert by["relift"].learner_updates == 2 + by["relift"].sft_steps
+    assert by["relift"].demos_used_unique > 0 and by["relift"].questions_seen > 0
+    for r in out.results:  # vLLM's greedy test answers: lengths, cut share, readable share
+        last = r.curve[-1]
+        assert 0 < last["response_length"] <= cfg.algo.max_new_tokens
+        assert 0 <= last["answered"] <= 1 and len(r.answered_ids) == round(16 * last["answered"])
+    # every run's engine actor ended with its run
+    assert not [a for a in ray.util.list_named_actors() if a.endswith("-vllm")]
+    text = (tmp_path / "s" / "compare_table.txt").read_text()
+    hypotheses = ("a", "b", "c", "c'", "d") if "gsm8k" in config else ("T1", "T2", "T3", "T4")
+    for h in hypotheses:
+        assert f"  {h} verdict:" in text
+    print(f"\n{config}, reduced:\n{text}")

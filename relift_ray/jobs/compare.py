@@ -86,11 +86,16 @@ def method_config(cfg: RunConfig, method: str, seed: int) -> RunConfig:
     if method not in METHODS:
         raise ConfigError(f"compare.methods: unknown method {method!r} "
                           f"(known: {', '.join(METHODS)})")
+    unknown = [m for m in cfg.compare.steps if m not in METHODS]
+    if unknown:
+        raise ConfigError(f"compare.steps.{unknown[0]}: unknown method {unknown[0]!r} "
+                          f"(known: {', '.join(METHODS)})")
     out = copy.deepcopy(cfg)
     for key, value in METHODS[method].items():
         setattr(out.algo, key, value)
+    out.train.steps = cfg.compare.steps.get(method, cfg.train.steps)
     if method == "sft_then_rl":
-        out.algo.sft_first_steps = max(1, round(cfg.train.steps * cfg.compare.sft_then_rl_fraction))
+        out.algo.sft_first_steps = max(1, round(out.train.steps * cfg.compare.sft_then_rl_fraction))
     out.train.seed = seed
     out.name = f"{cfg.name}-{method}-s{seed}"
     out.cluster.num_learners = 1
@@ -100,13 +105,15 @@ def method_config(cfg: RunConfig, method: str, seed: int) -> RunConfig:
 # ------------------------------------------------------------------ the Ray tasks
 
 def _run_task(cfg_dict: dict, model_path: str, train_qs, test_qs, eval_every: int,
-              eval_k: int, threads: int) -> RunResult:
+              eval_k: int, threads: int, base: BaseEval | None = None) -> RunResult:
     # in the Ray task, after skip_unused_modules(): torch, transformers, the learner
     from relift_ray.jobs.in_process import run_in_process
     skip_unused_modules()
     cfg = RunConfig.from_dict(cfg_dict)
+    start = None if base is None else (base.greedy_scores, {
+        **base.profile, "answered_ids": list(base.answered_ids)})
     return run_in_process(cfg, model_path, train_qs, test_qs, eval_every=eval_every,
-                         eval_k=eval_k, threads=threads)
+                          eval_k=eval_k, threads=threads, start_point=start)
 
 
 def _base_task(cfg_dict: dict, model_path: str, test_qs, eval_k: int, n_bucket: int,
@@ -119,22 +126,35 @@ def _base_task(cfg_dict: dict, model_path: str, test_qs, eval_k: int, n_bucket: 
     skip_unused_modules()
 
     # in the Ray task, after skip_unused_modules(): torch, transformers
-    from relift_ray.jobs.in_process import device_of, greedy_profile, test_accuracy
-    from relift_ray.rollout.hf import HFGenerator
+    from transformers import AutoTokenizer
+
+    from relift_ray.data.prompts import prepare_tokenizer
+    from relift_ray.jobs.in_process import (
+        close_generator,
+        greedy_profile,
+        run_generator,
+        test_accuracy,
+    )
 
     cfg = RunConfig.from_dict(cfg_dict)
     torch.set_num_threads(threads)
     rewarder = RewardWorker(cfg.data.answer_extraction, cfg.cluster.reward_timeout_s)
+    gen = None
     try:
-        gen = HFGenerator(model_path, device=device_of(cfg), dtype=cfg.model.dtype)
+        tok = AutoTokenizer.from_pretrained(model_path)
+        prepare_tokenizer(tok, cfg)
+        gen = run_generator(cfg, model_path, f"{cfg.name}-base", threads)
         t = cfg.algo.max_new_tokens
         pass_rates = question_scores([gen], [rewarder], test_qs, n=n_bucket,
                                      temperature=cfg.algo.temperature, max_new_tokens=t, seed=1)
-        greedy_scores, profile = greedy_profile(gen, rewarder, test_qs, t)
+        greedy_scores, profile = greedy_profile(gen, rewarder, test_qs, t, tok.eos_token_id)
+        answered = profile.pop("answered_ids")
         return BaseEval(**test_accuracy(gen, rewarder, test_qs, t, eval_k, seed=0,
                                         greedy_scores=greedy_scores),
-                        pass_rates=pass_rates, profile=profile)
+                        pass_rates=pass_rates, profile=profile, answered_ids=answered)
     finally:
+        if gen is not None:
+            close_generator(gen)
         rewarder.close()
 
 
@@ -253,17 +273,38 @@ class Runs:
                     "num_gpus": 1 if job.cfg.cluster.use_gpu else 0}
         self.train_ref, self.test_ref = ray.put(job.train_qs), ray.put(job.test_qs)
         self.pending: dict = {}  # task ref -> (method, seed)
+        self.queue: list = []  # runs waiting for one of the compare.parallel slots
+        self.base_running = True  # the base model's evaluation holds a slot
+        self.base_point = None  # its result, once in (each run's step-0 test point)
         self.base_ref = ray.remote(_base_task).options(name="compare-base", **self.res).remote(
             job.cfg.to_dict(), job.model_path, self.test_ref, cc.eval_k, cc.bucket_samples,
             cc.threads)
 
     def submit(self, method: str, seed: int, questions_ref=None) -> None:
+        """Queue a run; it starts when a slot is free. The driver counts the slots: Ray
+        lends a task's CPUs to others while it waits on an actor (a run's vLLM engine), so
+        the CPU requests alone would let every run start at once."""
+        self.queue.append((method, seed, questions_ref))
+        self.start()
 
+    def base_done(self, base: BaseEval) -> None:
+        """The base model's evaluation is in: it frees its slot, and the runs started from
+        now on take their step-0 test point from it (the same greedy pass of the same
+        weights with the same generator) instead of evaluating the base model again."""
+        self.base_running = False
+        self.base_point = ray.put(base)
+        self.start()
+
+    def start(self) -> None:
         cc = self.job.cfg.compare
-        ref = ray.remote(_run_task).options(name=f"compare-{method}-s{seed}", **self.res).remote(
-            self.job.configs[(method, seed)].to_dict(), self.job.model_path,
-            questions_ref or self.train_ref, self.test_ref, cc.eval_every, cc.eval_k, cc.threads)
-        self.pending[ref] = (method, seed)
+        while self.queue and len(self.pending) + self.base_running < cc.parallel:
+            method, seed, questions_ref = self.queue.pop(0)
+            ref = ray.remote(_run_task).options(name=f"compare-{method}-s{seed}",
+                                                **self.res).remote(
+                self.job.configs[(method, seed)].to_dict(), self.job.model_path,
+                questions_ref or self.train_ref, self.test_ref, cc.eval_every, cc.eval_k,
+                cc.threads, self.base_point)
+            self.pending[ref] = (method, seed)
 
 
 def submit(job: Comparison) -> Runs:
@@ -281,14 +322,18 @@ def wait(job: Comparison, tracker, runs: Runs, t_start: float) -> None:
     is reported and the others kept."""
 
     job.base = ray.get(runs.base_ref)
-    print(f"[compare] base model: greedy {job.base.greedy['overall']:.3f}, "
-          f"avg@{job.cfg.compare.eval_k} {job.base.sampled['overall']:.3f}", flush=True)
+    runs.base_done(job.base)
+    k, answered = job.cfg.compare.eval_k, job.base.profile.get("answered")
+    print(f"[compare] base model: greedy {job.base.greedy['overall']:.3f}"
+          + (f", avg@{k} {job.base.sampled['overall']:.3f}" if k else "")
+          + (f", readable answers {answered:.3f}" if answered is not None else ""), flush=True)
     client = tracker.mlflow.tracking.MlflowClient(job.cfg.mlflow_uri)
     exp_id = tracker.run.info.experiment_id
     n_demos = sum(1 for q in job.train_qs if q.demo)
-    while runs.pending:
+    while runs.pending or runs.queue:
         done, _ = ray.wait(list(runs.pending), num_returns=1)
         m, s = runs.pending.pop(done[0])
+        runs.start()
         waiting = [c for c in MATCHED if (c, s) in job.configs] if m == "relift" else []
         try:
             r = ray.get(done[0])
@@ -329,5 +374,5 @@ def report(job: Comparison, tracker, out_dir: Path) -> None:
         tracker.set_tags({"failed_runs": ", ".join(job.failed)})
     job.rows, job.gains, text = write_report(out_dir, tracker, job.base, job.results,
                                              job.failed, job.cfg.compare.methods,
-                                             job.cfg.compare.eval_k)
+                                             job.cfg.compare.eval_k, job.cfg.compare.claims)
     print("\n" + text, flush=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from relift_ray.core.questions import BUCKETS, bucket_of
 from relift_ray.core.stats import ci95, mean_std, welch
+from relift_ray.jobs.compare_claims import CLAIMS, format_rows
 from relift_ray.records import BaseEval, RunResult
 from relift_ray.tracking.tracker import write_csv
 
@@ -73,7 +74,7 @@ def _row(name: str, runs: list[RunResult], levels: list[str]) -> dict:
     for key in ("demos_used_unique", "demos_used_total", "learner_updates", "sft_steps",
                 "wall_seconds"):
         put(key, [getattr(r, key) for r in runs])
-    for key in ("response_length", "truncated", "entropy"):  # the final policy's, greedy, test
+    for key in ("response_length", "truncated", "entropy", "answered"):  # final, greedy, test
         put(key, [r.curve[-1].get(key, float("nan")) for r in runs])
     avail = runs[0].demos_available
     row["demos_available"] = avail
@@ -88,10 +89,12 @@ def method_table_text(rows: list[dict], gains: dict, eval_k: int) -> str:
                                                      for lv in levels)
             + f"{'avg@' + str(eval_k):>14}{'demos uniq':>12}{'total':>8}{'share':>7}"
             + f"{'updates':>9}{'wall s':>8}")
-    head += f"{'length':>8}{'cut':>6}{'entropy':>8}"
+    head += f"{'length':>8}{'cut':>6}{'entropy':>8}{'answer':>8}"
     lines = ["test accuracy, greedy (mean ± half-width of the 95% t interval over seeds); "
              "avg@k at temperature 0.6; the final policy's greedy test responses: mean length "
-             "(tokens), share cut at the budget, mean token entropy", head, "-" * len(head)]
+             "(tokens), share cut at the budget, mean token entropy (nan: not measured with a "
+             "vLLM generator), share with a final answer the verifier could read", head,
+             "-" * len(head)]
     for r in rows:
         cell = lambda k: f"{r[k]:.3f}±{r[k + '_ci95']:.3f}"  # noqa: E731
         lines.append(f"{r['method']:<20}{cell('greedy_overall'):>14}"
@@ -99,7 +102,8 @@ def method_table_text(rows: list[dict], gains: dict, eval_k: int) -> str:
                      + f"{cell('sampled_overall'):>14}{r['demos_used_unique']:>12.0f}"
                      + f"{r['demos_used_total']:>8.0f}{r['demos_share']:>7.1%}"
                      + f"{r['learner_updates']:>9.0f}{r['wall_seconds']:>8.0f}"
-                     + f"{r['response_length']:>8.1f}{r['truncated']:>6.1%}{r['entropy']:>8.3f}")
+                     + f"{r['response_length']:>8.1f}{r['truncated']:>6.1%}{r['entropy']:>8.3f}"
+                     + f"{r['answered']:>8.1%}")
     counts = gains.get("_counts", {})
     lines += ["", "gain over the base model per bucket of test questions (avg@k, mean over seeds);"
               " buckets by the base model's pass rate",
@@ -241,7 +245,8 @@ def write_figure(path: Path, base: BaseEval, results: list[RunResult], methods: 
 
 def write_diagnostics(path: Path, results: list[RunResult], methods: list[str]) -> None:
     """The paper's training diagnostics per method (mean over seeds): reward, response length
-    and entropy of the rollouts over learner steps."""
+    and entropy of the rollouts over learner steps; the test responses' length, entropy,
+    truncation and readable answers at each evaluation; when SFT updates ran."""
     # matplotlib: only to draw
     import matplotlib
     matplotlib.use("Agg")
@@ -252,8 +257,10 @@ def write_diagnostics(path: Path, results: list[RunResult], methods: list[str]) 
             ("history", "rl/entropy", "rollout entropy"),
             ("curve", "response_length", "test response length (greedy, tokens)"),
             ("curve", "entropy", "policy entropy on its greedy test responses"),
-            ("curve", "truncated", "test responses cut at the budget (share)"))
-    fig, axes = plt.subplots(2, 3, figsize=(17, 9))
+            ("curve", "truncated", "test responses cut at the budget (share)"),
+            ("curve", "answered", "test answers the verifier could read (share)"),
+            ("history", "sft_this_step", "SFT updates (share of seeds, per step)"))
+    fig, axes = plt.subplots(2, 4, figsize=(22, 9))
     axes = axes.ravel()
     for i, m in enumerate(methods):
         runs = [r for r in results if r.method == m]
@@ -284,7 +291,8 @@ def write_diagnostics(path: Path, results: list[RunResult], methods: list[str]) 
 
 KEPT = ("name", "method", "seed", "mode", "history", "curve", "greedy", "sampled",
         "greedy_scores", "sampled_scores", "sft_steps", "demos_used_unique", "demos_used_ids",
-        "demos_used_total", "demos_available", "learner_updates", "wall_seconds")
+        "demos_used_total", "demos_available", "learner_updates", "wall_seconds",
+        "answered_ids", "questions_seen")
 
 
 def save_results(path: Path, base: BaseEval, results: list[RunResult],
@@ -308,15 +316,25 @@ def redraw(out_dir: str | Path) -> None:
 
 
 def write_report(out_dir: Path, tracker, base: BaseEval, results: list[RunResult],
-                 failed: list[str],
-                 methods: list[str], eval_k: int) -> tuple[list[dict], dict, str]:
-    """The tables (csv and text), claims, figures and results.json in ``out_dir`` and as the
-    MLflow parent run's artifacts and metrics; returns (table rows, bucket gains, text)."""
+                 failed: list[str], methods: list[str], eval_k: int,
+                 claims_kind: str = "toy") -> tuple[list[dict], dict, str]:
+    """The tables (csv and text), claims (``claims_kind``: compare.claims), figures and
+    results.json in ``out_dir`` and as the MLflow parent run's artifacts and metrics;
+    returns (table rows, bucket gains, text)."""
 
     rows = method_table(base, results, methods)
     gains = bucket_gains(base, results)
-    claim_rows = claims(base, results)
-    text = method_table_text(rows, gains, eval_k) + "\n\n" + format_claims(claim_rows)
+    text = method_table_text(rows, gains, eval_k)
+    claim_rows: list[dict] = []
+    if claims_kind == "toy":
+        claim_rows = claims(base, results)
+        text += "\n\n" + format_claims(claim_rows)
+    elif claims_kind != "none":
+        claim_rows = CLAIMS[claims_kind](base, results)
+        text += "\n\n" + format_rows(claim_rows, (
+            "the pre-registered claims (docs/preregistration_smollm2_gsm8k.md): the mean over "
+            "test questions of the per-question difference averaged over seeds [95% bootstrap "
+            "interval over questions], each seed's difference, verdict"))
     if failed:
         text += f"\n\nFAILED runs (left out of the table): {', '.join(failed)}"
     files = {"compare_table.csv": rows, "compare_runs.csv": _run_rows(results, methods),
@@ -348,7 +366,8 @@ def _run_rows(results: list[RunResult], methods: list[str]) -> list[dict]:
              **{k: getattr(r, k) for k in ("demos_used_unique", "demos_used_total",
                                           "demos_available",
                                   "learner_updates", "sft_steps", "wall_seconds")},
-             **{k: r.curve[-1].get(k) for k in ("response_length", "truncated", "entropy")}}
+             **{k: r.curve[-1].get(k) for k in ("response_length", "truncated", "entropy",
+                                                "answered")}}
             for r in sorted(results, key=lambda r: (methods.index(r.method), r.seed))]
 
 

@@ -3,7 +3,9 @@ reward worker and a single learner sharing the same CPU (or GPU).
 
 The same classes and the same step as a distributed run (``Scheduler``, ``HFGenerator``,
 ``RewardWorker``, ``Learner`` under DeepSpeed, ``learner_step``), without actors between
-them: the ``InProcessPublisher`` hands the weights to the generator object directly. The
+them: the ``InProcessPublisher`` hands the weights to the generator object directly. With
+``generator.backend=vllm`` the generator is the one actor: a ``VLLMGenerator`` of the run's
+own (``run_generator``), its weights sent through the object store. The
 comparison job runs many short runs side by side, each of them this function inside one Ray
 task, so the start-up of an actor topology is not paid per run.
 
@@ -27,7 +29,7 @@ from relift_ray.learner.learner import Learner
 from relift_ray.learner.step import learner_step
 from relift_ray.learner.weight_sync import make_publisher
 from relift_ray.records import Question, RunResult, SamplingParams
-from relift_ray.rollout.calls import score_all
+from relift_ray.rollout.calls import call, is_actor, score_all
 from relift_ray.rollout.evaluate import EVAL_TEMPERATURE, question_scores
 from relift_ray.rollout.hf import HFGenerator, trim_ids
 from relift_ray.rollout.rewards import RewardWorker
@@ -63,12 +65,17 @@ def test_accuracy(gen, rewarder, test_qs: list[Question], max_new_tokens: int, e
 
 @torch.no_grad()
 def greedy_profile(gen, rewarder, questions: list[Question], max_new_tokens: int,
-                   ) -> tuple[dict[str, float], dict[str, float]]:
-    """Greedy answers to ``questions`` (in-process generator): ({question id: reward},
-    {"response_length": mean tokens per response (EOS counted), "truncated": share cut at the
-    budget (no EOS), "entropy": the policy's mean token entropy over its own responses}).
-    The same greedy decoding as ``question_scores``; the logits only add the entropy."""
+                   eos_id: int | None = None) -> tuple[dict[str, float], dict[str, float]]:
+    """Greedy answers to ``questions``: ({question id: reward}, {"response_length": mean
+    tokens per response (EOS counted), "truncated": share cut at the budget (no EOS),
+    "answered": share with a final answer the verifier could read ("answered_ids": which),
+    "entropy": the policy's
+    mean token entropy over its own responses}). The same greedy decoding as
+    ``question_scores``; the logits only add the entropy, so a vLLM engine (an actor, which
+    returns no full distributions) gives NaN there. ``eos_id``: the engine's end token."""
 
+    if is_actor(gen):
+        return _engine_profile(gen, rewarder, questions, max_new_tokens, eos_id)
     tok = gen.tokenizer
     params = SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens)
     texts, lengths, cut, ent_sum = [], [], 0, 0.0
@@ -84,11 +91,53 @@ def greedy_profile(gen, rewarder, questions: list[Question], max_new_tokens: int
             texts.append(tok.decode(resp, skip_special_tokens=True))
             lengths.append(len(resp))
             ent_sum += ent[row, :len(resp)].sum().item()
+    return _profile(rewarder, questions, texts, lengths, cut, ent_sum / max(sum(lengths), 1))
+
+
+def _engine_profile(gen, rewarder, questions: list[Question], max_new_tokens: int,
+                    eos_id: int | None) -> tuple[dict[str, float], dict[str, float]]:
+    params = SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens)
+    outs = call(gen, "generate", questions, params)
+    texts, lengths, cut = [], [], 0
+    for group in outs:
+        resp = group[0].response_ids
+        cut += len(resp) >= max_new_tokens and (not resp or resp[-1] != eos_id)
+        texts.append(group[0].text)
+        lengths.append(len(resp))
+    return _profile(rewarder, questions, texts, lengths, cut, float("nan"))
+
+
+def _profile(rewarder, questions, texts, lengths, cut, entropy):
     rewards = score_all([rewarder], [(t, q.answer) for t, q in zip(texts, questions)])
     scores = {q.id: r.value for q, r in zip(questions, rewards)}
-    total = max(sum(lengths), 1)
-    return scores, {"response_length": sum(lengths) / max(len(lengths), 1),
-                    "truncated": cut / max(len(lengths), 1), "entropy": ent_sum / total}
+    n = max(len(lengths), 1)
+    answered = sorted(q.id for q, r in zip(questions, rewards) if not r.no_answer)
+    return scores, {"response_length": sum(lengths) / n, "truncated": cut / n,
+                    "answered": len(answered) / n, "entropy": entropy,
+                    "answered_ids": answered}
+
+
+def run_generator(cfg: RunConfig, model_path: str, name: str, threads: int = 0):
+    """The generator of one in-process run: ``generator.backend=transformers``, an
+    ``HFGenerator`` in this process; ``vllm``, a ``VLLMGenerator`` in a Ray actor of its own
+    (vLLM's CPU engine takes over the threads of the process it runs in), taking no CPUs of
+    its own from Ray: it shares the run task's, sampling while the learner waits."""
+    if cfg.generator.backend != "vllm":
+        return HFGenerator(model_path, device=device_of(cfg), dtype=cfg.model.dtype,
+                           eos_token=cfg.model.eos_token)
+    # the runtime layer's engine actor: only a vLLM run starts one (and imports Ray for it)
+    from relift_ray.runtime.topology import vllm_actor
+    gen = vllm_actor(cfg, model_path, f"{name}-vllm", num_cpus=0, threads=threads)
+    call(gen, "get_version")  # the engine is up (its errors surface here)
+    return gen
+
+
+def close_generator(gen) -> None:
+    """End a run's engine actor (an in-process generator goes with its process)."""
+    if is_actor(gen):
+        # Ray only for actor handles
+        import ray
+        ray.kill(gen, no_restart=True)
 
 
 def device_of(cfg: RunConfig) -> str:
@@ -103,13 +152,17 @@ class Parts:
     scheduler: object
     learner: object
     publisher: object
+    eos_id: int | None = None  # the generator's end token (the test responses' profile)
+    answered_ids: list | None = None  # the last evaluation's readable answers
 
 
 def run_in_process(cfg: RunConfig, model_path: str, train_qs: list[Question],
                    test_qs: list[Question], *, eval_every: int = 0, eval_k: int = 0,
-                   threads: int = 1, log=None) -> RunResult:
+                   threads: int = 1, log=None, start_point: tuple | None = None) -> RunResult:
     """Train ``cfg.train.steps`` steps; evaluate greedily before, every ``eval_every`` steps and
-    after, and avg@``eval_k`` at temperature 0.6 after."""
+    after, and avg@``eval_k`` at temperature 0.6 after. ``start_point``: the evaluation before
+    training as ``greedy_profile`` returns it, when it was already made (the comparison job's
+    base model evaluation)."""
 
     t_start = time.time()
     if threads:
@@ -119,8 +172,9 @@ def run_in_process(cfg: RunConfig, model_path: str, train_qs: list[Question],
     rewarder = RewardWorker(cfg.data.answer_extraction, cfg.cluster.reward_timeout_s)
     parts = None
     try:
-        parts = build(cfg, model_path, train_qs, rewarder)
-        history, curve, last_scores = train(cfg, parts, test_qs, eval_every, log or say)
+        parts = build(cfg, model_path, train_qs, rewarder, threads)
+        history, curve, last_scores = train(cfg, parts, test_qs, eval_every, log or say,
+                                            start_point)
         # the curve's last point is the greedy evaluation of the final policy
         final = test_accuracy(parts.generator, rewarder, test_qs, cfg.algo.max_new_tokens,
                               eval_k, cfg.train.seed, greedy_scores=last_scores)
@@ -134,33 +188,38 @@ def run_in_process(cfg: RunConfig, model_path: str, train_qs: list[Question],
             demos_available=parts.scheduler.demos_available,
             learner_updates=sum(h["learner_updates"] for h in history),
             question_rows=parts.scheduler.question_rows(),
-            reward_stats=rewarder.get_stats(), wall_seconds=time.time() - t_start)
+            reward_stats=rewarder.get_stats(), wall_seconds=time.time() - t_start,
+            answered_ids=parts.answered_ids or [], questions_seen=len(state["records"]))
     finally:
         if parts is not None:
             parts.scheduler.close()
+            close_generator(parts.generator)
         rewarder.close()
 
 
-def build(cfg: RunConfig, model_path: str, train_qs: list[Question], rewarder) -> Parts:
+def build(cfg: RunConfig, model_path: str, train_qs: list[Question], rewarder,
+          threads: int = 0) -> Parts:
     """The generator, scheduler, learner and publisher of one process around ``rewarder``."""
     tok = AutoTokenizer.from_pretrained(model_path)
     prepare_tokenizer(tok, cfg)
-    gen = HFGenerator(model_path, device=device_of(cfg), dtype=cfg.model.dtype,
-                      eos_token=cfg.model.eos_token)
+    gen = run_generator(cfg, model_path, cfg.name, threads)
     sched = Scheduler(cfg, train_qs, tok, [gen], [rewarder])
     learner = Learner(cfg, model_path, world=1)
     publisher = make_publisher(cfg, [gen], scheduler=sched)
     sched.weights_published(0)  # the generator starts with the base weights
-    return Parts(gen, rewarder, sched, learner, publisher)
+    return Parts(gen, rewarder, sched, learner, publisher, tok.eos_token_id)
 
 
 def train(cfg: RunConfig, p: Parts, test_qs: list[Question], eval_every: int,
-          log) -> tuple[list[dict], list[dict], dict]:
+          log, start_point: tuple | None = None) -> tuple[list[dict], list[dict], dict]:
     """``learner_step`` for every step, with greedy test evaluations: (each step's metrics,
     the accuracy curve, the last evaluation's per-question scores)."""
 
     max_tokens, steps = cfg.algo.max_new_tokens, cfg.train.steps
-    last_scores, stats = greedy_profile(p.generator, p.rewarder, test_qs, max_tokens)
+    last_scores, stats = start_point or greedy_profile(p.generator, p.rewarder, test_qs,
+                                                       max_tokens, p.eos_id)
+    stats = dict(stats)
+    p.answered_ids = stats.pop("answered_ids", [])
     curve, history = [{"step": 0, **summarize(test_qs, last_scores), **stats}], []
     for step in range(1, steps + 1):
         t0 = time.perf_counter()
@@ -174,7 +233,9 @@ def train(cfg: RunConfig, p: Parts, test_qs: list[Question], eval_every: int,
             # asynchronous rollouts: the batch being sampled ahead comes first (it holds the
             # generator; the evaluation's sampling seed would change its draws)
             p.scheduler.wait_made(step + cfg.algo.max_staleness + 1)
-            last_scores, stats = greedy_profile(p.generator, p.rewarder, test_qs, max_tokens)
+            last_scores, stats = greedy_profile(p.generator, p.rewarder, test_qs, max_tokens,
+                                                p.eos_id)
+            p.answered_ids = stats.pop("answered_ids")
             curve.append({"step": step, **summarize(test_qs, last_scores), **stats})
         if step % max(1, steps // 6) == 0 or step == steps:
             reward = float("nan") if m.batch.reward_mean is None else m.batch.reward_mean

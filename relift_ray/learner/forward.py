@@ -33,6 +33,13 @@ def to_tensors(samples: list[Sample], pad_id: int, device) -> dict:
     return {k: v.to(device) for k, v in out.items()}
 
 
+def autocast(device: torch.device, dtype: str):
+    """train.autocast: the forward's matrix products in ``dtype`` ("" = off); the log-probs
+    and entropy are computed from fp32 logits either way (``token_logprobs``)."""
+    return torch.autocast(device.type, dtype=getattr(torch, dtype or "bfloat16"),
+                          enabled=bool(dtype))
+
+
 def fit_width(x: torch.Tensor, width: int) -> torch.Tensor:
     """Right-crop or right-pad (zeros) [B, T] to [B, width]; the cut part is padding."""
     if x.shape[1] >= width:

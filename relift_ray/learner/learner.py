@@ -24,6 +24,7 @@ from relift_ray.core.algo import (
 )
 from relift_ray.imports import import_deepspeed
 from relift_ray.learner.forward import (
+    autocast,
     check_packing,
     fit_width,
     forward_logprobs,
@@ -148,8 +149,9 @@ class Learner:
         return metrics
 
     def _logprobs(self, t: dict):
-        return forward_logprobs(self.engine, t, self.cfg.train.logits_chunk_tokens,
-                                packed=self.cfg.train.padding_free)
+        with autocast(self.device, self.cfg.train.autocast):
+            return forward_logprobs(self.engine, t, self.cfg.train.logits_chunk_tokens,
+                                    packed=self.cfg.train.padding_free)
 
     def _micro(self, rows, lengths) -> list[list[int]]:
         return microbatches(rows, lengths, self.cfg.train.max_tokens_per_microbatch,
@@ -166,15 +168,16 @@ class Learner:
 
         Old log-probs (the policy that sampled) come from one no-grad pass before the first
         update, over the later minibatches only: the first is trained before any update, so
-        its own forward pass gives them (detached, ratio exactly 1). The sampler comparison
-        (its log-probs, when the samples carry them) needs them for every row."""
+        its own forward pass gives them (detached, ratio exactly 1) and keeps them for the
+        sampler comparison (when the samples carry the sampler's log-probs). With one
+        minibatch (the default) there is no extra pass at all."""
         mixed_sft = mixed_sft or []
         k = self.a.minibatches
         lengths = [len(x.prompt_ids) + len(x.response_ids) for x in samples]
         chunks = [c.tolist() for c in torch.arange(len(samples)).chunk(k)]
         blp = all(len(x.behavior_logprobs) == len(x.response_ids) > 0 for x in samples)
         old: dict[int, torch.Tensor] = {}  # row -> its old log-probs
-        need = range(len(samples)) if blp else [i for c in chunks[1:] for i in c]
+        need = [i for c in chunks[1:] for i in c]
         with torch.no_grad():
             for rows in self._micro(need, lengths):
                 lp, _ = self._logprobs(self._tensors([samples[i] for i in rows]))
@@ -196,7 +199,7 @@ class Learner:
             for p, (kind, mrows) in enumerate(parts):
                 self.engine.set_gradient_accumulation_boundary(p == len(parts) - 1)
                 if kind == "rl":
-                    loss, m = self._rl_share(samples, mrows, old, j == 0 and not blp, n_tok,
+                    loss, m = self._rl_share(samples, mrows, old, j == 0, n_tok,
                                              len(rows), ent_w)
                 else:
                     sub = [demos[i] for i in mrows]
@@ -229,8 +232,11 @@ class Learner:
         t = self._tensors([samples[i] for i in rows])
         logp, ent = self._logprobs(t)
         width = logp.shape[1]
-        lp_old = logp.detach() if own_old else \
-            torch.stack([fit_width(old[i][None], width)[0] for i in rows])
+        if own_old:  # the first minibatch: trained before any update, its own are the old
+            lp_old = logp.detach()
+            old.update(zip(rows, lp_old))
+        else:
+            lp_old = torch.stack([fit_width(old[i][None], width)[0] for i in rows])
         is_w = None
         if self.a.is_correction != "none":
             if "blp" not in t:

@@ -77,7 +77,7 @@ def start_workers(cfg: RunConfig, model_path: str, prefix: str = "",
     g = cfg.generator
     if g.backend == "vllm":
         layout = plan(cfg) if groups else None
-        generators = [_vllm_actor(cfg, model_path, gen_names[i],
+        generators = [vllm_actor(cfg, model_path, gen_names[i],
                                   engine_options(layout, groups, i) if layout else None)
                       for i in range(c.num_generators)]
     else:
@@ -118,11 +118,15 @@ def check_model_len(max_model_len: int, model_path: str, need: int = 0,
 COLOCATED_GENERATOR_GPU = 0.4
 
 
-def _vllm_actor(cfg: RunConfig, model_path: str, name: str, placed: dict | None = None):
+def vllm_actor(cfg: RunConfig, model_path: str, name: str, placed: dict | None = None,
+               num_cpus: float | None = None, threads: int = 0):
     """One vLLM engine as a Ray actor. Tensor parallel engines (tensor_parallel_size > 1) take
     no GPU themselves: vLLM places its workers with Ray in a placement group of that size.
     ``placed``: the actor options putting it in its placement-group bundle (the job's
-    layout, relift_ray.rollout.placement); without them (the evaluation job) Ray places it."""
+    layout, relift_ray.rollout.placement); without them (the evaluation job) Ray places it.
+    ``num_cpus`` (default cluster.generator_cpus) and ``threads`` (default
+    cluster.generator_threads or torch_threads): a comparison run's engine lives within the
+    CPUs of the run's task (relift_ray.jobs.in_process)."""
 
     g, c = cfg.generator, cfg.cluster
     tp = g.tensor_parallel_size
@@ -130,13 +134,14 @@ def _vllm_actor(cfg: RunConfig, model_path: str, name: str, placed: dict | None 
         COLOCATED_GENERATOR_GPU if g.colocate else (1 if tp == 1 else 0))
     options = {"num_gpus": gpus, **(placed or {})}
     return ray.remote(VLLMGenerator).options(
-        name=name, num_cpus=c.generator_cpus, max_restarts=-1, **options).remote(
+        name=name, num_cpus=c.generator_cpus if num_cpus is None else num_cpus,
+        max_restarts=-1, **options).remote(
         model_path, tensor_parallel_size=tp, dtype=g.dtype or cfg.model.dtype,
         gpu_memory_utilization=g.gpu_memory_utilization, max_model_len=g.max_model_len,
         eos_token=cfg.model.eos_token, seed=cfg.train.seed, enable_sleep_mode=g.colocate,
         weight_transfer="nccl" if g.weight_sync == "nccl" else "auto",
         device="cuda" if c.use_gpu else "cpu", kv_cache_gib=g.cpu_kv_cache_gib,
-        threads=0 if c.use_gpu else (c.generator_threads or c.torch_threads),
+        threads=0 if c.use_gpu else (threads or c.generator_threads or c.torch_threads),
         enforce_eager=g.enforce_eager, bucket_mb=g.bucket_mb,
         **({"distributed_executor_backend": "ray"} if tp > 1 else {}))
 
