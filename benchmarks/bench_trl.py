@@ -364,6 +364,8 @@ def run_child(which: str, args, model_path: str, out_dir: Path, steps: int, time
            "--steps" if which == "relift" else "--trl-steps", str(steps),
            *[x for kv in (args.set or []) for x in ("--set", kv)]]
     env = dict(os.environ, RAY_AUTH_MODE="disabled", PYTHONUNBUFFERED="1")
+    if which == "trl" and args.trl_vllm:  # vLLM's CPU build: its KV cache size, in GiB
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     busy = cpu_busy()
     if busy is not None and busy > 0.10:
         print(f"[bench] WARNING: the machine is already {busy:.0%} busy before {which} starts: "
