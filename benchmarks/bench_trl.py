@@ -34,6 +34,13 @@ default), TRL its default ``loss_type``. The losses cost the same; the learning 
     RAY_AUTH_MODE=disabled python benchmarks/bench_trl.py --rounds 3  # alternate; median ratio
     RAY_AUTH_MODE=disabled python benchmarks/bench_trl.py --staleness 0,1,2  # + async relift
     python benchmarks/bench_trl.py --learners 1 --json out.json    # 1 learner worker; save results
+    RAY_AUTH_MODE=disabled python benchmarks/bench_trl.py --model smollm2 --steps 10 --trl-steps 5 \
+        --warmup 2 --eval-questions 8    # SmolLM2-135M on GSM8K questions (bench_smollm2_rl.yaml)
+
+``--model smollm2`` takes its setting from ``relift_ray/configs/bench_smollm2_rl.yaml`` (4 x 4
+completions, 128 new tokens, one optimizer step per batch; relift with the vLLM CPU generator
+and the bf16 autocast learner, TRL with ``bf16=True``); ``--trl-vllm`` asks TRL for its vLLM
+colocate mode.
 """
 from __future__ import annotations
 

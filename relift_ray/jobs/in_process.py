@@ -69,10 +69,10 @@ def greedy_profile(gen, rewarder, questions: list[Question], max_new_tokens: int
     """Greedy answers to ``questions``: ({question id: reward}, {"response_length": mean
     tokens per response (EOS counted), "truncated": share cut at the budget (no EOS),
     "answered": share with a final answer the verifier could read ("answered_ids": which),
-    "entropy": the policy's
-    mean token entropy over its own responses}). The same greedy decoding as
-    ``question_scores``; the logits only add the entropy, so a vLLM engine (an actor, which
-    returns no full distributions) gives NaN there. ``eos_id``: the engine's end token."""
+    "entropy": the policy's mean token entropy over its own responses}). The same greedy
+    decoding as ``question_scores``; the logits only add the entropy, so a vLLM engine (an
+    actor, which returns no full distributions) gives NaN there. ``eos_id``: the engine's end
+    token."""
 
     if is_actor(gen):
         return _engine_profile(gen, rewarder, questions, max_new_tokens, eos_id)
