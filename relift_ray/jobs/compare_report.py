@@ -17,7 +17,7 @@ from pathlib import Path
 
 from relift_ray.core.questions import BUCKETS, bucket_of
 from relift_ray.core.stats import ci95, mean_std, welch
-from relift_ray.jobs.compare_claims import CLAIMS, format_rows
+from relift_ray.jobs.compare_claims import CLAIMS, combine, format_rows
 from relift_ray.records import BaseEval, RunResult
 from relift_ray.tracking.tracker import write_csv
 
@@ -122,14 +122,6 @@ def _verdict(lo: float, hi: float) -> str:
     return "holds" if lo > 0 else "does not hold" if hi < 0 else "inconclusive"  # nan: neither
 
 
-def _combine(verdicts: list[str]) -> str:
-    if "not run" in verdicts:
-        return "not run"
-    if "does not hold" in verdicts:
-        return "does not hold"
-    return "holds" if all(v == "holds" for v in verdicts) else "inconclusive"
-
-
 def claims(base: BaseEval, results: list[RunResult]) -> list[dict]:
     """The hypotheses of docs/preregistration_toy_claims.md, each comparison with its 95%
     interval and verdict, then one combined row per hypothesis. "A > B" holds when the Welch
@@ -181,7 +173,7 @@ def claims(base: BaseEval, results: list[RunResult]) -> list[dict]:
           compare("H5", "relift > sft_matched_hardest (overall)", g("relift"),
                   g("sft_matched_hardest"))]
     for h, vs in (("H1", h1), ("H2", h2), ("H3", h3), ("H4", [v4]), ("H5", h5)):
-        rows.append({"hypothesis": h, "comparison": "verdict", "verdict": _combine(vs)})
+        rows.append({"hypothesis": h, "comparison": "verdict", "verdict": combine(vs)})
     return rows
 
 
