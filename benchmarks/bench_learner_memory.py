@@ -35,8 +35,8 @@ VOCAB, PROMPT, RESPONSE = 151_936, 1_024, 8_192
 
 
 def build_model(folder: Path) -> None:
-    from transformers import Qwen2Config, Qwen2ForCausalLM
     import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
     torch.manual_seed(0)
     Qwen2ForCausalLM(Qwen2Config(
         vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
@@ -49,8 +49,8 @@ def one(args) -> dict:
     sys.path.insert(0, str(ROOT))
     import torch
 
-    from relift_ray.jobs.in_process import single_process_group
     from relift_ray.config import load_config
+    from relift_ray.jobs.in_process import single_process_group
     from relift_ray.learner.learner import Learner
     from relift_ray.records import Sample, TrainBatch
     torch.set_num_threads(2)

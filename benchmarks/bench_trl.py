@@ -210,8 +210,8 @@ def child_trl(args) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from relift_ray.data.load import load_data
     from relift_ray.core.scoring import math_reward
+    from relift_ray.data.load import load_data
 
     cfg = load_cfg(args, args.model_path)
     a = cfg.algo

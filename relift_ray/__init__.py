@@ -31,7 +31,8 @@ entry point; the three lowest layers import no Ray (tests/test_layers.py checks 
    sampler, buckets), scoring (answer extraction, the math-verify reward), stats.
 3. data/ (no Ray): readers (file formats), prompts (chat templates), load (a run's
    questions), registry (named models and data sources), benchmarks, fetch, models
-   (SmolLM2 offline), toy/ (the toy task and its base model).
+   (SmolLM2 offline), lora (LoRA adapters: PEFT's model, syncs, folders), toy/ (the toy
+   task and its base model).
 4. roles, the processes:
    rollout/: generator (the interface), hf (transformers), vllm_engine (vLLM),
    vllm_weights (vLLM on CPU: weights through the transfer API), placement

@@ -27,7 +27,8 @@ from relift_ray.records import Fields
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"  # the shipped configs
 
 # Each field's allowed values are declared beside it: one_of(default, *others), or a bound.
-_BOUNDS = {"> 0": lambda v: v > 0, ">= 0": lambda v: v >= 0, "in (0, 1]": lambda v: 0 < v <= 1}
+_BOUNDS = {"> 0": lambda v: v > 0, ">= 0": lambda v: v >= 0, "in (0, 1]": lambda v: 0 < v <= 1,
+          "in [0, 1)": lambda v: 0 <= v < 1}
 
 
 def one_of(default, *others):
@@ -47,13 +48,36 @@ def fraction(default):
     return field(default=default, metadata={"bound": "in (0, 1]"})
 
 
+def fraction_or_zero(default):
+    return field(default=default, metadata={"bound": "in [0, 1)"})
+
+
+@dataclass
+class LoraConfig:
+    # rank of the low-rank adapters (0 = off: every weight is trained). With a rank the
+    # learner trains the adapters alone (PEFT), both AdamW states cover them alone, and
+    # checkpoints hold them with a reference to the base model (relift_ray.data.lora)
+    rank: int = non_negative(0)
+    alpha: float = positive(16.0)  # the adapters' output is scaled by alpha / rank
+    dropout: float = fraction_or_zero(0.0)  # on the adapters' input, learner only
+    # module names to adapt (q_proj, ...: a name matches a module whose name ends with it),
+    # or [all-linear]: every linear layer but the output head
+    target_modules: list = field(default_factory=lambda: ["all-linear"])
+    # what a weight sync sends: adapter (the adapters alone, megabytes: vLLM loads them as a
+    # LoRA adapter, the transformers generator into its PEFT model) | merged (the whole
+    # model with the adapters merged in, as a full fine-tune's sync)
+    sync: str = one_of("adapter", "merged")
+
+
 @dataclass
 class ModelConfig:
-    # a named model (toy, smollm2-135m), an HF folder, a checkpoint or run folder, a hub id, or
-    # py:module:function returning a folder (relift_ray.registry)
+    # a named model (toy, smollm2-135m), an HF folder, a checkpoint or run folder (a LoRA
+    # one: its base with the adapter merged in), a hub id, or py:module:function returning a
+    # folder (relift_ray.registry)
     path: str = "toy"
     dtype: str = one_of("float32", "bfloat16")  # bf16 needs a GPU to be fast
     eos_token: str = ""  # override the tokenizer's EOS token ("" = tokenizer's own)
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass
@@ -173,6 +197,9 @@ class TrainConfig:
     # gradients and both optimizer states stay fp32 (model.dtype=float32); on CPUs with AMX
     # (Xeon 4th gen and later) the update is several times faster (benchmarks/bench_learner.py)
     autocast: str = one_of("", "bfloat16")
+    # model.lora runs: beside each checkpoint's adapter folder (policy/), the base model with
+    # the adapter merged in (merged/), loadable without PEFT
+    save_merged: bool = False
     # Ray Train restarts of the learner group after a worker dies
     max_failures: int = non_negative(2)
     # testing: actors killed with SIGKILL once, as <actor>@<step> (learner, scheduler,
@@ -373,7 +400,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     that tie fields together, section by section. Nothing is rewritten."""
     _check_fields(cfg, "")
     for check in (_check_data, _check_algo, _check_compare, _check_eval, _check_generator,
-                  _check_train):
+                  _check_lora, _check_train):
         check(cfg)
     if not cfg.name or "/" in cfg.name:
         raise ConfigError(f"name={cfg.name!r}: must be a non-empty name without '/'")
@@ -501,7 +528,26 @@ def _check_colocated(cfg: RunConfig) -> None:
                           "works only between processes on the same GPU)")
 
 
+def _check_lora(cfg: RunConfig) -> None:
+    lora, g = cfg.model.lora, cfg.generator
+    if not lora.rank:
+        return
+    targets = lora.target_modules
+    if not targets or not all(isinstance(t, str) and t for t in targets):
+        raise ConfigError(f"model.lora.target_modules={targets!r}: must be a non-empty list "
+                          f"of module names, or [all-linear]")
+    if "all-linear" in targets and len(targets) > 1:
+        raise ConfigError(f"model.lora.target_modules={targets!r}: all-linear stands alone")
+    if g.weight_sync != "object_store":
+        raise ConfigError(f"generator.weight_sync={g.weight_sync} with model.lora.rank="
+                          f"{lora.rank}: adapters (and merged weights) reach the generators "
+                          f"through the object store; set generator.weight_sync=object_store")
+
+
 def _check_train(cfg: RunConfig) -> None:
+    if cfg.train.save_merged and not cfg.model.lora.rank:
+        raise ConfigError("train.save_merged=true: only LoRA runs (model.lora.rank > 0) save "
+                          "an adapter; a full fine-tune's policy/ is the whole model already")
     if cfg.train.autocast and cfg.model.dtype != "float32":
         raise ConfigError(f"train.autocast={cfg.train.autocast}: mixed precision keeps fp32 "
                           f"weights, so model.dtype must be float32 (this run: "

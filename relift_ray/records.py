@@ -40,6 +40,20 @@ class Completion:
     logprobs: tuple[float, ...] = ()  # per response token, from the sampler; () if not asked for
 
 
+@dataclass(frozen=True)
+class AdapterWeights:
+    """A LoRA run's policy as a weight sync sends it (model.lora.sync=adapter): the adapters
+    alone, by PEFT's names (``...q_proj.lora_A.weight``), with their PEFT settings (r,
+    lora_alpha, target_modules, ...). Generators load it onto the base model they started
+    with; relift_ray.data.lora reads and writes it."""
+    config: dict
+    tensors: dict[str, Any]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+
 class Reward(NamedTuple):
     """One scored answer: the reward and how the verifier got there (``Reward.OK``,
     ``NO_ANSWER``, ``TIMEOUT``, or ``"error: ..."``)."""
@@ -137,11 +151,13 @@ class StepMetrics:
     validation: dict = field(default_factory=dict)  # val/... after a validation
     checkpoint_seconds: float | None = None  # when the step checkpointed
     step_seconds: float | None = None  # wall time since the previous step ended
+    # bytes the weight sync sent per generator (the adapters alone in a LoRA run)
+    weight_sync_bytes: int | None = None
 
     def flat(self) -> dict:
         out = {**self.batch.as_dict(), **self.update, **self.validation}
         for name in ("batch_wait_seconds", "train_seconds", "weight_sync_seconds",
-                     "publish_wait_seconds", "staleness", "sft_this_step",
+                     "weight_sync_bytes", "publish_wait_seconds", "staleness", "sft_this_step",
                      "checkpoint_seconds", "step_seconds"):
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)

@@ -158,6 +158,49 @@ def test_a_weight_load_that_fails_or_hangs_stops_the_step_with_the_reason(ray_lo
     ray.kill(stuck)
 
 
+# ------------------------------------------------------------ LoRA adapters
+
+def test_lora_adapters_reach_vllm_as_its_lora_adapter(ray_local, relift_cache, hf):
+    """A LoRA learner's adapters (model.lora.sync=adapter) sent to a vLLM engine started with
+    LoRA: its greedy output is the learner's merged model's (the transformers generator with
+    the merged weights), a second version replaces the first, and the base comes back."""
+    ray = pytest.importorskip("ray")
+    from relift_ray.config import load_config
+    from relift_ray.jobs.in_process import single_process_group
+    from relift_ray.learner.learner import Learner
+    from relift_ray.rollout.vllm_engine import VLLMGenerator
+    single_process_group()
+    learner = Learner(load_config(overrides=["model.lora.rank=8", "train.zero_stage=0",
+                                             "cluster.num_learners=1"]), relift_cache)
+    actor = ray_local.remote(VLLMGenerator).options(num_cpus=0.5, max_restarts=0).remote(
+        relift_cache, dtype="float32", max_model_len=128, seed=0, device="cpu",
+        kv_cache_gib=1, lora_rank=8)
+    try:
+        qs = _questions()
+        base = _responses(ray.get(actor.generate.remote(qs, GREEDY)))
+        hf.load_base()
+        for version, seed in ((1, 3), (2, 4)):
+            with torch.no_grad():  # an update of the adapters alone
+                g = torch.Generator().manual_seed(seed)
+                for n, p in learner.engine.module.named_parameters():
+                    if ".lora_B." in n:
+                        p.copy_(0.05 * torch.randn(p.shape, generator=g))
+            weights = learner.adapter_weights()
+            assert weights.nbytes < 0.2 * sum(
+                v.numel() * 4 for v in learner.full_state_dict().values())
+            assert ray.get(actor.load_weights.remote(version, weights)) == version
+            hf.load_weights(version, learner.full_state_dict())
+            got = ray.get(actor.generate.remote(qs, GREEDY))
+            assert {c.weight_version for g in got for c in g} == {version}
+            assert _responses(got) == _responses(hf.generate(qs, GREEDY))
+            assert _responses(got) != base
+        assert ray.get(actor.load_base.remote()) == 0
+        assert _responses(ray.get(actor.generate.remote(qs, GREEDY))) == base
+    finally:
+        ray_local.kill(actor)
+        hf.load_base()
+
+
 # ------------------------------------------------------------ the whole job on vLLM
 def _engine_processes(exclude: set) -> list[str]:
     """Processes of vLLM generators or engines on this machine, but ``exclude`` (pids)."""

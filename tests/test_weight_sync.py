@@ -142,7 +142,7 @@ class _RecordingGen:
 
 
 class _FakeLearner:
-    def full_state_dict(self):
+    def sync_weights(self):
         return {"w": torch.ones(2)}
 
 
@@ -157,6 +157,7 @@ def test_publisher_is_chosen_from_config_and_loads_in_process_generators():
     assert isinstance(seconds, float) and 0 < seconds < 60  # the sync's own time
     assert pub.waited < 0.1  # on-policy: nothing sampled ahead to wait for
     assert log == [("load", 3, ["w"]), ("load", 3, ["w"])]
+    assert pub.sent_bytes == 8  # two fp32 values, to each generator
     assert [g.version for g in pub.generators] == [3, 3]
 
 

@@ -17,6 +17,7 @@ import json
 import os
 from pathlib import Path
 
+from relift_ray.data.lora import ADAPTER_CONFIG, base_of, is_adapter, merged_cache_key, merged_model
 from relift_ray.errors import DataError
 
 MODELS = {
@@ -63,7 +64,8 @@ def data_source(spec: str):
 def resolve_model(spec: str, field: str = "model.path", log=print) -> str:
     """A loadable model for ``spec``: a named model (built or converted on first use), an HF
     folder, a checkpoint (``<ckpt>/policy``), a run folder (its newest checkpoint's policy), or
-    a hub id (``owner/name``, downloaded by ``from_pretrained`` into the HF cache)."""
+    a hub id (``owner/name``, downloaded by ``from_pretrained`` into the HF cache). A LoRA
+    adapter (a LoRA run's policy) resolves to its base model with the adapter merged in."""
     if spec in MODELS:
         return load_function(MODELS[spec])(log=log)
     if spec.startswith("py:"):
@@ -82,15 +84,47 @@ def resolve_model(spec: str, field: str = "model.path", log=print) -> str:
         return spec  # a hub id: from_pretrained downloads it (or reads the HF cache)
     if (path / "config.json").exists():
         return str(path)
-    if (path / "policy" / "config.json").exists():
-        return str(path / "policy")
-    checkpoints = [p.parent.parent for p in path.rglob("policy/config.json")]
+    if is_adapter(path):
+        return _merged(path, field, log)
+    for name in ("config.json", ADAPTER_CONFIG):
+        if (path / "policy" / name).exists():
+            return resolve_model(str(path / "policy"), field, log)
+    checkpoints = {p.parent.parent for name in ("config.json", ADAPTER_CONFIG)
+                   for p in path.rglob(f"policy/{name}")}
     if not checkpoints:
         raise ModelNotFound(
             f"{field}={spec}: {path.resolve()} exists but holds no model: looked for "
-            f"config.json (an HF model folder), policy/config.json (a checkpoint) and "
-            f"*/policy/config.json (a run's checkpoints)")
-    return str(max(checkpoints, key=_checkpoint_step) / "policy")
+            f"config.json (an HF model folder), {ADAPTER_CONFIG} (a LoRA adapter), "
+            f"policy/ (a checkpoint) and */policy/ (a run's checkpoints)")
+    return resolve_model(str(max(checkpoints, key=_checkpoint_step) / "policy"), field, log)
+
+
+def base_model_path(adapter_dir: str | Path, field: str = "model.path", log=print) -> str:
+    """The base model of a LoRA adapter folder: the folder it was trained from when it still
+    exists here, else its ``model.path`` resolved again (a named model, a hub id)."""
+    base = base_of(adapter_dir)
+    if Path(base["path"]).exists():
+        return base["path"]
+    try:
+        return resolve_model(base["model.path"], field, log)
+    except ModelNotFound as e:
+        raise ModelNotFound(f"{field}={adapter_dir}: a LoRA adapter whose base model "
+                            f"({base['model.path']}, trained from {base['path']}) is not "
+                            f"here: {e}") from None
+
+
+def _merged(adapter_dir: Path, field: str, log) -> str:
+    """A LoRA adapter as one model: the checkpoint's merged/ copy (train.save_merged) when
+    there is one, else base + adapter merged once into the relift cache."""
+    beside = adapter_dir.parent / "merged"
+    if adapter_dir.name == "policy" and (beside / "config.json").exists():
+        return str(beside)
+    base = base_model_path(adapter_dir, field, log)
+    out = cache_dir() / "merged" / merged_cache_key(adapter_dir, base)
+    if not (out / "config.json").exists():
+        log(f"[models] merging the LoRA adapter {adapter_dir} into its base {base} -> {out}")
+        merged_model(adapter_dir, base, out)
+    return str(out)
 
 
 def _checkpoint_step(ckpt: Path) -> tuple[int, float]:

@@ -27,6 +27,7 @@ import ray
 from relift_ray.background import Background
 from relift_ray.config import RunConfig
 from relift_ray.data.load import read_questions
+from relift_ray.data.lora import check_targets_of
 from relift_ray.data.registry import resolve_model
 from relift_ray.imports import skip_unused_modules
 from relift_ray.records import DataInfo, RunSummary
@@ -76,11 +77,14 @@ def run(cfg: RunConfig) -> RunSummary:
 # ---------------------------------------------------------------- 1. prepare
 
 def prepare(cfg: RunConfig) -> Job:
-    """A bad model.path, data path or row, or vLLM context stops here, before Ray starts."""
+    """A bad model.path, LoRA target, data path or row, or vLLM context stops here, before
+    Ray starts."""
 
     t_start = _process_start()
     skip_unused_modules()
     model_path = resolve_model(cfg.model.path)
+    if cfg.model.lora.rank:  # a target module the model lacks: named here, not in a worker
+        check_targets_of(model_path, cfg.model.lora.target_modules)
     if cfg.generator.backend == "vllm":
         topology.check_model_len(cfg.generator.max_model_len, model_path,
                                  cfg.data.max_prompt_tokens + cfg.algo.max_new_tokens,
@@ -267,8 +271,12 @@ def finish(job: Job, result, after: dict) -> RunSummary:
         if s.best_policy:
             policies["best"] = Path(s.best_policy)
         for alias, folder in policies.items():
+            tags = {"base_model": cfg.model.path, "base_model_path": job.model_path}
+            if cfg.model.lora.rank:  # the adapter, and the model it makes with its base
+                tags.update(lora_adapter=str(folder), lora_rank=cfg.model.lora.rank)
+                folder = resolve_model(str(folder), log=say)
             s.mlflow_models[alias] = tracker.log_policy(folder, f"{alias}_policy", cfg.name,
-                                                        alias, cfg.algo.max_new_tokens)
+                                                        alias, cfg.algo.max_new_tokens, tags)
     tracker.log_metrics(s.numbers())
     job.console.stop()
     print_summary(cfg, s)

@@ -8,6 +8,12 @@ A checkpoint folder of step s (``save_checkpoint``; Ray Train merges the ranks' 
     policy/                   the policy in HF format with its tokenizer (evaluation, serving)
     deepspeed/                the exact learner state, below
 
+A LoRA run's (model.lora) ``policy/`` is its adapter folder (PEFT's format, naming the base
+model: relift_ray.data.lora) with the tokenizer, plus ``merged/``, the base with the adapter
+merged in, when train.save_merged is set; its ``deepspeed/`` holds the adapters and their two
+optimizer states alone (the frozen base is rebuilt from model.path, which the learner's json
+records and a resume checks).
+
 The HF copy of the policy (``policy/``) is in the model's dtype: in bf16 it has lost the fp32
 master weights, so a run resumed from it differs from the run that was never stopped. This
 module saves what an exact resume needs, beside that copy, under ``<checkpoint>/deepspeed/``:
@@ -48,6 +54,7 @@ from pathlib import Path
 
 import torch
 
+from relift_ray.data.lora import lora_settings, write_adapter
 from relift_ray.rollout.calls import call
 
 TAG = "state"  # DeepSpeed's tag: the folder <checkpoint>/deepspeed/state
@@ -103,8 +110,10 @@ def save_learner(learner, directory: Path, rank: int, world: int) -> None:
     opt = learner.opt
     current = opt.phase
     # DeepSpeed: module weights, fp32 master partitions, the active phase's optimizer state
+    # (a LoRA run: the adapters alone; the frozen base is the model.path it was built from)
     learner.engine.save_checkpoint(str(ds_dir), tag=TAG,
-                                   client_state={"relift_phase": current, "relift_world": world})
+                                   client_state={"relift_phase": current, "relift_world": world},
+                                   exclude_frozen_parameters=learner.lora)
     # the phases DeepSpeed does not see: their state is kept aside in opt.phase_state
     with _master_params_in_groups(learner):
         others = {ph: _phase_state_dict(opt, ph) for ph in opt.phase_state if ph != current}
@@ -112,7 +121,8 @@ def save_learner(learner, directory: Path, rank: int, world: int) -> None:
     cfg = learner.cfg
     (ds_dir / _meta_name(rank)).write_text(json.dumps({
         "world": world, "rank": rank, "phase": current, "tag": TAG,
-        "zero_stage": cfg.train.zero_stage, "dtype": cfg.model.dtype}))
+        "zero_stage": cfg.train.zero_stage, "dtype": cfg.model.dtype,
+        "lora": learner.lora and dict(lora_settings(cfg.model.lora), base=cfg.model.path)}))
 
 
 def saved_world(directory: Path) -> int:
@@ -158,8 +168,9 @@ def load_learner(learner, directory: Path, rank: int, world: int) -> None:
     # DeepSpeed loads the saved active phase into the base optimizer's current state: make it
     # the same phase first (its lr and weight decay too)
     opt.set_phase(phases["phase"])
+    _check_lora(directory, learner)
     load_path, _ = learner.engine.load_checkpoint(
-        str(ds_dir), tag=TAG, load_module_strict=True, load_optimizer_states=True,
+        str(ds_dir), tag=TAG, load_module_strict=not learner.lora, load_optimizer_states=True,
         load_lr_scheduler_states=False)
     if load_path is None:
         raise FileNotFoundError(f"DeepSpeed found no checkpoint under {ds_dir / TAG}")
@@ -172,15 +183,32 @@ def load_learner(learner, directory: Path, rank: int, world: int) -> None:
         opt.set_phase(phases["phase"])
 
 
+def _check_lora(directory: Path, learner) -> None:
+    """A LoRA checkpoint holds the adapters alone: it resumes only as a LoRA run with the same
+    adapters, on the same base model (and a full one only as a full run)."""
+    meta = json.loads((Path(directory) / DS_DIR / _meta_name(0)).read_text())
+    saved, cfg = meta.get("lora") or None, learner.cfg
+    now = learner.lora and dict(lora_settings(cfg.model.lora), base=cfg.model.path)
+    now = now or None
+    if saved != now:
+        def say(x):
+            return "a full fine-tune" if x is None else \
+                f"LoRA {', '.join(f'{k}={v}' for k, v in x.items())}"
+        raise ValueError(f"checkpoint {directory} was written by {say(saved)}; this run is "
+                         f"{say(now)}: resume with the checkpoint's model.path and model.lora")
+
+
 SCHEDULER_STATE = "scheduler_state.json"
-
-
 
 
 def save_policy(learner, folder: Path, rank: int, model_path: str) -> None:
     """Rank 0 writes the policy in HF format with its tokenizer (loadable by from_pretrained;
     model_path may be a local dir or a hub id); every rank must call it (under ZeRO-3 each
-    holds a part of the weights)."""
+    holds a part of the weights). A LoRA run's policy is its adapter folder (PEFT's, naming
+    the base model) and, with train.save_merged, the merged model beside it (``merged/``)."""
+    if learner.lora:
+        _save_lora_policy(learner, Path(folder), rank, model_path)
+        return
     with learner.gathered():
         if rank == 0:
             learner.engine.module.save_pretrained(folder)
@@ -188,6 +216,24 @@ def save_policy(learner, folder: Path, rank: int, model_path: str) -> None:
         # transformers: after skip_unused_modules() (relift_ray.imports)
         from transformers import AutoTokenizer
         AutoTokenizer.from_pretrained(model_path).save_pretrained(folder)
+
+
+def _save_lora_policy(learner, folder: Path, rank: int, model_path: str) -> None:
+    weights = learner.adapter_weights()
+    merged = learner.full_state_dict() if learner.cfg.train.save_merged else None
+    if rank != 0:
+        return
+    # transformers: after skip_unused_modules() (relift_ray.imports)
+    from transformers import AutoTokenizer
+    write_adapter(folder, weights, learner.cfg.model.path, model_path,
+                  learner.cfg.model.dtype)
+    tok = AutoTokenizer.from_pretrained(model_path)
+    tok.save_pretrained(folder)
+    if merged is not None:
+        out = folder.with_name("merged")
+        base = learner.engine.module.get_base_model()
+        base.save_pretrained(out, state_dict=merged)
+        tok.save_pretrained(out)
 
 
 def save_best(learner, best: Path, step: int, rank: int, val: dict,

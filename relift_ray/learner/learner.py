@@ -1,7 +1,8 @@
 """The learner: one worker's model under DeepSpeed ZeRO, and its RL and SFT updates.
 
 ``Learner`` holds one worker's model and optimizer (``TwoPhaseAdamW``: the released
-algorithm's two AdamW states, RL and SFT, over the same weights) and runs the updates: RL
+algorithm's two AdamW states, RL and SFT, over the same weights; with model.lora, PEFT's model
+whose adapters alone train and are in the optimizer) and runs the updates: RL
 (logp_old recomputed here, ``algo.minibatches`` optimizer steps), then SFT when the batch
 carries one. The forward pass (log-probs, micro-batches, packing) is relift_ray.learner.forward;
 the step every runner uses is relift_ray.learner.step; the Ray Train loop around it is
@@ -22,6 +23,7 @@ from relift_ray.core.algo import (
     sft_loss,
     tis_weights,
 )
+from relift_ray.data.lora import adapter_weights, merged_state_dict, wrap
 from relift_ray.imports import import_deepspeed
 from relift_ray.learner.forward import (
     autocast,
@@ -31,7 +33,7 @@ from relift_ray.learner.forward import (
     microbatches,
     to_tensors,
 )
-from relift_ray.records import Sample
+from relift_ray.records import AdapterWeights, Sample
 
 
 class TwoPhaseAdamW(torch.optim.AdamW):
@@ -110,9 +112,12 @@ class Learner:
             model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False})
         self.pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+        self.lora = bool(cfg.model.lora.rank)
+        if self.lora:  # base weights frozen; only the adapters train, and the optimizer holds
+            model = wrap(model, cfg.model.lora, model_path)  # them alone
         if cfg.train.padding_free:
             check_packing(model)
-        self.opt = TwoPhaseAdamW(model.parameters(), {
+        self.opt = TwoPhaseAdamW([p for p in model.parameters() if p.requires_grad], {
             "rl": {"lr": self.a.lr, "weight_decay": self.a.weight_decay},
             "sft": {"lr": self.a.sft_lr, "weight_decay": self.a.weight_decay}})
         ds_config = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
@@ -289,10 +294,25 @@ class Learner:
                                                  enabled=self.cfg.train.zero_stage == 3)
 
     def full_state_dict(self) -> dict:
-        """CPU copy of the full weights (all ranks must call under ZeRO-3)."""
+        """CPU copy of the full weights by the model's own names; a LoRA run's with the
+        adapters merged in (all ranks must call under ZeRO-3)."""
         with self.gathered():
+            if self.lora:
+                return merged_state_dict(self.engine.module)
             return {k: v.detach().to("cpu", copy=True)
                     for k, v in self.engine.module.state_dict().items()}
+
+    def adapter_weights(self) -> AdapterWeights:
+        """A LoRA run's adapters (CPU copies, PEFT's names, with their settings)."""
+        with self.gathered():
+            return adapter_weights(self.engine.module)
+
+    def sync_weights(self) -> dict | AdapterWeights:
+        """What a weight sync sends: the adapters alone (model.lora.sync=adapter), else the
+        full weights (merged, in a LoRA run). All ranks must call under ZeRO-3."""
+        if self.lora and self.cfg.model.lora.sync == "adapter":
+            return self.adapter_weights()
+        return self.full_state_dict()
 
 
 # ------------------------------------------------------------------ the step and the loops

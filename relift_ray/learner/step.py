@@ -38,7 +38,8 @@ def learner_step(learner: Learner, scheduler, publisher, step: int, rank: int = 
                        train_seconds=t2 - t1, weight_sync_seconds=sync,
                        publish_wait_seconds=publisher.waited,  # the batch sampled ahead
                        staleness=step - 1 - batch.weight_version,  # versions behind
-                       sft_this_step=int(bool(batch.sft)))
+                       sft_this_step=int(bool(batch.sft)),
+                       weight_sync_bytes=publisher.sent_bytes or None)
 
 
 def progress_line(total: int, m: StepMetrics) -> str:

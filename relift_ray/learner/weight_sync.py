@@ -6,6 +6,10 @@ step calls ``publisher.after_generation()`` once the step's batch is made and
 
 - ``InProcessPublisher`` (in-process runs: tests, the comparison job): the generator object
   loads a CPU copy of the state dict directly.
+
+What the two object paths send is ``learner.sync_weights()``: the state dict, or in a LoRA
+run (model.lora) its adapters alone (``AdapterWeights``, model.lora.sync=adapter) or the
+model with them merged in (merged). ``sent_bytes`` is what the last publish sent.
 - ``ObjectStorePublisher`` (``generator.weight_sync=object_store``; any backend, CPU too): rank 0
   puts a CPU state dict in Ray's object store once; every generator loads that one object. The
   scheduler keeps the reference, so a generator that Ray restarted after a crash gets the
@@ -77,6 +81,13 @@ def _full_nbytes(t) -> int:
 def weights_nbytes(module) -> int:
     """Bytes of the full model."""
     return sum(_full_nbytes(p) for p in module.parameters())
+
+
+def payload_nbytes(payload) -> int:
+    """Bytes of what a sync sends: a state dict, or a LoRA run's AdapterWeights."""
+    if hasattr(payload, "nbytes"):
+        return int(payload.nbytes)
+    return sum(t.numel() * t.element_size() for t in payload.values())
 
 
 def bucket_bytes_for(module_or_tensors, bucket_mb: int) -> int:
@@ -227,6 +238,7 @@ class WeightPublisher:
         # batch of the previous version is sampled, and hears which version is out
         self.scheduler, self.lag = scheduler, lag
         self.waited = 0.0  # seconds the last publish waited for that batch
+        self.sent_bytes = 0  # what the last publish sent each generator (rank 0; 0 unknown)
 
     def after_generation(self) -> None:
         if not self.colocate:
@@ -271,7 +283,8 @@ class InProcessPublisher(WeightPublisher):
     """One process: the generator objects load a CPU copy of the weights directly."""
 
     def _send(self, learner, version: int) -> None:
-        sd = learner.full_state_dict()
+        sd = learner.sync_weights()
+        self.sent_bytes = payload_nbytes(sd)
         check_versions([g.load_weights(version, sd) for g in self.generators], version)
 
 
@@ -280,9 +293,10 @@ class ObjectStorePublisher(WeightPublisher):
     scheduler is told the object's reference, to reload generators that Ray restarts."""
 
     def _send(self, learner, version: int) -> None:
-        sd = learner.full_state_dict() if (self.rank == 0 or self.zero3) else None
+        sd = learner.sync_weights() if (self.rank == 0 or self.zero3) else None
         if self.rank != 0:
             return
+        self.sent_bytes = payload_nbytes(sd)
         ref = ray.put(sd)
         if is_actor(self.scheduler) and not self.colocate:
             call(self.scheduler, "take_weights", version, [ref])
@@ -298,7 +312,8 @@ class _VLLMPublisher(WeightPublisher):
     sync = None
 
     def _send(self, learner, version: int) -> None:
-        self.sync.send(learner.engine.module, version, self.zero3, self.rank)
+        info = self.sync.send(learner.engine.module, version, self.zero3, self.rank)
+        self.sent_bytes = info.get("weight_sync_bytes", 0)
 
 
 class IPCPublisher(_VLLMPublisher):

@@ -8,7 +8,8 @@ Serving (streaming, stop strings) and the greedy test profile use ``model.genera
 (``sample``).
 
 Weights arrive as a state dict from the object store (the learner puts it once; every
-generator loads the same object).
+generator loads the same object), or in a LoRA run as the adapters alone, loaded into PEFT's
+model around the base.
 """
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ import inspect
 
 import torch
 
+from relift_ray.data.lora import apply_adapter
 from relift_ray.imports import skip_unused_modules
-from relift_ray.records import Completion, Question, SamplingParams
+from relift_ray.records import AdapterWeights, Completion, Question, SamplingParams
 
 
 class HFGenerator:
@@ -50,15 +52,27 @@ class HFGenerator:
     def get_version(self) -> int:
         return self.weight_version
 
-    def load_weights(self, version: int, state_dict: dict) -> int:
-        self.model.load_state_dict(state_dict, strict=True)
+    def load_weights(self, version: int, state_dict: dict | AdapterWeights) -> int:
+        """A state dict (the whole model), or a LoRA run's adapters: loaded into PEFT's
+        model around the base this generator started with."""
+        if isinstance(state_dict, AdapterWeights):
+            self.model = apply_adapter(self.model, state_dict)
+        else:
+            self._unwrap()
+            self.model.load_state_dict(state_dict, strict=True)
         self.weight_version = version
         return version
+
+    def _unwrap(self) -> None:
+        """Back to the plain model (dropping the adapters) if a LoRA sync wrapped it."""
+        if hasattr(self.model, "peft_config"):
+            self.model = self.model.unload()
 
     def load_base(self) -> int:
         """The base model's weights again, read from its folder: version 0."""
         # transformers: imported by __init__, after skip_unused_modules()
         from transformers import AutoModelForCausalLM
+        self._unwrap()
         base = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=self.model.dtype)
         return self.load_weights(0, base.state_dict())
 

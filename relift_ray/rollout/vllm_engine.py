@@ -19,12 +19,19 @@ generator for the token a chunked prefill discards. Weights arrive as a state di
 object store through the weight-transfer API, by the engine of ``rollout/vllm_weights.py``;
 colocation (sleep, wake) and CUDA IPC/NCCL are GPU only.
 
+A LoRA run (model.lora, sync=adapter) starts the engine with LoRA enabled (``lora_rank``): each
+sync's adapters become the engine's one LoRA adapter, loaded from a folder in PEFT's format
+under a fresh id, and every request carries it; the base weights never change.
+
 vLLM is imported inside the methods: only a vLLM generator's own actor needs it.
 """
 from __future__ import annotations
 
+import shutil
+
+from relift_ray.data.lora import write_adapter
 from relift_ray.learner.weight_sync import bucket_bytes_for, ipc_send
-from relift_ray.records import Completion, Question, SamplingParams
+from relift_ray.records import AdapterWeights, Completion, Question, SamplingParams
 from relift_ray.rollout.placement import engine_placement
 
 
@@ -35,7 +42,7 @@ class VLLMGenerator:
                  enable_sleep_mode: bool = False, weight_transfer: str = "auto",
                  enforce_eager: bool = False, bucket_mb: int = 512,
                  distributed_executor_backend: str | None = None, device: str = "auto",
-                 kv_cache_gib: int = 2, threads: int = 0):
+                 kv_cache_gib: int = 2, threads: int = 0, lora_rank: int = 0):
         import os
 
         # torch: in the engine actor only
@@ -79,6 +86,8 @@ class VLLMGenerator:
                           weight_transfer_config={"backend": weight_transfer})
         if max_model_len:
             kwargs["max_model_len"] = max_model_len
+        if lora_rank:  # adapters arrive per weight version (load_weights), one at a time
+            kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=_lora_rank_slot(lora_rank))
         if distributed_executor_backend:
             kwargs["distributed_executor_backend"] = distributed_executor_backend
         self.llm = LLM(**kwargs)
@@ -90,6 +99,10 @@ class VLLMGenerator:
                        else self.tokenizer.eos_token_id)
         self.weight_transfer = weight_transfer
         self.bucket_mb = bucket_mb
+        self.lora_rank = lora_rank
+        self.lora_request = None  # the adapter every request carries (None: the base alone)
+        self._lora_ids = 0
+        self._lora_dir = None
         self.weight_version = 0
         self.tokens_generated = 0
         self.asleep = False
@@ -120,7 +133,8 @@ class VLLMGenerator:
             raise RuntimeError("generate() on a sleeping vLLM engine: call wake_up() first")
         prompts = [{"prompt_token_ids": self.tokenizer.encode(q.prompt, add_special_tokens=False)}
                    for q in questions]
-        outs = self.llm.generate(prompts, self.sampling_params(params), use_tqdm=False)
+        outs = self.llm.generate(prompts, self.sampling_params(params), use_tqdm=False,
+                                 lora_request=self.lora_request)
         result = []
         for q, prompt, out in zip(questions, prompts, outs):
             group = []
@@ -154,12 +168,18 @@ class VLLMGenerator:
         self.weight_version = version
         return version
 
-    def load_weights(self, version: int, state_dict: dict) -> int:
+    def load_weights(self, version: int, state_dict: dict | AdapterWeights) -> int:
         """The object-store path: a CPU state dict (one ``ray.put`` by the learner) goes to this
         GPU, then into the engine by CUDA IPC in buckets of ``bucket_mb``; on CPU, straight
-        into the engine through the weight-transfer API (rollout/vllm_weights.py)."""
+        into the engine through the weight-transfer API (rollout/vllm_weights.py). A LoRA
+        run's adapters (``AdapterWeights``) become the engine's LoRA adapter instead: the base
+        weights stay, every later request carries the new adapter."""
         # torch: in the engine actor only
         import torch
+
+        if isinstance(state_dict, AdapterWeights):
+            return self._load_adapter(version, state_dict)
+        self.lora_request = None
 
         if self.device == "cpu":
             self.llm.start_weight_update()
@@ -177,6 +197,32 @@ class VLLMGenerator:
         device = torch.device("cuda", torch.cuda.current_device())
         ipc_send([self], ((k, v.to(device, non_blocking=True)) for k, v in state_dict.items()),
                  bucket_bytes_for(state_dict.values(), self.bucket_mb))
+        return self.set_version(version)
+
+    def _load_adapter(self, version: int, weights: AdapterWeights) -> int:
+        """The adapters as vLLM's LoRA adapter: written as PEFT's folder (what vLLM's loader
+        reads) under a fresh id; the previous one is dropped from the engine."""
+        import tempfile
+
+        from vllm.lora.request import LoRARequest  # vLLM: in the engine actor only
+
+        if not self.lora_rank:
+            raise RuntimeError("LoRA adapters sent to a vLLM engine started without LoRA "
+                               "(VLLMGenerator(lora_rank=...); model.lora.rank)")
+        if weights.config["r"] > self.lora_rank:
+            raise ValueError(f"adapter rank {weights.config['r']} > the engine's {self.lora_rank}")
+        if self._lora_dir is None:
+            self._lora_dir = tempfile.mkdtemp(prefix="relift-lora-")
+        self._lora_ids += 1
+        folder = write_adapter(f"{self._lora_dir}/{self._lora_ids}", weights,
+                               self.model_path, self.model_path, "")
+        old = self.lora_request
+        self.lora_request = LoRARequest(f"policy-{self._lora_ids}", self._lora_ids, str(folder))
+        if not self.llm.llm_engine.add_lora(self.lora_request):
+            raise RuntimeError(f"vLLM did not load the adapter of version {version}")
+        if old is not None:
+            self.llm.llm_engine.remove_lora(old.lora_int_id)
+            shutil.rmtree(old.lora_path, ignore_errors=True)
         return self.set_version(version)
 
     def load_base(self) -> int:
@@ -218,6 +264,14 @@ class VLLMGenerator:
         import torch
         free, total = torch.cuda.mem_get_info()
         return (total - free) / 2 ** 30
+
+
+def _lora_rank_slot(rank: int) -> int:
+    """vLLM's max_lora_rank for adapters of ``rank``: the smallest size it takes that fits."""
+    for slot in (1, 8, 16, 32, 64, 128, 256, 320, 512):
+        if rank <= slot:
+            return slot
+    raise ValueError(f"model.lora.rank={rank}: vLLM takes adapters of rank 512 at most")
 
 
 def _as_dict(request, key: str) -> dict:

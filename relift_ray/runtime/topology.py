@@ -143,6 +143,7 @@ def vllm_actor(cfg: RunConfig, model_path: str, name: str, placed: dict | None =
         device="cuda" if c.use_gpu else "cpu", kv_cache_gib=g.cpu_kv_cache_gib,
         threads=0 if c.use_gpu else (threads or c.generator_threads or c.torch_threads),
         enforce_eager=g.enforce_eager, bucket_mb=g.bucket_mb,
+        lora_rank=cfg.model.lora.rank if cfg.model.lora.sync == "adapter" else 0,
         **({"distributed_executor_backend": "ray"} if tp > 1 else {}))
 
 

@@ -100,10 +100,11 @@ class Tracker:
         self.mlflow.log_dict(events, "timeline.json")
 
     def log_policy(self, path: str | Path, name: str, registered: str, alias: str,
-                   max_new_tokens: int = 512) -> str:
+                   max_new_tokens: int = 512, tags: dict | None = None) -> str:
         """An HF policy folder as an MLflow model (transformers flavour, text generation,
         greedy by default; ``max_new_tokens`` and sampling settings overridable per call),
-        registered as a version of ``registered`` with ``alias``; returns its models:/ URI."""
+        registered as a version of ``registered`` with ``alias`` and ``tags`` (the base model,
+        a LoRA run's adapter); returns its models:/ URI."""
         # MLflow (~1.5 s of imports): only where a run logs
         import mlflow
         import mlflow.transformers
@@ -124,8 +125,11 @@ class Tracker:
             # pinned here: inferring them imports packages (torchvision) we do not have
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
                               f"transformers=={transformers.__version__}"])
-        self.mlflow.MlflowClient().set_registered_model_alias(
-            registered, alias, info.registered_model_version)
+        client = self.mlflow.MlflowClient()
+        client.set_registered_model_alias(registered, alias, info.registered_model_version)
+        for key, value in (tags or {}).items():
+            client.set_model_version_tag(registered, info.registered_model_version, key,
+                                         str(value))
         return f"models:/{registered}@{alias}"
 
     def log_questions(self, rows: list[dict], folder: Path, title: str = "") -> dict:

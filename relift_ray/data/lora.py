@@ -1,0 +1,226 @@
+"""LoRA adapters (``model.lora``): PEFT's model around the learner's, the adapters as a weight
+sync sends them, their folder format, and a LoRA checkpoint turned back into one model.
+
+    peft_model = wrap(model, cfg.model.lora, model_path)  # only the adapters train
+    adapter_weights(peft_model)     # AdapterWeights: what an adapter sync sends
+    merged_state_dict(peft_model)   # HF names, adapters merged in: what a merged sync sends
+    generator_model = apply_adapter(generator_model, weights)   # a generator's side
+    write_adapter(folder, weights, base_spec, base_path)         # a checkpoint's policy/
+    resolve_adapter(folder)         # base + adapter -> an HF folder of the merged model
+
+An adapter folder is PEFT's own (``adapter_config.json``, ``adapter_model.safetensors``), so
+``PeftModel.from_pretrained`` and vLLM's LoRA loader read it as they are, plus
+``relift_base.json``: the base model as the run's config named it (``model.path``) and the
+folder it resolved to, so it can be found again on another machine.
+
+torch, peft and safetensors are imported inside the functions: this module is imported by
+the config's users too, which need none of them.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from pathlib import Path
+
+from relift_ray.errors import ConfigError
+from relift_ray.records import AdapterWeights
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_FILE = "adapter_model.safetensors"
+BASE_FILE = "relift_base.json"
+_LORA_KEY = re.compile(r"\.lora_[A-Za-z_]+\.")  # lora_A, lora_B, lora_embedding_A, ...
+
+
+def is_adapter(folder: str | Path) -> bool:
+    return (Path(folder) / ADAPTER_CONFIG).exists()
+
+
+def peft_config(settings: dict):
+    """PEFT's LoraConfig from ``AdapterWeights.config`` (or ``lora_settings``)."""
+    # peft: only LoRA runs need it
+    from peft import LoraConfig
+    return LoraConfig(task_type="CAUSAL_LM", **settings)
+
+
+def lora_settings(lora) -> dict:
+    """PEFT's settings for a ``model.lora`` config section."""
+    targets = lora.target_modules
+    return {"r": lora.rank, "lora_alpha": lora.alpha, "lora_dropout": lora.dropout,
+            "target_modules": "all-linear" if list(targets) == ["all-linear"] else list(targets)}
+
+
+def check_targets(model, target_modules: list, model_path: str) -> None:
+    """``ConfigError`` naming ``model.lora.target_modules`` when a name matches no module of
+    the model (PEFT matches a name against the end of each module's dotted name)."""
+    # torch: with the model, which exists already
+    import torch
+    if list(target_modules) == ["all-linear"]:
+        return
+    names = [n for n, _ in model.named_modules()]
+    for t in target_modules:
+        if not any(n == t or n.endswith("." + t) for n in names):
+            linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                             if isinstance(m, torch.nn.Linear)})
+            raise ConfigError(f"model.lora.target_modules: {t!r} is no module of {model_path} "
+                              f"(its linear layers: {', '.join(linear)}; or all-linear)")
+
+
+def check_targets_of(model_path: str, target_modules: list) -> None:
+    """``check_targets`` on the model of ``model_path`` built without its weights (the
+    driver's check before any worker starts)."""
+    # torch, transformers: the model's skeleton, on the meta device (no memory, no weights)
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path))
+    check_targets(model, target_modules, model_path)
+
+
+def wrap(model, lora, model_path: str):
+    """PEFT's model around ``model`` with the adapters of ``lora`` (model.lora): every base
+    weight frozen, the adapters trainable (A random, B zero: the policy starts as the base)."""
+    # peft: only LoRA runs need it
+    from peft import get_peft_model
+    check_targets(model, lora.target_modules, model_path)
+    return get_peft_model(model, peft_config(lora_settings(lora)))
+
+
+def _resolved_settings(peft_model) -> dict:
+    c = peft_model.peft_config[peft_model.active_adapter]
+    # all-linear: the modules PEFT resolved it to, by their last names (q_proj, ...), as
+    # vLLM's LoRA loader reads them
+    targets = c.target_modules
+    if isinstance(targets, (set, list, tuple)):
+        targets = sorted({t.rsplit(".", 1)[-1] for t in targets})
+    return {"r": c.r, "lora_alpha": c.lora_alpha, "lora_dropout": c.lora_dropout,
+            "target_modules": targets}
+
+
+def adapter_weights(peft_model) -> AdapterWeights:
+    """CPU copies of the adapters, by PEFT's names, with their settings."""
+    # peft: only LoRA runs need it
+    from peft import get_peft_model_state_dict
+    sd = get_peft_model_state_dict(peft_model)
+    return AdapterWeights(_resolved_settings(peft_model),
+                          {k: v.detach().to("cpu", copy=True) for k, v in sd.items()})
+
+
+def merged_state_dict(peft_model) -> dict:
+    """The base model's state dict (its own HF names) with each adapter's delta added to the
+    weight it adapts: what the merged model holds, computed without touching the learner's
+    weights (merging in place and back would drift them in low precision). The delta and
+    the sum are fp32, rounded once to the weight's dtype, as PEFT's merge of an fp32 copy."""
+    # peft: only LoRA runs need it
+    from peft.tuners.lora import LoraLayer
+    base = peft_model.get_base_model()
+    deltas = {}
+    for name, mod in base.named_modules():
+        if isinstance(mod, LoraLayer):
+            for a in (a for a in mod.active_adapters if a in mod.lora_A):
+                d = mod.lora_B[a].weight.float() @ mod.lora_A[a].weight.float() * mod.scaling[a]
+                d = d.T if mod.fan_in_fan_out else d
+                deltas[f"{name}.weight"] = deltas.get(f"{name}.weight", 0) + d
+    out = {}
+    for key, value in base.state_dict().items():
+        if _LORA_KEY.search(key):
+            continue
+        key = key.replace(".base_layer.", ".")
+        value = value.detach()
+        if key in deltas:
+            value = (value.float() + deltas[key]).to(value.dtype)
+        out[key] = value.to("cpu", copy=True)
+    return out
+
+
+def apply_adapter(model, weights: AdapterWeights):
+    """``model`` (a plain HF model, or the PEFT model an earlier call returned) with the
+    adapters of ``weights`` loaded; returns the PEFT model, in eval mode."""
+    # peft: only LoRA runs need it
+    from peft import PeftModel, get_peft_model, set_peft_model_state_dict
+    if not isinstance(model, PeftModel):
+        model = get_peft_model(model, peft_config(weights.config))
+    elif _resolved_settings(model)["target_modules"] != weights.config["target_modules"]:
+        raise ValueError(f"adapter for modules {weights.config['target_modules']} sent to a "
+                         f"generator holding adapters of "
+                         f"{_resolved_settings(model)['target_modules']}")
+    result = set_peft_model_state_dict(model, weights.tensors)
+    missing = [k for k in result.missing_keys if _LORA_KEY.search(k)]
+    if result.unexpected_keys or missing:
+        raise ValueError(f"adapter does not fit the model: unexpected "
+                         f"{result.unexpected_keys[:3]}, missing {missing[:3]}")
+    return model.eval()
+
+
+def write_adapter(folder: str | Path, weights: AdapterWeights, base_spec: str,
+                  base_path: str, dtype: str) -> Path:
+    """PEFT's adapter folder (``PeftModel.from_pretrained`` and vLLM read it) plus
+    ``relift_base.json`` naming the base model and the dtype the run held it in."""
+    # safetensors: only LoRA runs write adapters
+    from safetensors.torch import save_file
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    c = peft_config(weights.config)
+    c.base_model_name_or_path = base_path
+    c.save_pretrained(str(folder))
+    save_file({k: v.contiguous() for k, v in weights.tensors.items()}, folder / ADAPTER_FILE)
+    (folder / BASE_FILE).write_text(json.dumps({"model.path": base_spec, "path": base_path,
+                                                "dtype": dtype}, indent=1))
+    return folder
+
+
+def read_adapter(folder: str | Path) -> AdapterWeights:
+    # safetensors: only LoRA runs read adapters
+    from safetensors.torch import load_file
+    folder = Path(folder)
+    c = json.loads((folder / ADAPTER_CONFIG).read_text())
+    targets = c["target_modules"]  # PEFT writes a set's names in no fixed order
+    settings = {"r": c["r"], "lora_alpha": c["lora_alpha"], "lora_dropout": c["lora_dropout"],
+                "target_modules": sorted(targets) if isinstance(targets, list) else targets}
+    return AdapterWeights(settings, load_file(folder / ADAPTER_FILE))
+
+
+def base_of(folder: str | Path) -> dict:
+    """The base model an adapter folder was trained on: {"model.path": as the run's config
+    named it, "path": the folder it resolved to there, "dtype": the run's model.dtype}."""
+    folder = Path(folder)
+    f = folder / BASE_FILE
+    if f.exists():
+        return json.loads(f.read_text())
+    path = json.loads((folder / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    if not path:
+        raise FileNotFoundError(f"{folder}: an adapter that names no base model (no {BASE_FILE}"
+                                f", no base_model_name_or_path in {ADAPTER_CONFIG})")
+    return {"model.path": path, "path": path, "dtype": ""}
+
+
+def merged_model(adapter_dir: str | Path, base_path: str, out: str | Path) -> Path:
+    """Write the base model of ``base_path`` with the adapter of ``adapter_dir`` merged in, as
+    an HF folder with the adapter's tokenizer (or the base's), at ``out``; complete or absent
+    (written beside, then renamed). The base is read in the dtype the run trained it in and
+    merged in fp32, so the result is the learner's own merged policy, bit for bit."""
+    # torch, transformers: only when a LoRA checkpoint is loaded as one model
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    out, adapter_dir = Path(out), Path(adapter_dir)
+    dtype = getattr(torch, base_of(adapter_dir).get("dtype") or "float32")
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype).float()
+    merged = apply_adapter(base, read_adapter(adapter_dir)).merge_and_unload().to(dtype)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged.save_pretrained(tmp)
+    tok_src = adapter_dir if (adapter_dir / "tokenizer_config.json").exists() else base_path
+    AutoTokenizer.from_pretrained(tok_src).save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def merged_cache_key(adapter_dir: str | Path, base_path: str) -> str:
+    """Names the merged model of this adapter on this base: a hash of the adapter's files and
+    the base folder."""
+    h = hashlib.sha256(str(Path(base_path).resolve()).encode())
+    for name in (ADAPTER_CONFIG, ADAPTER_FILE):
+        h.update((Path(adapter_dir) / name).read_bytes())
+    return h.hexdigest()[:16]
