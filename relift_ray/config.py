@@ -304,6 +304,11 @@ class CompareConfig:
     # the pre-registered claims the report tests: toy (docs/preregistration_toy_claims.md),
     # smollm2_gsm8k / smollm2_toy (docs/preregistration_smollm2_gsm8k.md), or none
     claims: str = one_of("toy", "smollm2_gsm8k", "smollm2_toy", "none")
+    # relift_lora: ReLIFT training LoRA adapters of this rank (the rest of model.lora as
+    # configured), with algo.lr and algo.sft_lr times lora_lr_scale: adapters learn best at
+    # about ten times a full fine-tune's rate
+    lora_rank: int = positive(16)
+    lora_lr_scale: float = positive(10.0)
 
 
 @dataclass

@@ -32,6 +32,11 @@ def test_every_method_is_a_valid_config_with_the_same_budget():
     assert made["sft_every_step"].algo.sft_trigger == "every_step"
     assert made["mixed"].algo.mode == "mixed"
     assert made["relift"].algo == cfg.algo  # the released algorithm, unchanged
+    assert not made["relift"].model.lora.rank
+    lora = made["relift_lora"]  # ReLIFT on adapters, at ten times the rates
+    assert lora.algo.mode == "relift" and lora.model.lora.rank == cfg.compare.lora_rank == 16
+    assert (lora.algo.lr, lora.algo.sft_lr) == pytest.approx((10 * cfg.algo.lr,
+                                                              10 * cfg.algo.sft_lr))
     with pytest.raises(ConfigError, match="unknown method 'dpo'"):
         method_config(cfg, "dpo", 1)
 

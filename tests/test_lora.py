@@ -230,3 +230,20 @@ def test_rl_only_steps_leave_the_sft_state_empty(base):
     learner = _learner(base)
     learner.train_step(TrainBatch(step=1, rl=RL))
     assert not learner.opt.phase_state["sft"]
+
+
+@pytest.mark.parametrize("stage", [0, 3])
+def test_a_lora_run_resumes_bit_for_bit_under_zero_0_and_3(base, stage, tmp_path):
+    from relift_ray.learner.checkpoint import save_learner
+    a = _learner(base, **{"train.zero_stage": stage})
+    for batch in BEFORE:
+        a.train_step(batch)
+    save_learner(a, tmp_path, rank=0, world=1)
+    a.train_step(AFTER[0])
+    want = a.adapter_weights().tensors
+    b = _learner(base, **{"train.zero_stage": stage})
+    load_learner(b, tmp_path, rank=0, world=1)
+    b.train_step(AFTER[0])
+    got = b.adapter_weights().tensors
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[k], v) for k, v in want.items())

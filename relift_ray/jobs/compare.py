@@ -61,6 +61,8 @@ METHODS: dict[str, dict] = {
     # asynchronous rollouts: each batch sampled with weights one version behind the learner
     "relift_async": {"mode": "relift", "max_staleness": 1},
     "rl_async": {"mode": "rl", "max_staleness": 1},
+    # ReLIFT training LoRA adapters alone (compare.lora_rank, rates x compare.lora_lr_scale)
+    "relift_lora": {"mode": "relift", "lora": True},
     # controls for ReLIFT's demonstrations: offline SFT on as many as ReLIFT used in the same
     # seed, a random subset / exactly those (the same steps and SFT batch size as `sft`)
     "sft_matched_random": {"mode": "sft"},
@@ -91,7 +93,12 @@ def method_config(cfg: RunConfig, method: str, seed: int) -> RunConfig:
         raise ConfigError(f"compare.steps.{unknown[0]}: unknown method {unknown[0]!r} "
                           f"(known: {', '.join(METHODS)})")
     out = copy.deepcopy(cfg)
-    for key, value in METHODS[method].items():
+    spec = dict(METHODS[method])
+    if spec.pop("lora", False):
+        out.model.lora.rank = cfg.compare.lora_rank
+        out.algo.lr *= cfg.compare.lora_lr_scale
+        out.algo.sft_lr *= cfg.compare.lora_lr_scale
+    for key, value in spec.items():
         setattr(out.algo, key, value)
     out.train.steps = cfg.compare.steps.get(method, cfg.train.steps)
     if method == "sft_then_rl":

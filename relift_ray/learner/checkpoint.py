@@ -122,7 +122,7 @@ def save_learner(learner, directory: Path, rank: int, world: int) -> None:
     (ds_dir / _meta_name(rank)).write_text(json.dumps({
         "world": world, "rank": rank, "phase": current, "tag": TAG,
         "zero_stage": cfg.train.zero_stage, "dtype": cfg.model.dtype,
-        "lora": learner.lora and dict(lora_settings(cfg.model.lora), base=cfg.model.path)}))
+        "lora": _lora_of(cfg)}))
 
 
 def saved_world(directory: Path) -> int:
@@ -168,7 +168,7 @@ def load_learner(learner, directory: Path, rank: int, world: int) -> None:
     # DeepSpeed loads the saved active phase into the base optimizer's current state: make it
     # the same phase first (its lr and weight decay too)
     opt.set_phase(phases["phase"])
-    _check_lora(directory, learner)
+    check_lora(directory, learner.cfg)
     load_path, _ = learner.engine.load_checkpoint(
         str(ds_dir), tag=TAG, load_module_strict=not learner.lora, load_optimizer_states=True,
         load_lr_scheduler_states=False)
@@ -183,13 +183,17 @@ def load_learner(learner, directory: Path, rank: int, world: int) -> None:
         opt.set_phase(phases["phase"])
 
 
-def _check_lora(directory: Path, learner) -> None:
-    """A LoRA checkpoint holds the adapters alone: it resumes only as a LoRA run with the same
-    adapters, on the same base model (and a full one only as a full run)."""
+def _lora_of(cfg) -> dict | None:
+    lora = cfg.model.lora
+    return dict(lora_settings(lora), base=cfg.model.path) if lora.rank else None
+
+
+def check_lora(directory: Path, cfg) -> None:
+    """A LoRA checkpoint holds the adapters alone: it resumes only a LoRA run with the same
+    adapters on the same base model (and a full one only a full run). ValueError saying so
+    otherwise."""
     meta = json.loads((Path(directory) / DS_DIR / _meta_name(0)).read_text())
-    saved, cfg = meta.get("lora") or None, learner.cfg
-    now = learner.lora and dict(lora_settings(cfg.model.lora), base=cfg.model.path)
-    now = now or None
+    saved, now = meta.get("lora") or None, _lora_of(cfg)
     if saved != now:
         def say(x):
             return "a full fine-tune" if x is None else \

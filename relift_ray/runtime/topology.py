@@ -34,9 +34,10 @@ from relift_ray.rollout.vllm_engine import VLLMGenerator
 
 def check_resumable(cfg: RunConfig) -> bool:
     """Whether this run resumes from checkpoints under Ray Train's storage; stops with a clear
-    error, before any learner starts, when they were written by another number of learners."""
+    error, before any learner starts, when they were written by another number of learners,
+    or by a LoRA run for a full one (or with other adapters, or the other way round)."""
     # torch: the training job imports it in the background while Ray starts
-    from relift_ray.learner.checkpoint import CheckpointWorldMismatch, check_world
+    from relift_ray.learner.checkpoint import CheckpointWorldMismatch, check_lora, check_world
     ckpts = sorted((Path(cfg.storage_path) / cfg.name).glob("checkpoint_*"))
     for ckpt in ckpts:
         try:
@@ -45,6 +46,10 @@ def check_resumable(cfg: RunConfig) -> bool:
             continue
         except CheckpointWorldMismatch as e:
             raise ConfigError(f"cluster.num_learners={cfg.cluster.num_learners}: {e}") from None
+        try:
+            check_lora(ckpt, cfg)
+        except ValueError as e:
+            raise ConfigError(f"model.lora: {e}") from None
     return bool(ckpts)
 
 
