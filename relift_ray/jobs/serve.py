@@ -277,8 +277,9 @@ def serve_main(argv: list[str]) -> int:
 
     p = argparse.ArgumentParser(prog="relift serve", description=(
         "Serve a model or checkpoint as an OpenAI-compatible API (completions and chat)."))
-    p.add_argument("--model", required=True, help="HF folder, hub id, checkpoint or run folder; a LoRA adapter, checkpoint or run "
-                   "serves its base model with the adapter merged in")
+    p.add_argument("--model", required=True, help=(
+        "HF folder, hub id, checkpoint or run folder; a LoRA adapter, checkpoint or run "
+        "serves its base model with the adapter merged in"))
     p.add_argument("--name", default="", help="the model name clients send (default: --model)")
     p.add_argument("--backend", choices=["transformers", "vllm"], default="transformers")
     p.add_argument("--host", default="127.0.0.1")
