@@ -108,3 +108,28 @@ def test_rerun_resumes_the_lora_run(lora_run):
     from relift_ray.errors import ConfigError
     with pytest.raises(ConfigError, match="LoRA r=8.*this run is a full fine-tune"):
         run(_cfg(cfg.output_dir, "train.steps=8", "model.lora.rank=0"))
+
+
+def test_the_evaluation_job_takes_the_lora_checkpoint(lora_run, tmp_path):
+    from relift_ray.data.registry import resolve_model
+    from relift_ray.data.toy import task
+    from relift_ray.jobs.evaluate import run
+    from relift_ray.records import Question, SamplingParams
+    from relift_ray.rollout.hf import HFGenerator
+    _, s, base = lora_run
+    questions = task.make_questions("test")[::18][:40]
+    data = tmp_path / "toy_test.jsonl"
+    data.write_text("".join(json.dumps({"id": q.id, "prompt": q.prompt, "answer": q.answer,
+                                        "level": q.level}) + "\n" for q in questions))
+    cfg = load_config("toy", [f"eval.model={s.checkpoint}", "eval.benchmarks=[gsm8k]",
+                              f"eval.files.gsm8k={data}", "eval.temperature=0",
+                              "eval.k.gsm8k=1", f"output_dir={tmp_path / 'eval'}"])
+    res = run(cfg)
+    merged = resolve_model(s.checkpoint)
+    assert res.model == merged
+    params = SamplingParams(n=1, temperature=0.0, max_new_tokens=cfg.algo.max_new_tokens)
+    qs = [Question(id=q.id, prompt=q.prompt, answer=q.answer) for q in questions]
+    want = [g[0].text for g in HFGenerator(merged).generate(qs, params)]
+    by_id = {r["id"]: r["response_0"] for r in res.rows}
+    assert [by_id[f"gsm8k/{q.id}"] for q in questions] == want
+    assert want != [g[0].text for g in HFGenerator(base).generate(qs, params)]
