@@ -36,6 +36,7 @@ import ray
 
 from relift_ray.config import RunConfig, validate
 from relift_ray.data.load import load_data
+from relift_ray.data.lora import check_targets_of
 from relift_ray.data.registry import resolve_model
 from relift_ray.errors import ConfigError
 from relift_ray.imports import skip_unused_modules
@@ -263,6 +264,8 @@ def prepare(job: Comparison) -> None:
 
     cfg, cc = job.cfg, job.cfg.compare
     job.model_path = resolve_model(cfg.model.path)
+    if any(method_config(cfg, m, 0).model.lora.rank for m in cc.methods):
+        check_targets_of(job.model_path, cfg.model.lora.target_modules)  # before any run
     tokenizer = AutoTokenizer.from_pretrained(job.model_path)
     job.train_qs, job.test_qs, _ = load_data(cfg, tokenizer)
     print(f"[compare] {len(cc.methods)} methods x {len(cc.seeds)} seeds = {len(job.configs)} "
