@@ -66,6 +66,10 @@ def test_a_target_module_the_model_lacks_is_named(base):
                                           r"module of .*q_proj"):
         check_targets_of(base, ["q_proj", "qkv_proj"])
     check_targets_of(base, ["q_proj", "v_proj"])  # both exist
+    for name, what in (("lm_head", "lm_head"), ("embed_tokens", "model.embed_tokens"),
+                       ("mlp", "model.layers.0.mlp")):  # the head, an embedding, a block
+        with pytest.raises(ConfigError, match=f"matches {what}, which is not a linear layer"):
+            check_targets_of(base, [name])
     with pytest.raises(ConfigError, match="'qkv_proj'"):  # the learner checks too
         _learner(base, **{"model.lora.target_modules": "qkv_proj"})
 
@@ -247,3 +251,44 @@ def test_a_lora_run_resumes_bit_for_bit_under_zero_0_and_3(base, stage, tmp_path
     got = b.adapter_weights().tensors
     assert got.keys() == want.keys()
     assert all(torch.equal(got[k], v) for k, v in want.items())
+
+
+def test_the_old_policy_log_probs_are_taken_without_lora_dropout(base):
+    from relift_ray.learner.forward import to_tensors
+    learner = _learner(base, **{"model.lora.dropout": 0.5, "model.dtype": "float32"})
+    with torch.no_grad():  # adapters that matter, so that dropping their input shows
+        for n, p in learner.engine.module.named_parameters():
+            if ".lora_B." in n:
+                p.fill_(0.5)
+    t = to_tensors(list(RL), 0, "cpu")
+
+    def logp():
+        with torch.no_grad():
+            return learner._logprobs(t)[0]
+    assert not torch.equal(logp(), logp())  # training mode: a fresh dropout mask each pass
+    with learner._without_dropout():
+        assert torch.equal(logp(), logp())
+    assert learner.engine.module.training  # back to training mode
+
+
+def test_a_lora_checkpoint_does_not_resume_on_other_base_weights(run, base, tmp_path):
+    import shutil
+    other = tmp_path / "other-base"
+    shutil.copytree(base, other)
+    conf = json.loads((other / "config.json").read_text())
+    conf["initializer_range"] = 0.5  # another model under the same model.path
+    (other / "config.json").write_text(json.dumps(conf))
+    with pytest.raises(ValueError, match="base_fingerprint"):
+        load_learner(_learner(str(other)), run["ckpt"], rank=0, world=1)
+
+
+def test_an_adapter_whose_base_is_itself_is_an_error(run, tmp_path):
+    import shutil
+
+    from relift_ray.data.registry import ModelNotFound
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(run["ckpt"] / "policy", ckpt / "policy")
+    (ckpt / "policy/relift_base.json").write_text(json.dumps(
+        {"model.path": str(ckpt), "path": "/gone/base", "dtype": "bfloat16"}))
+    with pytest.raises(ModelNotFound, match="resolves back to the adapter itself"):
+        resolve_model(str(ckpt))

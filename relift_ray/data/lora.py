@@ -51,20 +51,35 @@ def lora_settings(lora) -> dict:
             "target_modules": "all-linear" if list(targets) == ["all-linear"] else list(targets)}
 
 
-def check_targets(model, target_modules: list, model_path: str) -> None:
-    """``ConfigError`` naming ``model.lora.target_modules`` when a name matches no module of
-    the model (PEFT matches a name against the end of each module's dotted name)."""
+def _adaptable(model) -> dict:
+    """{name: module} of the layers an adapter may go on: the linear layers but the output
+    head (whose adapters a merged sync could not express, and that tied embeddings share)."""
     # torch: with the model, which exists already
     import torch
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return {n: m for n, m in model.named_modules()
+            if (isinstance(m, torch.nn.Linear) or type(m).__name__ == "Conv1D")
+            and m is not head}
+
+
+def check_targets(model, target_modules: list, model_path: str) -> None:
+    """``ConfigError`` naming ``model.lora.target_modules`` when a name matches no module of
+    the model, or a module that is not a linear layer or is the output head (PEFT matches a
+    name against the end of each module's dotted name)."""
     if list(target_modules) == ["all-linear"]:
         return
-    names = [n for n, _ in model.named_modules()]
+    ok = _adaptable(model)
+    linear = ", ".join(sorted({n.rsplit(".", 1)[-1] for n in ok}))
     for t in target_modules:
-        if not any(n == t or n.endswith("." + t) for n in names):
-            linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
-                             if isinstance(m, torch.nn.Linear)})
+        hits = [n for n, _ in model.named_modules() if n == t or n.endswith("." + t)]
+        if not hits:
             raise ConfigError(f"model.lora.target_modules: {t!r} is no module of {model_path} "
-                              f"(its linear layers: {', '.join(linear)}; or all-linear)")
+                              f"(its linear layers: {linear}; or all-linear)")
+        bad = [n for n in hits if n not in ok]
+        if bad:
+            raise ConfigError(f"model.lora.target_modules: {t!r} matches {bad[0]}, which is "
+                              f"not a linear layer of the body of {model_path} (adapters go on "
+                              f"its linear layers: {linear}; or all-linear)")
 
 
 def check_targets_of(model_path: str, target_modules: list) -> None:
@@ -83,17 +98,29 @@ def wrap(model, lora, model_path: str):
     weight frozen, the adapters trainable (A random, B zero: the policy starts as the base)."""
     # peft: only LoRA runs need it
     from peft import get_peft_model
+    from peft.tuners.lora import LoraLayer
     check_targets(model, lora.target_modules, model_path)
-    return get_peft_model(model, peft_config(lora_settings(lora)))
+    peft_model = get_peft_model(model, peft_config(lora_settings(lora)))
+    c = peft_model.peft_config[peft_model.active_adapter]
+    if list(lora.target_modules) == ["all-linear"] and isinstance(c.target_modules, set):
+        # PEFT resolved all-linear to every module's full name; the last names (q_proj, ...)
+        # say the same in a tenth of the text, and are what vLLM's LoRA loader reads, when
+        # they select exactly the adapted modules
+        short = {t.rsplit(".", 1)[-1] for t in c.target_modules}
+        adapted = {n for n, m in peft_model.get_base_model().named_modules()
+                   if isinstance(m, LoraLayer)}
+        named = {n for n, _ in peft_model.get_base_model().named_modules()
+                 if n.rsplit(".", 1)[-1] in short}
+        if named == adapted:
+            c.target_modules = short
+    return peft_model
 
 
 def _resolved_settings(peft_model) -> dict:
     c = peft_model.peft_config[peft_model.active_adapter]
-    # all-linear: the modules PEFT resolved it to, by their last names (q_proj, ...), as
-    # vLLM's LoRA loader reads them
     targets = c.target_modules
     if isinstance(targets, (set, list, tuple)):
-        targets = sorted({t.rsplit(".", 1)[-1] for t in targets})
+        targets = sorted(targets)
     return {"r": c.r, "lora_alpha": c.lora_alpha, "lora_dropout": c.lora_dropout,
             "target_modules": targets}
 
@@ -102,7 +129,8 @@ def adapter_weights(peft_model) -> AdapterWeights:
     """CPU copies of the adapters, by PEFT's names, with their settings."""
     # peft: only LoRA runs need it
     from peft import get_peft_model_state_dict
-    sd = get_peft_model_state_dict(peft_model)
+    # (no embedding layers are adapted: PEFT's "auto" would ask the hub about the base)
+    sd = get_peft_model_state_dict(peft_model, save_embedding_layers=False)
     return AdapterWeights(_resolved_settings(peft_model),
                           {k: v.detach().to("cpu", copy=True) for k, v in sd.items()})
 
@@ -139,12 +167,11 @@ def apply_adapter(model, weights: AdapterWeights):
     adapters of ``weights`` loaded; returns the PEFT model, in eval mode."""
     # peft: only LoRA runs need it
     from peft import PeftModel, get_peft_model, set_peft_model_state_dict
+    if isinstance(model, PeftModel) and _resolved_settings(model) != weights.config:
+        model = model.unload()  # other settings: adapters of the new shape on the plain model
     if not isinstance(model, PeftModel):
-        model = get_peft_model(model, peft_config(weights.config))
-    elif _resolved_settings(model)["target_modules"] != weights.config["target_modules"]:
-        raise ValueError(f"adapter for modules {weights.config['target_modules']} sent to a "
-                         f"generator holding adapters of "
-                         f"{_resolved_settings(model)['target_modules']}")
+        # the adapters in the model's own dtype, as the learner's
+        model = get_peft_model(model, peft_config(weights.config), autocast_adapter_dtype=False)
     result = set_peft_model_state_dict(model, weights.tensors)
     missing = [k for k in result.missing_keys if _LORA_KEY.search(k)]
     if result.unexpected_keys or missing:
@@ -161,6 +188,8 @@ def write_adapter(folder: str | Path, weights: AdapterWeights, base_spec: str,
     from safetensors.torch import save_file
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    if Path(base_path).exists():  # a local folder: absolute, whatever the working directory
+        base_path = str(Path(base_path).resolve())
     c = peft_config(weights.config)
     c.base_model_name_or_path = base_path
     c.save_pretrained(str(folder))
@@ -200,21 +229,40 @@ def merged_model(adapter_dir: str | Path, base_path: str, out: str | Path) -> Pa
     an HF folder with the adapter's tokenizer (or the base's), at ``out``; complete or absent
     (written beside, then renamed). The base is read in the dtype the run trained it in and
     merged in fp32, so the result is the learner's own merged policy, bit for bit."""
-    # torch, transformers: only when a LoRA checkpoint is loaded as one model
+    # torch, transformers, peft: only when a LoRA checkpoint is loaded as one model
+    import tempfile
+
     import torch
+    from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
     out, adapter_dir = Path(out), Path(adapter_dir)
     dtype = getattr(torch, base_of(adapter_dir).get("dtype") or "float32")
     base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype).float()
-    merged = apply_adapter(base, read_adapter(adapter_dir)).merge_and_unload().to(dtype)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    # PEFT's own reading of the folder: every setting of an adapter trained elsewhere too
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload().to(dtype)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
     merged.save_pretrained(tmp)
     tok_src = adapter_dir if (adapter_dir / "tokenizer_config.json").exists() else base_path
     AutoTokenizer.from_pretrained(tok_src).save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    try:
+        tmp.rename(out)  # the first complete copy stays: another process may be reading it
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def base_fingerprint(path: str) -> str:
+    """What identifies a base model's weights cheaply: its config and the names and sizes of
+    its weight files (a hub id stands for itself)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return str(path)
+    h = hashlib.sha256((folder / "config.json").read_bytes()
+                       if (folder / "config.json").exists() else b"")
+    for f in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
+        h.update(f"{f.name}:{f.stat().st_size}".encode())
+    return h.hexdigest()[:16]
 
 
 def merged_cache_key(adapter_dir: str | Path, base_path: str) -> str:

@@ -113,13 +113,24 @@ def base_model_path(adapter_dir: str | Path, field: str = "model.path", log=prin
                             f"here: {e}") from None
 
 
+_MERGING: set[str] = set()  # adapters whose base is being resolved (a loop guard)
+
+
 def _merged(adapter_dir: Path, field: str, log) -> str:
     """A LoRA adapter as one model: the checkpoint's merged/ copy (train.save_merged) when
     there is one, else base + adapter merged once into the relift cache."""
     beside = adapter_dir.parent / "merged"
     if adapter_dir.name == "policy" and (beside / "config.json").exists():
         return str(beside)
-    base = base_model_path(adapter_dir, field, log)
+    key = str(adapter_dir.resolve())
+    if key in _MERGING:
+        raise ModelNotFound(f"{field}={adapter_dir}: the base model of this LoRA adapter "
+                            f"resolves back to the adapter itself")
+    _MERGING.add(key)
+    try:
+        base = base_model_path(adapter_dir, field, log)
+    finally:
+        _MERGING.discard(key)
     out = cache_dir() / "merged" / merged_cache_key(adapter_dir, base)
     if not (out / "config.json").exists():
         log(f"[models] merging the LoRA adapter {adapter_dir} into its base {base} -> {out}")

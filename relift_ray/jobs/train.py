@@ -136,7 +136,7 @@ def start(job: Job) -> None:
     job.mark("python+ray")
 
     job.topo = topology.start(cfg, job.model_path, say)
-    resuming = topology.check_resumable(cfg)
+    resuming = topology.check_resumable(cfg, job.model_path)
     key = run_id_key(cfg.name)
     job.trainer = topology.learner_group(cfg, job.model_path, job.topo, key, job.t_start)
     if not _evaluates_first(cfg, resuming, logged=False):

@@ -54,7 +54,7 @@ from pathlib import Path
 
 import torch
 
-from relift_ray.data.lora import lora_settings, write_adapter
+from relift_ray.data.lora import base_fingerprint, lora_settings, write_adapter
 from relift_ray.rollout.calls import call
 
 TAG = "state"  # DeepSpeed's tag: the folder <checkpoint>/deepspeed/state
@@ -122,7 +122,7 @@ def save_learner(learner, directory: Path, rank: int, world: int) -> None:
     (ds_dir / _meta_name(rank)).write_text(json.dumps({
         "world": world, "rank": rank, "phase": current, "tag": TAG,
         "zero_stage": cfg.train.zero_stage, "dtype": cfg.model.dtype,
-        "lora": _lora_of(cfg)}))
+        "lora": _lora_of(cfg, learner.model_path)}))
 
 
 def saved_world(directory: Path) -> int:
@@ -168,7 +168,7 @@ def load_learner(learner, directory: Path, rank: int, world: int) -> None:
     # DeepSpeed loads the saved active phase into the base optimizer's current state: make it
     # the same phase first (its lr and weight decay too)
     opt.set_phase(phases["phase"])
-    check_lora(directory, learner.cfg)
+    check_lora(directory, learner.cfg, learner.model_path)
     load_path, _ = learner.engine.load_checkpoint(
         str(ds_dir), tag=TAG, load_module_strict=not learner.lora, load_optimizer_states=True,
         load_lr_scheduler_states=False)
@@ -183,23 +183,38 @@ def load_learner(learner, directory: Path, rank: int, world: int) -> None:
         opt.set_phase(phases["phase"])
 
 
-def _lora_of(cfg) -> dict | None:
+def _lora_of(cfg, model_path: str = "") -> dict | None:
+    """What a LoRA checkpoint's state depends on: the adapters' shape and scaling, and the
+    base model (as named, and its fingerprint when ``model_path`` is given)."""
     lora = cfg.model.lora
-    return dict(lora_settings(lora), base=cfg.model.path) if lora.rank else None
+    if not lora.rank:
+        return None
+    out = dict(lora_settings(lora), base=cfg.model.path)
+    out.pop("lora_dropout")  # no part of the state: a resume may change it
+    if model_path:
+        out["base_fingerprint"] = base_fingerprint(model_path)
+    return out
 
 
-def check_lora(directory: Path, cfg) -> None:
+def check_lora(directory: Path, cfg, model_path: str = "") -> None:
     """A LoRA checkpoint holds the adapters alone: it resumes only a LoRA run with the same
-    adapters on the same base model (and a full one only a full run). ValueError saying so
+    adapters on the same base model (its weights too, with ``model_path``: the folder this
+    run resolved model.path to), and a full one only a full run. ValueError saying so
     otherwise."""
     meta = json.loads((Path(directory) / DS_DIR / _meta_name(0)).read_text())
-    saved, now = meta.get("lora") or None, _lora_of(cfg)
+    saved, now = meta.get("lora") or None, _lora_of(cfg, model_path)
+    if saved and now:
+        saved = {k: v for k, v in saved.items() if k != "lora_dropout"}
+        if "base_fingerprint" not in now or "base_fingerprint" not in saved:
+            saved.pop("base_fingerprint", None)
+            now.pop("base_fingerprint", None)
     if saved != now:
         def say(x):
             return "a full fine-tune" if x is None else \
                 f"LoRA {', '.join(f'{k}={v}' for k, v in x.items())}"
         raise ValueError(f"checkpoint {directory} was written by {say(saved)}; this run is "
-                         f"{say(now)}: resume with the checkpoint's model.path and model.lora")
+                         f"{say(now)}: resume with the checkpoint's model.path (the same base "
+                         f"weights) and model.lora")
 
 
 SCHEDULER_STATE = "scheduler_state.json"

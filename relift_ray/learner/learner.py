@@ -11,6 +11,7 @@ relift_ray.learner.loop. Usable without Ray Train in tests.
 from __future__ import annotations
 
 from collections import defaultdict
+from contextlib import contextmanager
 
 import torch
 
@@ -100,6 +101,7 @@ class Learner:
 
         hf_logging.disable_progress_bar()  # a bar per weight load floods the job logs
         self.cfg, self.a, self.rank, self.world = cfg, cfg.algo, rank, world
+        self.model_path = model_path
         self.device = torch.device("cuda", torch.cuda.current_device()) if cfg.cluster.use_gpu \
             else torch.device("cpu")
         model = AutoModelForCausalLM.from_pretrained(model_path,
@@ -183,7 +185,7 @@ class Learner:
         blp = all(len(x.behavior_logprobs) == len(x.response_ids) > 0 for x in samples)
         old: dict[int, torch.Tensor] = {}  # row -> its old log-probs
         need = [i for c in chunks[1:] for i in c]
-        with torch.no_grad():
+        with torch.no_grad(), self._without_dropout():
             for rows in self._micro(need, lengths):
                 lp, _ = self._logprobs(self._tensors([samples[i] for i in rows]))
                 old.update(zip(rows, lp))
@@ -227,6 +229,20 @@ class Learner:
             mm = logprob_mismatch(lp, t["blp"], t["mask"])
             out.update({f"mismatch/{key}": v for key, v in mm.items()})
         return dict(out)
+
+    @contextmanager
+    def _without_dropout(self):
+        """The old policy's log-probs as the generators compute them: without LoRA's dropout
+        (the models we train have no other), so that no random mask enters the ratio."""
+        module = self.engine.module
+        if not (self.lora and self.cfg.model.lora.dropout):
+            yield
+            return
+        module.eval()
+        try:
+            yield
+        finally:
+            module.train()
 
     def _tensors(self, samples: list[Sample]) -> dict:
         return to_tensors(samples, self.pad_id, self.device)
@@ -303,8 +319,13 @@ class Learner:
                     for k, v in self.engine.module.state_dict().items()}
 
     def adapter_weights(self) -> AdapterWeights:
-        """A LoRA run's adapters (CPU copies, PEFT's names, with their settings)."""
-        with self.gathered():
+        """A LoRA run's adapters (CPU copies, PEFT's names, with their settings); under ZeRO-3
+        all ranks must call (only the adapters are gathered)."""
+        # DeepSpeed: imported by import_deepspeed() when the engine was built
+        import deepspeed
+        trained = [p for p in self.engine.module.parameters() if p.requires_grad]
+        with deepspeed.zero.GatheredParameters(trained,
+                                               enabled=self.cfg.train.zero_stage == 3):
             return adapter_weights(self.engine.module)
 
     def sync_weights(self) -> dict | AdapterWeights:

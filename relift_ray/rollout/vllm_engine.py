@@ -179,7 +179,7 @@ class VLLMGenerator:
 
         if isinstance(state_dict, AdapterWeights):
             return self._load_adapter(version, state_dict)
-        self.lora_request = None
+        self._drop_adapter()
 
         if self.device == "cpu":
             self.llm.start_weight_update()
@@ -216,14 +216,19 @@ class VLLMGenerator:
         self._lora_ids += 1
         folder = write_adapter(f"{self._lora_dir}/{self._lora_ids}", weights,
                                self.model_path, self.model_path, "")
-        old = self.lora_request
-        self.lora_request = LoRARequest(f"policy-{self._lora_ids}", self._lora_ids, str(folder))
-        if not self.llm.llm_engine.add_lora(self.lora_request):
+        new = LoRARequest(f"policy-{self._lora_ids}", self._lora_ids, str(folder))
+        if not self.llm.llm_engine.add_lora(new):
             raise RuntimeError(f"vLLM did not load the adapter of version {version}")
+        self._drop_adapter()
+        self.lora_request = new
+        return self.set_version(version)
+
+    def _drop_adapter(self) -> None:
+        """The current adapter out of the engine and off the disk: requests go to the base."""
+        old, self.lora_request = self.lora_request, None
         if old is not None:
             self.llm.llm_engine.remove_lora(old.lora_int_id)
             shutil.rmtree(old.lora_path, ignore_errors=True)
-        return self.set_version(version)
 
     def load_base(self) -> int:
         """The base model's weights again, read from its folder: version 0."""

@@ -32,7 +32,7 @@ from relift_ray.rollout.rewards import RewardWorker
 from relift_ray.rollout.vllm_engine import VLLMGenerator
 
 
-def check_resumable(cfg: RunConfig) -> bool:
+def check_resumable(cfg: RunConfig, model_path: str = "") -> bool:
     """Whether this run resumes from checkpoints under Ray Train's storage; stops with a clear
     error, before any learner starts, when they were written by another number of learners,
     or by a LoRA run for a full one (or with other adapters, or the other way round)."""
@@ -47,7 +47,7 @@ def check_resumable(cfg: RunConfig) -> bool:
         except CheckpointWorldMismatch as e:
             raise ConfigError(f"cluster.num_learners={cfg.cluster.num_learners}: {e}") from None
         try:
-            check_lora(ckpt, cfg)
+            check_lora(ckpt, cfg, model_path)
         except ValueError as e:
             raise ConfigError(f"model.lora: {e}") from None
     return bool(ckpts)
