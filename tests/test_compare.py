@@ -281,3 +281,38 @@ def test_a_crashed_run_is_reported_and_the_others_kept(ray_local, tmp_path, monk
     from mlflow.tracking import MlflowClient
     run = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(out.run_id)
     assert run.data.tags["failed_runs"] == "rl seed 1" and run.info.status == "FINISHED"
+
+
+def test_a_finished_run_is_saved_and_reused_only_for_the_same_settings(tmp_path):
+    from relift_ray.jobs.compare import (
+        Comparison,
+        _base_material,
+        _run_material,
+        load_finished,
+        save_finished,
+    )
+    from relift_ray.records import Question
+
+    def job(*over):
+        cfg = load_config("compare_toy", [f"output_dir={tmp_path}", *over])
+        j = Comparison(cfg, {(m, s): method_config(cfg, m, s) for m in cfg.compare.methods
+                             for s in cfg.compare.seeds}, model_path="/m",
+                       train_qs=[Question("a", "p", "1")], test_qs=[Question("t", "p", "2")])
+        j.out_dir = str(tmp_path / "out")
+        return j
+    j = job()
+    r = _result("relift", 1, 0.5, {"t": 1.0})
+    assert load_finished(j, "relift-s1", _run_material(j, "relift", 1)) is None
+    save_finished(j, "relift-s1", _run_material(j, "relift", 1), r)
+    save_finished(j, "base", _base_material(j), BASE)
+    assert load_finished(j, "relift-s1", _run_material(j, "relift", 1)) == r
+    assert load_finished(job(), "base", _base_material(job())) == BASE
+    # another list of methods or seeds keeps both; another setting of the run does not
+    more = job("compare.methods=[relift,rl]", "compare.seeds=[1,5]")
+    assert load_finished(more, "relift-s1", _run_material(more, "relift", 1)) == r
+    assert load_finished(more, "base", _base_material(more)) == BASE
+    other = job("algo.sft_lr=0.1")
+    assert load_finished(other, "relift-s1", _run_material(other, "relift", 1)) is None
+    assert load_finished(other, "base", _base_material(other)) is None
+    j.test_qs = [Question("u", "p", "2")]  # other test questions
+    assert load_finished(j, "relift-s1", _run_material(j, "relift", 1)) is None

@@ -206,6 +206,67 @@ def _log_child(client, experiment_id: str, parent_id: str, cfg: RunConfig,
     return rid
 
 
+# ------------------------------------------------------------------ finished runs on disk
+
+FINISHED = "finished"  # <run_dir>/finished/<run>.pkl: each result as it comes in
+
+
+def _material(job: "Comparison", key, extra: dict) -> str:
+    """What a saved result must have been made from to stand for ``key`` now: the model,
+    the questions and the settings (a digest)."""
+    import hashlib
+    import json
+    ids = {"train": [q.id for q in job.train_qs], "test": [q.id for q in job.test_qs]}
+    blob = json.dumps({"key": str(key), "model": job.model_path, "ids": ids, **extra},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _settings(cfg: RunConfig) -> dict:
+    """A config without what no run or evaluation depends on: which methods and seeds the
+    job has, how many run at once, which claims the report tests."""
+    out = cfg.to_dict()
+    for k in ("methods", "seeds", "steps", "parallel", "claims"):
+        out["compare"].pop(k, None)
+    return out
+
+
+def _base_material(job: "Comparison") -> str:
+    cfg = _settings(job.cfg)
+    cfg["name"] = ""
+    return _material(job, "base", {"cfg": cfg})
+
+
+def _run_material(job: "Comparison", method: str, seed: int, questions=None) -> str:
+    cc = job.cfg.compare
+    return _material(job, (method, seed), {
+        "cfg": _settings(job.configs[(method, seed)]), "base": _base_material(job),
+        "eval": [cc.eval_every, cc.eval_k, cc.threads],
+        "questions": None if questions is None else [q.id for q in questions]})
+
+
+def save_finished(job: "Comparison", name: str, material: str, result) -> None:
+    """A finished run's (or the base model's) result, written beside and renamed: a job
+    stopped later keeps it, and running it again does not repeat it."""
+    import pickle
+    folder = Path(job.out_dir) / FINISHED
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{name}.tmp"
+    tmp.write_bytes(pickle.dumps({"material": material, "result": result}))
+    tmp.rename(folder / f"{name}.pkl")
+
+
+def load_finished(job: "Comparison", name: str, material: str):
+    """The saved result of ``name`` when it was made from the same model, questions and
+    settings, else None."""
+    import pickle
+    f = Path(job.out_dir) / FINISHED / f"{name}.pkl"
+    if not f.exists():
+        return None
+    saved = pickle.loads(f.read_bytes())
+    return saved["result"] if saved.get("material") == material else None
+
+
 @dataclass
 class Comparison:
     """What the comparison job carries between its phases, and returns."""
@@ -286,14 +347,25 @@ class Runs:
         self.queue: list = []  # runs waiting for one of the compare.parallel slots
         self.base_running = True  # the base model's evaluation holds a slot
         self.base_point = None  # its result, once in (each run's step-0 test point)
-        self.base_ref = ray.remote(_base_task).options(name="compare-base", **self.res).remote(
-            job.cfg.to_dict(), job.model_path, self.test_ref, cc.eval_k, cc.bucket_samples,
-            cc.threads)
+        self.base_saved = load_finished(job, "base", _base_material(job))
+        self.base_ref = None if self.base_saved is not None else \
+            ray.remote(_base_task).options(name="compare-base", **self.res).remote(
+                job.cfg.to_dict(), job.model_path, self.test_ref, cc.eval_k,
+                cc.bucket_samples, cc.threads)
+        self.questions: dict = {}  # (method, seed) -> a matched control's questions
+        self.reused: list = []  # (method, seed, result) of runs a stopped job finished
 
-    def submit(self, method: str, seed: int, questions_ref=None) -> None:
+    def submit(self, method: str, seed: int, questions_ref=None, questions=None) -> None:
         """Queue a run; it starts when a slot is free. The driver counts the slots: Ray
         lends a task's CPUs to others while it waits on an actor (a run's vLLM engine), so
-        the CPU requests alone would let every run start at once."""
+        the CPU requests alone would let every run start at once. A run whose result a
+        stopped job saved (``finished/``) is not run again: ``wait`` takes it from there."""
+        self.questions[(method, seed)] = questions
+        saved = load_finished(self.job, f"{method}-s{seed}",
+                              _run_material(self.job, method, seed, questions))
+        if saved is not None:
+            self.reused.append((method, seed, saved))
+            return
         self.queue.append((method, seed, questions_ref))
         self.start()
 
@@ -328,30 +400,45 @@ def submit(job: Comparison) -> Runs:
 
 
 def wait(job: Comparison, tracker, runs: Runs, t_start: float) -> None:
-    """Each run's result as it finishes, logged as an MLflow child run; a run that crashes
-    is reported and the others kept."""
+    """Each run's result as it finishes, saved (``finished/``) and logged as an MLflow child
+    run; a run that crashes is reported and the others kept. Results an earlier start of
+    the same job saved, from the same model, questions and settings, are taken as they are."""
 
-    job.base = ray.get(runs.base_ref)
+    if runs.base_saved is not None:
+        job.base = runs.base_saved
+    else:
+        job.base = ray.get(runs.base_ref)
+        save_finished(job, "base", _base_material(job), job.base)
     runs.base_done(job.base)
     k, answered = job.cfg.compare.eval_k, job.base.profile.get("answered")
     print(f"[compare] base model: greedy {job.base.greedy['overall']:.3f}"
           + (f", avg@{k} {job.base.sampled['overall']:.3f}" if k else "")
-          + (f", readable answers {answered:.3f}" if answered is not None else ""), flush=True)
+          + (f", readable answers {answered:.3f}" if answered is not None else "")
+          + (" (saved by an earlier start)" if runs.base_ref is None else ""), flush=True)
     client = tracker.mlflow.tracking.MlflowClient(job.cfg.mlflow_uri)
     exp_id = tracker.run.info.experiment_id
     n_demos = sum(1 for q in job.train_qs if q.demo)
-    while runs.pending or runs.queue:
-        done, _ = ray.wait(list(runs.pending), num_returns=1)
-        m, s = runs.pending.pop(done[0])
-        runs.start()
+    while runs.pending or runs.queue or runs.reused:
+        if runs.reused:  # finished by an earlier start of this job (finished/)
+            m, s, r = runs.reused.pop(0)
+            ref = None
+        else:
+            done, _ = ray.wait(list(runs.pending), num_returns=1)
+            ref = done[0]
+            m, s = runs.pending.pop(ref)
+            runs.start()
         waiting = [c for c in MATCHED if (c, s) in job.configs] if m == "relift" else []
-        try:
-            r = ray.get(done[0])
-        except ray.exceptions.RayError as e:  # one run's crash does not lose the others
-            job.failed += [f"{x} seed {s}" for x in [m, *waiting]]
-            print(f"[compare] FAILED: {m} seed {s}: {str(e).strip().splitlines()[-1]}"
-                  + (f" (so {', '.join(waiting)} cannot run)" if waiting else ""), flush=True)
-            continue
+        if ref is not None:
+            try:
+                r = ray.get(ref)
+            except ray.exceptions.RayError as e:  # one run's crash does not lose the others
+                job.failed += [f"{x} seed {s}" for x in [m, *waiting]]
+                print(f"[compare] FAILED: {m} seed {s}: {str(e).strip().splitlines()[-1]}"
+                      + (f" (so {', '.join(waiting)} cannot run)" if waiting else ""),
+                      flush=True)
+                continue
+            save_finished(job, f"{m}-s{s}",
+                          _run_material(job, m, s, runs.questions.get((m, s))), r)
         for c in waiting:
             _submit_matched(job, runs, c, s, r.demos_used_ids)
         r.method = m
@@ -362,14 +449,15 @@ def wait(job: Comparison, tracker, runs: Runs, t_start: float) -> None:
         print(f"[compare] {len(job.results) + len(job.failed)}/{len(job.configs)} done: {m} "
               f"seed {s}: greedy {r.greedy['overall']:.3f}, demos "
               f"{r.demos_used_unique}, {r.wall_seconds:.0f}s "
-              f"({time.time() - t_start:.0f}s elapsed)", flush=True)
+              + ("(saved by an earlier start)" if ref is None else
+                 f"({time.time() - t_start:.0f}s elapsed)"), flush=True)
 
 
 def _submit_matched(job: Comparison, runs: Runs, method: str, seed: int, relift_ids) -> None:
 
     subset = matched_questions(method, job.train_qs, relift_ids, seed)
     if subset:
-        runs.submit(method, seed, ray.put(subset))
+        runs.submit(method, seed, ray.put(subset), subset)
     else:
         job.failed.append(f"{method} seed {seed}")
         print(f"[compare] {method} seed {seed} not run: relift used no demonstrations in "
