@@ -5,8 +5,9 @@ sync sends them, their folder format, and a LoRA checkpoint turned back into one
     adapter_weights(peft_model)     # AdapterWeights: what an adapter sync sends
     merged_state_dict(peft_model)   # HF names, adapters merged in: what a merged sync sends
     generator_model = apply_adapter(generator_model, weights)   # a generator's side
-    write_adapter(folder, weights, base_spec, base_path)         # a checkpoint's policy/
-    resolve_adapter(folder)         # base + adapter -> an HF folder of the merged model
+    write_adapter(folder, weights, base_spec, base_path, dtype)  # a checkpoint's policy/
+    merged_model(folder, base_path, out)   # base + adapter -> an HF folder of the merged
+                                           # model (relift_ray.data.registry.resolve_model)
 
 An adapter folder is PEFT's own (``adapter_config.json``, ``adapter_model.safetensors``), so
 ``PeftModel.from_pretrained`` and vLLM's LoRA loader read it as they are, plus
@@ -117,7 +118,12 @@ def wrap(model, lora, model_path: str):
 
 
 def _resolved_settings(peft_model) -> dict:
-    c = peft_model.peft_config[peft_model.active_adapter]
+    return _settings_of(peft_model.peft_config[peft_model.active_adapter])
+
+
+def _settings_of(c) -> dict:
+    """``AdapterWeights.config`` of PEFT's LoraConfig ``c`` (target names sorted: PEFT keeps
+    them in a set)."""
     targets = c.target_modules
     if isinstance(targets, (set, list, tuple)):
         targets = sorted(targets)
@@ -200,14 +206,11 @@ def write_adapter(folder: str | Path, weights: AdapterWeights, base_spec: str,
 
 
 def read_adapter(folder: str | Path) -> AdapterWeights:
-    # safetensors: only LoRA runs read adapters
+    # peft, safetensors: only LoRA runs read adapters
+    from peft import LoraConfig
     from safetensors.torch import load_file
-    folder = Path(folder)
-    c = json.loads((folder / ADAPTER_CONFIG).read_text())
-    targets = c["target_modules"]  # PEFT writes a set's names in no fixed order
-    settings = {"r": c["r"], "lora_alpha": c["lora_alpha"], "lora_dropout": c["lora_dropout"],
-                "target_modules": sorted(targets) if isinstance(targets, list) else targets}
-    return AdapterWeights(settings, load_file(folder / ADAPTER_FILE))
+    return AdapterWeights(_settings_of(LoraConfig.from_pretrained(str(folder))),
+                          load_file(Path(folder) / ADAPTER_FILE))
 
 
 def base_of(folder: str | Path) -> dict:

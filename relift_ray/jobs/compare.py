@@ -27,6 +27,9 @@ The job reads as prepare / submit / wait / report (``run``).
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
+import pickle
 import random
 import time
 from dataclasses import dataclass, field
@@ -214,8 +217,6 @@ FINISHED = "finished"  # <run_dir>/finished/<run>.pkl: each result as it comes i
 def _material(job: "Comparison", key, extra: dict) -> str:
     """What a saved result must have been made from to stand for ``key`` now: the model,
     the questions and the settings (a digest)."""
-    import hashlib
-    import json
     ids = {"train": [q.id for q in job.train_qs], "test": [q.id for q in job.test_qs]}
     blob = json.dumps({"key": str(key), "model": job.model_path, "ids": ids, **extra},
                       sort_keys=True, default=str)
@@ -248,7 +249,6 @@ def _run_material(job: "Comparison", method: str, seed: int, questions=None) -> 
 def save_finished(job: "Comparison", name: str, material: str, result) -> None:
     """A finished run's (or the base model's) result, written beside and renamed: a job
     stopped later keeps it, and running it again does not repeat it."""
-    import pickle
     folder = Path(job.out_dir) / FINISHED
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{name}.tmp"
@@ -259,7 +259,6 @@ def save_finished(job: "Comparison", name: str, material: str, result) -> None:
 def load_finished(job: "Comparison", name: str, material: str):
     """The saved result of ``name`` when it was made from the same model, questions and
     settings, else None."""
-    import pickle
     f = Path(job.out_dir) / FINISHED / f"{name}.pkl"
     if not f.exists():
         return None

@@ -203,11 +203,8 @@ def check_lora(directory: Path, cfg, model_path: str = "") -> None:
     otherwise."""
     meta = json.loads((Path(directory) / DS_DIR / _meta_name(0)).read_text())
     saved, now = meta.get("lora") or None, _lora_of(cfg, model_path)
-    if saved and now:
-        saved = {k: v for k, v in saved.items() if k != "lora_dropout"}
-        if "base_fingerprint" not in now or "base_fingerprint" not in saved:
-            saved.pop("base_fingerprint", None)
-            now.pop("base_fingerprint", None)
+    if saved and now and not model_path:  # no base folder to fingerprint: the rest must match
+        saved.pop("base_fingerprint", None)
     if saved != now:
         def say(x):
             return "a full fine-tune" if x is None else \

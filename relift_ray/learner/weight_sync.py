@@ -6,10 +6,6 @@ step calls ``publisher.after_generation()`` once the step's batch is made and
 
 - ``InProcessPublisher`` (in-process runs: tests, the comparison job): the generator object
   loads a CPU copy of the state dict directly.
-
-What the two object paths send is ``learner.sync_weights()``: the state dict, or in a LoRA
-run (model.lora) its adapters alone (``AdapterWeights``, model.lora.sync=adapter) or the
-model with them merged in (merged). ``sent_bytes`` is what the last publish sent.
 - ``ObjectStorePublisher`` (``generator.weight_sync=object_store``; any backend, CPU too): rank 0
   puts a CPU state dict in Ray's object store once; every generator loads that one object. The
   scheduler keeps the reference, so a generator that Ray restarted after a crash gets the
@@ -23,6 +19,10 @@ model with them merged in (merged). ``sent_bytes`` is what the last publish sent
   (``after_generation``) and wake, weights first and KV cache after, around each sync.
 - ``NCCLPublisher`` (``nccl``; vLLM on GPUs of their own): learner rank 0 joins one NCCL group
   with every generator worker and broadcasts packed buckets.
+
+What the two object paths send is ``learner.sync_weights()``: the state dict, or in a LoRA
+run (model.lora) its adapters alone (``AdapterWeights``, model.lora.sync=adapter) or the
+model with them merged in (merged). ``sent_bytes`` is what the last publish sent.
 
 Every transfer is versioned (each generator reports the version it holds afterwards; a mismatch
 is an error) and the vLLM paths run under a watchdog (``generator.sync_timeout_s``): a transfer

@@ -72,7 +72,6 @@ class HFGenerator:
         """The base model's weights again, read from its folder: version 0."""
         # transformers: imported by __init__, after skip_unused_modules()
         from transformers import AutoModelForCausalLM
-        self._unwrap()
         base = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=self.model.dtype)
         return self.load_weights(0, base.state_dict())
 
