@@ -339,8 +339,11 @@ class Runs:
     def __init__(self, job: Comparison):
 
         self.job, cc = job, job.cfg.compare
+        # max_retries=0: Ray would re-run a task its memory monitor killed from its first
+        # step, without end; a run is deterministic, so it would die at the same step again.
+        # It fails once instead, and is reported as crashed (the other runs go on).
         self.res = {"num_cpus": job.cfg.cluster.num_cpus / cc.parallel,
-                    "num_gpus": 1 if job.cfg.cluster.use_gpu else 0}
+                    "num_gpus": 1 if job.cfg.cluster.use_gpu else 0, "max_retries": 0}
         self.train_ref, self.test_ref = ray.put(job.train_qs), ray.put(job.test_qs)
         self.pending: dict = {}  # task ref -> (method, seed)
         self.queue: list = []  # runs waiting for one of the compare.parallel slots

@@ -10,6 +10,7 @@ relift_ray.learner.loop. Usable without Ray Train in tests.
 """
 from __future__ import annotations
 
+import ctypes
 from collections import defaultdict
 from contextlib import contextmanager
 
@@ -35,6 +36,19 @@ from relift_ray.learner.forward import (
     to_tensors,
 )
 from relift_ray.records import AdapterWeights, Sample
+
+
+def release_freed_memory() -> bool:
+    """Hand the heap pages this step freed back to the OS (glibc's ``malloc_trim``). A step's
+    logits and activations are freed into glibc's arenas, which keep them: a SmolLM2 learner
+    otherwise holds 5 GB between steps instead of 3.2, memory the generator beside it on the
+    same machine needs. False where the C library has no ``malloc_trim`` (not glibc)."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim(0)
+    return True
 
 
 class TwoPhaseAdamW(torch.optim.AdamW):
@@ -153,6 +167,7 @@ class Learner:
             metrics.update(self.sft_update(list(batch.sft)))
         metrics["learner_updates"] = (self.a.minibatches if batch.rl else 0) + \
             int(bool(batch.sft) and not batch.sft_mixed)
+        release_freed_memory()
         return metrics
 
     def _logprobs(self, t: dict):
