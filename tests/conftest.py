@@ -15,7 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/helpers.py
 
-from helpers import NO_SHARED, SHARED, fake_hub  # noqa: E402
+from helpers import NO_SHARED, SHARED, fake_hub, unpin_hub_hashes  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -74,6 +74,7 @@ def fetched(tmp_path_factory):
     snapshot, get = fake_hub(tmp, calls)
     mp.setattr(F, "hub_snapshot", snapshot)
     mp.setattr(F, "url_get", get)
+    unpin_hub_hashes(mp)
     lines: list = []
     manifest = F.fetch(to=tmp / "benchmarks", log=lines.append)
     mp.undo()

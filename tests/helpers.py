@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from relift_ray.data import fetch as _F
 from relift_ray.records import Completion, Reward
 
 
@@ -51,6 +50,14 @@ def slow_reward(response, truth, extraction):
     return (1.0 if response.strip() == truth else 0.0), "ok"
 
 
+def hanging_gold_check(response, truth, extraction):
+    """The fetch's gold check, except that an answer containing HANG never returns."""
+    from relift_ray.core.scoring import verified_reward
+    if "HANG" in response:
+        time.sleep(60)
+    return verified_reward(response, truth, extraction)
+
+
 # The public math sets live outside the repository (never copied in): ../shared/data beside the
 # checkout, as on the developers' machines and in CI, or wherever RELIFT_SHARED_DATA points.
 SHARED = Path(os.environ.get("RELIFT_SHARED_DATA")
@@ -61,33 +68,85 @@ NO_SHARED = (f"the public data sets are kept outside the repo and {SHARED} is no
 needs_shared = pytest.mark.skipif(not SHARED.exists(), reason=NO_SHARED)
 
 
-# ``relift data fetch`` offline: the shared data served as a fake hub and fake URLs
-# dataset id -> (shared file, where the hub repository would hold it)
+# ``relift data fetch`` offline: fake hub and GitHub repositories with the real ones' file
+# layouts (folder and file names as the repositories hold them), made from the shared data.
+# dataset id -> {path in the repository: (shared file, rows kept)}. Parquet paths are written as
+# parquet from the shared rows, so these files are not the hub's bytes: a test that uses them
+# drops the code's sha256 pin for the hub sets (the GitHub files are the real bytes).
+OB = "OlympiadBench/{0}/{0}.parquet"
 FAKE_HUB = {
-    "HuggingFaceH4/MATH-500": ("eval/math500/test.jsonl", "test.jsonl"),
-    "HuggingFaceH4/aime_2024": ("eval/aime24/test.jsonl", "data/train-00000.jsonl"),
-    "math-ai/aime25": ("eval/aime25/test.jsonl", "test.jsonl"),
-    "AI-MO/aimo-validation-amc": ("eval/amc22_23/amc.json", "train.json"),
-    "math-ai/amc23": ("eval/amc23/test.jsonl", "test.jsonl"),
-    "Hothan/OlympiadBench": ("eval/olympiadbench/test.jsonl",
-                             "OE_TO_maths_en_COMP/train.jsonl"),
-    "openai/gsm8k": ("eval/gsm8k/test.jsonl", "main/test.jsonl"),
+    "HuggingFaceH4/MATH-500": {"test.jsonl": ("eval/math500/test.jsonl", None)},
+    "HuggingFaceH4/aime_2024": {"data/train-00000-of-00001.parquet":
+                                ("eval/aime24/test.jsonl", None)},
+    "math-ai/aime25": {"test.jsonl": ("eval/aime25/test.jsonl", None)},
+    "AI-MO/aimo-validation-amc": {"data/train-00000-of-00001.parquet":
+                                  ("eval/amc22_23/amc.json", None)},
+    "math-ai/amc23": {"test.jsonl": ("eval/amc23/test.jsonl", None)},
+    # every config in its own folder; the text-only competition maths one has 674 problems
+    "Hothan/OlympiadBench": {OB.format("OE_TO_maths_en_COMP"):
+                             ("eval/olympiadbench/test.jsonl", 674),
+                             OB.format("OE_MM_maths_en_COMP"): ("eval/olympiadbench/test.jsonl", 9),
+                             OB.format("OE_TO_physics_en_COMP"):
+                             ("eval/olympiadbench/test.jsonl", 9)},
+    "openai/gsm8k": {"main/test-00000-of-00001.parquet": ("eval/gsm8k/test.jsonl", None),
+                     "main/train-00000-of-00001.parquet": ("eval/gsm8k/test.jsonl", 50),
+                     "socratic/test-00000-of-00001.parquet": ("eval/gsm8k/test.jsonl", None)},
 }
-FAKE_URLS = {_F.LUFFY_VALID: "eval/bundles/luffy_valid.parquet",
-             _F.RELIFT_VALID: "eval/bundles/relift_valid.parquet"}
+FAKE_GITHUB = {("TheRoadQaQ/ReLIFT", "dataset/valid.parquet"): "eval/bundles/relift_valid.parquet",
+               ("ElliottYan/LUFFY", "data/valid.parquet"): "eval/bundles/luffy_valid.parquet"}
+FAKE_HEAD = "f" * 40  # what "main" resolves to on the fake hub
 
 
-def fake_hub(tmp: Path, calls: list):
-    def snapshot(repo, revision):
-        calls.append((repo, revision))
-        src, where = FAKE_HUB[repo]
-        root = tmp / "hub" / repo.replace("/", "--")
-        (root / where).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(SHARED / src, root / where)
-        (root / "README.md").write_text("card")
+def shared_rows(src: str) -> list:
+    from relift_ray.data.readers import iter_rows
+    return [row for _, row in iter_rows(SHARED / src)]
+
+
+def fake_hub(tmp: Path, calls: list, head: str = FAKE_HEAD, changed: dict | None = None):
+    """(snapshot, get) stand-ins for ``hub_snapshot`` and ``url_get``. A snapshot holds only
+    the files ``patterns`` match, in ``.../<commit>/``; ``changed`` {dataset id: rows kept}
+    makes that repository's files at its head (not at other commits) hold fewer rows."""
+    import fnmatch
+
+    import pandas as pd
+
+    def snapshot(repo, revision, patterns):
+        calls.append((repo, revision, tuple(patterns)))
+        commit = head if revision == "main" else revision
+        root = tmp / "hub" / repo.replace("/", "--") / commit
+        for path, (src, keep) in FAKE_HUB[repo].items():
+            if not any(fnmatch.fnmatch(path, p) for p in patterns):
+                continue
+            if changed and repo in changed and commit == head:
+                keep = changed[repo]
+            dest = root / path
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if path.endswith(".parquet"):
+                rows = shared_rows(src)[:keep]
+                pd.DataFrame(rows).to_parquet(dest, index=False)
+            elif keep is None:
+                shutil.copy(SHARED / src, dest)
+            else:
+                dest.write_text("".join(line for line in (SHARED / src).read_text()
+                                        .splitlines(keepends=True)[:keep]))
         return root
 
     def get(url, dest):
-        calls.append((url, None))
-        shutil.copy(SHARED / FAKE_URLS[url], dest)
+        calls.append((url, None, ()))
+        prefix = "https://raw.githubusercontent.com/"
+        assert url.startswith(prefix), url
+        owner, name, commit, path = url[len(prefix):].split("/", 3)
+        assert len(commit) == 40, f"{url}: not a pinned commit"
+        shutil.copy(SHARED / FAKE_GITHUB[(f"{owner}/{name}", path)], dest)
     return snapshot, get
+
+
+def unpin_hub_hashes(mp) -> None:
+    """The fake hub's parquet files are not the hub's bytes: drop the code's sha256 pins of the
+    hub sets (the first fetch records the fake's, as it would a source with no pin)."""
+    import dataclasses
+
+    from relift_ray.data import fetch as F
+    for name, src in F.SOURCES.items():
+        if src.kind == F.HUB:
+            mp.setitem(F.SOURCES, name, dataclasses.replace(src, sha256=""))

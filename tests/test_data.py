@@ -165,14 +165,20 @@ def test_hub_dataset_ids_read_the_downloaded_files(tmp_path, monkeypatch):
     write(snap / "main", [{"question": "q2", "answer": "r #### 4"}], "test.jsonl")
     calls = []
 
-    def fake_snapshot(repo, repo_type, allow_patterns):
-        calls.append((repo, repo_type, allow_patterns))
+    def fake_snapshot(repo, repo_type, revision, allow_patterns):
+        calls.append((repo, repo_type, revision, allow_patterns))
         return str(snap)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
     (q,) = load_questions("hf://openai/gsm8k/main/test*")
-    assert calls == [("openai/gsm8k", "dataset", "main/test*")]
+    assert calls == [("openai/gsm8k", "dataset", None, "main/test*")]
     assert (q.prompt, q.answer) == ("q2", "4")
     assert len(load_questions("hf://openai/gsm8k")) == 2
+    # a pinned commit, and one file by its path
+    (q,) = load_questions("hf://openai/gsm8k@740312add88f781978c0658806c59bc2815b9866/"
+                          "main/train.jsonl")
+    assert calls[-1] == ("openai/gsm8k", "dataset", "740312add88f781978c0658806c59bc2815b9866",
+                         "main/train.jsonl")
+    assert q.prompt == "q1"
     with pytest.raises(DataError, match="hf://openai: a hub dataset is hf://owner/name"):
         load_questions("hf://openai")
 

@@ -1,16 +1,65 @@
-"""`relift data fetch` offline: the shared data served as a fake hub (a stand-in for the
-download functions mapping dataset ids and URLs to those files), the folder and manifest it
-writes, the grader check on what it fetched, and the errors."""
+"""`relift data fetch` offline: fake hub and GitHub repositories with the real ones' file layouts
+(helpers.FAKE_HUB), the pins (commit, file, rows, sha256) checked against the shared copies
+where they are the same files, the verification that stops a changed source, the manifest as a
+lock file for sources without a pin, the gold check through the reward worker, the errors."""
+import dataclasses
+import hashlib
 import json
 
 import pytest
-from helpers import fake_hub, needs_shared
+from helpers import (
+    FAKE_GITHUB,
+    FAKE_HEAD,
+    FAKE_HUB,
+    SHARED,
+    fake_hub,
+    needs_shared,
+    unpin_hub_hashes,
+)
 
 from relift_ray.data import fetch as F
 from relift_ray.errors import DataError
 
 SIZES = {"math500": 500, "aime24": 30, "aime25": 30, "amc": 83, "amc23": 40, "minerva": 272,
-         "olympiadbench": 675, "gsm8k": 1319, "relift_valid": 1987}
+         "olympiadbench": 674, "gsm8k": 1319, "relift_valid": 1987}
+
+
+def quiet(line):
+    pass
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """The fake repositories in place of the network; returns the calls made to them."""
+    calls: list = []
+    snapshot, get = fake_hub(tmp_path, calls)
+    monkeypatch.setattr(F, "hub_snapshot", snapshot)
+    monkeypatch.setattr(F, "url_get", get)
+    unpin_hub_hashes(monkeypatch)
+    return calls
+
+
+@pytest.mark.parametrize("name", list(F.SOURCES))
+def test_every_source_is_one_file_at_a_full_commit(name):
+    src = F.SOURCES[name]
+    assert src.rows == SIZES[name]
+    assert not any(c in src.file for c in "*?[")  # one file, by its path
+    if src.kind == F.GITHUB:  # a repository file: always at a known commit, with its hash
+        assert len(src.revision) == 40 and len(src.sha256) == 64
+    else:  # a hub set whose commit is not known here is locked by its first fetch
+        assert src.revision == "" or len(src.revision) == 40
+        assert src.file in FAKE_HUB[src.where]  # the fake hub has the real layout
+
+
+@needs_shared
+@pytest.mark.parametrize("name", [n for n, s in F.SOURCES.items() if s.kind == F.GITHUB])
+def test_the_pins_of_repository_files_match_the_shared_copies(name):
+    # the shared copies are byte-exact copies of these files (SOURCES.md): the pinned hash and
+    # rows are checked against real bytes, not against what the fake writes
+    src = F.SOURCES[name]
+    path = SHARED / FAKE_GITHUB[(src.where, src.file)]
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == src.sha256
+    assert F._count(src, path) == src.rows
 
 
 @needs_shared
@@ -18,32 +67,132 @@ def test_fetch_writes_the_layout_and_a_manifest(fetched):
     root, manifest, lines, calls = fetched
     assert set(manifest) == set(F.SOURCES)
     for name, entry in manifest.items():
+        src = F.SOURCES[name]
         assert entry["rows"] == SIZES[name], name
         assert (root / entry["file"]).stat().st_size == entry["bytes"]
-        assert entry["check"]["golds_verified"] >= entry["rows"] - 2, name
+        assert entry["check"]["golds_verified"] >= entry["check"]["questions"] - 2, name
         assert entry["check"]["others_rejected"] >= 0.95 * entry["check"]["others_tried"]
+        assert entry["check"]["timeouts"] == 0
+        # the commit read: the pin, or what the fake hub's head resolved to
+        assert entry["source"]["revision"] == (src.revision or FAKE_HEAD)
+        assert entry["source"]["pinned"] == bool(src.revision)
     assert json.loads((root / "manifest.json").read_text()) == manifest
-    # hub sets are read at their pinned revision; the exact paper sets come from their repos
-    assert ("openai/gsm8k", "main") in calls and (F.RELIFT_VALID, None) in calls
-    assert any(line.startswith("[fetch] gsm8k: 1319 questions") for line in lines)
+    # each hub set is read at its pin, downloading its one file and nothing else
+    hub_calls = {c[0]: c for c in calls if c[1] is not None}
+    assert hub_calls["openai/gsm8k"] == ("openai/gsm8k", F.SOURCES["gsm8k"].revision,
+                                         ("main/test-00000-of-00001.parquet",))
+    assert hub_calls["AI-MO/aimo-validation-amc"][1] == "main"  # no pin known: the head once
+    assert not list((root.parent / "hub").rglob("OE_MM_maths_en_COMP*"))  # not downloaded
+    # the repository files come from their pinned commits
+    urls = [c[0] for c in calls if c[1] is None]
+    assert f"https://raw.githubusercontent.com/TheRoadQaQ/ReLIFT/{F.RELIFT_HEAD}/dataset/" \
+           f"valid.parquet" in urls
+    assert any(line.startswith("[fetch] gsm8k: 1319 rows, 1319 questions") for line in lines)
+    assert any("relift_valid" in line and "sha256 e30b419198a8 matches" in line
+               for line in lines)
     # the evaluation job reads the folder as it reads the shared data
     from relift_ray.data.benchmarks import load_benchmark
     assert [q.answer for q in load_benchmark("amc", root, limit=3)] == ["142", "144", "81"]
     assert load_benchmark("minerva", root)[0].source == "minerva"
+    assert len(load_benchmark("olympiadbench", root)) == 674
 
 
 @needs_shared
-def test_a_hub_set_without_the_expected_column_names_it(tmp_path, monkeypatch):
-    snapshot, get = fake_hub(tmp_path, [])
-    monkeypatch.setattr(F, "hub_snapshot", snapshot)
-    monkeypatch.setitem(F.SOURCES, "gsm8k", F.Source(
-        F.HUB, "openai/gsm8k", "test", "main", revision="e53f048",
-        columns={"question": "question", "answer": "final"}))
-    with pytest.raises(DataError, match=r"openai/gsm8k \(revision e53f048\) split 'test' has "
-                                        r"no column 'final' \(columns: answer, question\)"):
-        F.fetch(["gsm8k"], tmp_path / "out", log=lambda line: None)
+def test_a_file_that_is_not_the_pinned_one_stops_the_fetch_and_writes_nothing(tmp_path, hub,
+                                                                                monkeypatch):
+    src = F.SOURCES["relift_valid"]
+    monkeypatch.setitem(F.SOURCES, "relift_valid", dataclasses.replace(src, sha256="0" * 64))
+    with pytest.raises(DataError) as e:
+        F.fetch(["relift_valid"], tmp_path / "out", log=quiet)
+    msg = str(e.value)
+    assert f"benchmark relift_valid: TheRoadQaQ/ReLIFT@{F.RELIFT_HEAD[:12]}:dataset/valid." \
+           f"parquet has sha256 e30b4191" in msg
+    assert "expected 0000" in msg and "pinned in relift_ray/data/fetch.py" in msg
+    assert not (tmp_path / "out" / "eval").exists()
+    # a pinned row count that the file does not have
+    monkeypatch.setitem(F.SOURCES, "relift_valid", dataclasses.replace(src, rows=1988))
+    with pytest.raises(DataError, match=r"holds 1987 rows, expected 1988 \(relift_ray/data/"
+                                        r"fetch.py\); nothing was written"):
+        F.fetch(["relift_valid"], tmp_path / "out", log=quiet)
+    # minerva counts the rows of its data_source in LUFFY's bundle
+    minerva = F.SOURCES["minerva"]
+    monkeypatch.setitem(F.SOURCES, "minerva", dataclasses.replace(minerva, rows=271))
+    with pytest.raises(DataError, match="holds 272 rows of minerva, expected 271"):
+        F.fetch(["minerva"], tmp_path / "out", log=quiet)
+
+
+@needs_shared
+def test_a_source_without_a_pin_is_locked_by_its_first_fetch(tmp_path, monkeypatch):
+    out, calls = tmp_path / "out", []
+    monkeypatch.setattr(F, "url_get", fake_hub(tmp_path, calls)[1])
+    unpin_hub_hashes(monkeypatch)
+    monkeypatch.setattr(F, "hub_snapshot", fake_hub(tmp_path / "a", calls, head="a" * 40)[0])
+    first = F.fetch(["amc"], out, log=quiet)["amc"]
+    assert first["source"]["revision"] == "a" * 40 and not first["source"]["pinned"]
+    # the head moves on and its file changes: a plain fetch still reads the recorded commit
+    monkeypatch.setattr(F, "hub_snapshot", fake_hub(
+        tmp_path / "b", calls, head="b" * 40, changed={"AI-MO/aimo-validation-amc": 82})[0])
+    again = F.fetch(["amc"], out, log=quiet)["amc"]
+    assert calls[-1][:2] == ("AI-MO/aimo-validation-amc", "a" * 40)
+    assert again["sha256"] == first["sha256"]
+    # --refresh reads the head again, and says what changed; its rows no longer match
+    lines: list = []
+    with pytest.raises(DataError, match=r"benchmark amc: AI-MO/aimo-validation-amc@bbbbbbbbbbbb:"
+                                        r"data/train-00000-of-00001.parquet holds 82 rows, "
+                                        r"expected 83"):
+        F.fetch(["amc"], out, log=lines.append, refresh=True)
+    assert calls[-1][:2] == ("AI-MO/aimo-validation-amc", "main")
+    # the manifest kept the last good fetch; a head with the same rows is taken and reported
+    monkeypatch.setattr(F, "hub_snapshot", fake_hub(tmp_path / "c", calls, head="c" * 40)[0])
+    lines.clear()
+    new = F.fetch(["amc"], out, log=lines.append, refresh=True)["amc"]
+    assert new["source"]["revision"] == "c" * 40
+    assert any(f"amc: changed since the last fetch: revision {'a' * 40} -> {'c' * 40}" in line
+               for line in lines)
+
+
+@needs_shared
+def test_a_recorded_hash_that_no_longer_matches_names_the_fix(tmp_path, hub):
+    out = tmp_path / "out"
+    F.fetch(["amc23"], out, log=quiet)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["amc23"]["sha256"] = "1" * 64
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError) as e:
+        F.fetch(["amc23"], out, log=quiet)
+    assert "recorded by the first fetch in manifest.json" in str(e.value)
+    assert "`relift data fetch --refresh --benchmarks amc23` takes the new file" in str(e.value)
+
+
+@needs_shared
+def test_a_hub_set_without_the_expected_column_names_it(tmp_path, hub, monkeypatch):
+    src = F.SOURCES["gsm8k"]
+    monkeypatch.setitem(F.SOURCES, "gsm8k", dataclasses.replace(
+        src, columns={"question": "question", "answer": "final"}))
+    with pytest.raises(DataError, match=rf"openai/gsm8k \(revision {src.revision}\) file "
+                                        r"main/test-00000-of-00001.parquet has no column 'final' "
+                                        r"\(columns: answer, question\)"):
+        F.fetch(["gsm8k"], tmp_path / "out", log=quiet)
+    monkeypatch.setitem(F.SOURCES, "gsm8k", dataclasses.replace(src, file="main/test.parquet"))
+    with pytest.raises(DataError, match=r"has no file main/test.parquet \(its cached snapshot "
+                                        r"holds: main/test-0"):
+        F.fetch(["gsm8k"], tmp_path / "out", log=quiet)
     with pytest.raises(DataError, match="unknown benchmark 'gsm9k'"):
         F.fetch(["gsm9k"], tmp_path / "out")
+
+
+def test_gold_answers_are_checked_in_the_reward_worker_with_its_time_limit(tmp_path,
+                                                                          monkeypatch):
+    # a pathological gold answer costs one time limit, not a hung fetch
+    rows = [{"question": f"q{i}", "answer": f"work #### {a}"}
+            for i, a in enumerate(["1", "HANG", "3", "4"])]
+    path = tmp_path / "eval/gsm8k/test.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr(F, "GOLD_CHECK", "helpers:hanging_gold_check")
+    check = F.verify("gsm8k", tmp_path, timeout_s=1.0)
+    assert check == {"questions": 4, "golds_verified": 3, "others_rejected": 3,
+                     "others_tried": 4, "timeouts": 2}
 
 
 def test_no_network_and_no_copy_stops_before_any_model_loads(tmp_path, monkeypatch):
@@ -51,13 +200,14 @@ def test_no_network_and_no_copy_stops_before_any_model_loads(tmp_path, monkeypat
     from relift_ray.data import benchmarks
     from relift_ray.jobs import evaluate as eval_job
 
-    def offline(repo, revision):
+    def offline(repo, revision, patterns):
         raise ConnectionError("no network")
     monkeypatch.setattr(F, "hub_snapshot", offline)
     monkeypatch.setenv("RELIFT_CACHE", str(tmp_path / "cache"))
     for var in ("RELIFT_EVAL_DATA", "RELIFT_SHARED_DATA"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(benchmarks, "default_data_dir", benchmarks.default_fetch_dir)  # no ../shared
+    # no ../shared
+    monkeypatch.setattr(benchmarks, "default_data_dir", benchmarks.default_fetch_dir)
 
     def no_model(spec):
         raise AssertionError("the model was resolved before the data was checked")
@@ -67,19 +217,21 @@ def test_no_network_and_no_copy_stops_before_any_model_loads(tmp_path, monkeypat
         eval_job.run(cfg)
     msg = str(e.value)
     assert "relift data fetch" in msg and "eval.data_dir / RELIFT_EVAL_DATA" in msg
-    assert "could not get openai/gsm8k (revision main)" in msg and "\n" not in msg
+    assert f"could not get openai/gsm8k (revision {F.SOURCES['gsm8k'].revision})" in msg
+    assert "\n" not in msg
 
 
 @needs_shared
-def test_the_cli_fetches_into_the_folder_given(tmp_path, monkeypatch, capsys):
+def test_the_cli_fetches_into_the_folder_given(tmp_path, hub, capsys):
     from relift_ray.cli import main
-    snapshot, get = fake_hub(tmp_path, [])
-    monkeypatch.setattr(F, "hub_snapshot", snapshot)
-    monkeypatch.setattr(F, "url_get", get)
     assert main(["data", "fetch", "--benchmarks", "aime24,minerva", "--to",
                  str(tmp_path / "b")]) == 0
     out = capsys.readouterr().out
-    assert "[fetch] aime24: 30 questions" in out and "[fetch] minerva: 272 questions" in out
+    assert "[fetch] aime24: 30 rows, 30 questions" in out
+    assert "[fetch] minerva: 272 rows, 272 questions" in out
     assert json.loads((tmp_path / "b/manifest.json").read_text()).keys() == {"aime24",
                                                                               "minerva"}
+    assert main(["data", "fetch", "--benchmarks", "aime24", "--refresh", "--to",
+                 str(tmp_path / "b")]) == 0
+    assert "aime24: unchanged since the last fetch" in capsys.readouterr().out
     assert main(["data", "fetch", "--benchmarks", "nope", "--to", str(tmp_path / "b")]) == 2

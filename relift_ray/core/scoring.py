@@ -86,3 +86,9 @@ def math_reward(response: str, truth: str, extraction: str = "boxed",
     if not gold:
         gold = parse(f"${truth}$", parsing_timeout=None)
     return Reward(1.0 if verify(gold, pred, timeout_seconds=None) else 0.0, Reward.OK)
+
+
+def verified_reward(response: str, truth: str, extraction: str = "boxed") -> Reward:
+    """``math_reward`` with every answer through math-verify, no shortcut: the check
+    ``relift data fetch`` makes of each gold answer (run by the reward worker, with its limit)."""
+    return math_reward(response, truth, extraction, exact_match=False)

@@ -4,7 +4,7 @@
 source (``toy``, see relift_ray.data.registry) or ``py:module:function`` (called with the
 split), a file
 (``.jsonl``, ``.json`` holding a list of objects, or ``.parquet``), or a Hugging Face dataset
-``hf://owner/name[/file-glob]`` (downloaded into the HF cache; needs network access the first
+``hf://owner/name[@revision][/file-glob]`` (downloaded into the HF cache; needs network access the first
 time). A bad row raises ``DataError`` naming the file, the row (1-based) and the field.
 
 Formats (``auto`` tells them apart by the first row's fields):
@@ -124,18 +124,23 @@ def sniff(row: dict, fields: Fields = Fields()) -> str:
 
 
 def hub_files(spec: str) -> list[Path]:
-    """``hf://owner/name[/glob]``: the dataset's matching data files, from the HF cache or
-    downloaded into it. Reads .parquet, .jsonl and .json files."""
+    """``hf://owner/name[@revision][/glob]``: the dataset's data files that the glob matches
+    (all of them without one), at ``revision`` (a commit, branch or tag; the head without
+    one), from the HF cache or downloaded into it. Reads .parquet, .jsonl and .json files."""
     parts = spec[len("hf://"):].strip("/").split("/", 2)
     if len(parts) < 2 or not all(parts[:2]):
-        raise DataError(f"{spec}: a hub dataset is hf://owner/name or hf://owner/name/<file glob>")
-    repo = "/".join(parts[:2])
+        raise DataError(f"{spec}: a hub dataset is hf://owner/name[@revision] or "
+                        f"hf://owner/name[@revision]/<file glob>")
+    name, _, revision = parts[1].partition("@")
+    repo = f"{parts[0]}/{name}"
     pattern = parts[2] if len(parts) == 3 else None
     from huggingface_hub import snapshot_download
     try:
-        local = Path(snapshot_download(repo, repo_type="dataset", allow_patterns=pattern))
+        local = Path(snapshot_download(repo, repo_type="dataset", revision=revision or None,
+                                       allow_patterns=pattern))
     except Exception as e:
-        raise DataError(f"{spec}: could not get the dataset {repo} from the Hugging Face hub "
+        raise DataError(f"{spec}: could not get the dataset {repo}"
+                        f"{' at ' + revision if revision else ''} from the Hugging Face hub "
                         f"({type(e).__name__}: {e})"[:500]) from None
     files = sorted(p for p in local.rglob("*")
                    if p.suffix in (".parquet", ".jsonl", ".json") and p.is_file()
