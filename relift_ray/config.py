@@ -316,13 +316,13 @@ class EvalConfig:
     """The evaluation job (``relift evaluate``): the paper's protocol on the math benchmarks."""
     model: str = ""  # HF model dir / hub id, a checkpoint, or a run's folder ("" = model.path)
     benchmarks: list = field(default_factory=lambda: [
-        "math500", "aime24", "aime25", "amc", "minerva", "olympiadbench", "gsm8k"])
+        "aime24", "aime25", "amc", "math500", "olympiadbench", "mmlu_pro", "minerva", "gsm8k"])
     data_dir: str = ""  # folder with the ../shared/data layout ("" = $RELIFT_EVAL_DATA or that)
     k: dict = field(default_factory=dict)  # samples per question by benchmark (default: paper's)
-    # the 'average' row: the mean avg@k of these (those run); the paper's table averages the
-    # six below; GSM8K and the out-of-distribution sets are reported outside it
+    # the 'average' row: the mean avg@k of these (those run). The paper's Overall: five
+    # competition sets and MMLU-Pro; Minerva, GSM8K and the other sets are reported outside it
     average: list = field(default_factory=lambda: [
-        "aime24", "aime25", "amc", "math500", "minerva", "olympiadbench"])
+        "aime24", "aime25", "amc", "math500", "olympiadbench", "mmlu_pro"])
     # what the verifier sees: auto = the released evaluation script's think_or_whole (the
     # answer after "</think>", or the whole text when there is none) when the run trains with
     # data.answer_extraction=after_think, else data.answer_extraction

@@ -93,7 +93,22 @@ FAKE_HUB = {
                      "socratic/test-00000-of-00001.parquet": ("eval/gsm8k/test.jsonl", None)},
 }
 FAKE_GITHUB = {("TheRoadQaQ/ReLIFT", "dataset/valid.parquet"): "eval/bundles/relift_valid.parquet",
-               ("ElliottYan/LUFFY", "data/valid.parquet"): "eval/bundles/luffy_valid.parquet"}
+               ("ElliottYan/LUFFY", "data/valid.parquet"): "eval/bundles/luffy_valid.parquet",
+               ("TheRoadQaQ/ReLIFT", "dataset/valid.mmlu_pro.parquet"): None}  # made up
+
+
+def fake_mmlu_pro(dest: Path, n: int = 40) -> None:
+    """A stand-in for ReLIFT's valid.mmlu_pro.parquet (not in the shared data): its verl
+    columns, ten options, the ground truth a letter."""
+    import pandas as pd
+    letters = "ABCDEFGHIJ"
+    rows = [{"data_source": "mmlu_pro", "ability": "knowledge",
+             "prompt": [{"role": "system", "content": "Think in <think> tags."},
+                        {"role": "user", "content": f"Question {i}: which option? " + " ".join(
+                            f"({c}) {i * 10 + j}" for j, c in enumerate(letters))}],
+             "reward_model": {"ground_truth": letters[i * 7 % 10], "style": "rule"},
+             "extra_info": {"index": i, "split": "test"}} for i in range(n)]
+    pd.DataFrame(rows).to_parquet(dest, index=False)
 FAKE_HEAD = "f" * 40  # what "main" resolves to on the fake hub
 
 
@@ -137,7 +152,11 @@ def fake_hub(tmp: Path, calls: list, head: str = FAKE_HEAD, changed: dict | None
         assert url.startswith(prefix), url
         owner, name, commit, path = url[len(prefix):].split("/", 3)
         assert len(commit) == 40, f"{url}: not a pinned commit"
-        shutil.copy(SHARED / FAKE_GITHUB[(f"{owner}/{name}", path)], dest)
+        src = FAKE_GITHUB[(f"{owner}/{name}", path)]
+        if src is None:
+            fake_mmlu_pro(dest)
+        else:
+            shutil.copy(SHARED / src, dest)
     return snapshot, get
 
 

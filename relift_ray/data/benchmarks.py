@@ -12,7 +12,7 @@ import dataclasses
 import os
 from pathlib import Path
 
-from relift_ray.catalog import BENCHMARKS, OOD_BENCHMARKS
+from relift_ray.catalog import BENCHMARKS, NOT_FETCHED
 from relift_ray.data.readers import answer_text, iter_rows, load_questions
 from relift_ray.data.registry import cache_dir
 from relift_ray.errors import DataError
@@ -34,8 +34,15 @@ def default_data_dir() -> Path:
 def benchmark_path(name: str, data_dir: str | Path = "", path: str | Path = "") -> Path:
     """Where benchmark ``name`` is read from: ``path`` (eval.files), else its place in
     ``data_dir`` (default: ``default_data_dir()``)."""
-    root = Path(data_dir) if data_dir else default_data_dir()
-    return Path(path) if path else root / BENCHMARKS[name].path
+    if path:
+        return Path(path)
+    if data_dir:
+        return Path(data_dir) / BENCHMARKS[name].path
+    # no folder named: the default one, else what `relift data fetch` put in its own folder
+    # (a set the default folder lacks, e.g. MMLU-Pro beside ../shared/data)
+    found = default_data_dir() / BENCHMARKS[name].path
+    fetched = default_fetch_dir() / BENCHMARKS[name].path
+    return fetched if not found.exists() and fetched.exists() else found
 
 
 def load_benchmark(name: str, data_dir: str | Path = "", limit: int = 0,
@@ -46,14 +53,13 @@ def load_benchmark(name: str, data_dir: str | Path = "", limit: int = 0,
     if name not in BENCHMARKS:
         raise DataError(f"benchmark {name!r}: unknown (known: {', '.join(BENCHMARKS)})")
     b = BENCHMARKS[name]
-    root = Path(data_dir) if data_dir else default_data_dir()
     path = benchmark_path(name, data_dir, path)
     if not path.exists():
-        if name in OOD_BENCHMARKS:
+        if name in NOT_FETCHED:
             raise DataError(f"benchmark {name}: {path} does not exist (give it as "
                             f"eval.files.{name}=<file>)")
         raise DataError(how_to_get(name, path))
-    if name == "olympiadbench" and path == root / b.path:  # its own layout
+    if name == "olympiadbench" and path.as_posix().endswith(b.path):  # its own layout
         qs = _olympiad(path)
     else:
         qs = load_questions(str(path))

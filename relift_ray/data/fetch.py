@@ -50,7 +50,9 @@ class Source:
     where: str  # hub dataset id, or the GitHub repository (owner/name)
     file: str  # the one file read, by its path in the repository
     revision: str = ""  # a full commit; "" = not known here: the first fetch's, kept
-    rows: int = 0  # the rows it holds (of ``select``'s data_source in a bundle)
+    # the rows it holds (of ``select``'s data_source in a bundle); 0 = not known here: the
+    # first fetch's, kept
+    rows: int = 0
     sha256: str = ""  # of the file; "" = not known here: the first fetch's, kept
     # hub sets: the layout's field -> the file's column; optional ones may be absent
     columns: dict = field(default_factory=dict)
@@ -98,6 +100,11 @@ SOURCES: dict[str, Source] = {
                            "e30b419198a894a1990742fac739960460e9a3de78fcf214730fe7ab20a92feb",
                            note="the paper configs' validation set (data.test), added to the "
                                 "repository in f58c9bf and unchanged since"),
+    # git blob 48cd2b38bf2690f5ebfda3695a23a188d472c6b6 (also LUFFY's data/valid.mmlu_pro.parquet);
+    # its bytes were not at hand to hash, so the first fetch records its sha256 and rows
+    "mmlu_pro": Source(GITHUB, RELIFT_REPO, "dataset/valid.mmlu_pro.parquet", RELIFT_HEAD,
+                       note="the paper's out-of-distribution MMLU-Pro, as the released "
+                            "evaluation reads it (valid.all.parquet holds the same rows)"),
 }
 LAYOUT = {"relift_valid": "eval/bundles/relift_valid.parquet"}  # beside the benchmarks'
 
@@ -210,8 +217,10 @@ def verify(name: str, folder: Path, timeout_s: float = 5.0) -> dict:
             "others_tried": len(pairs), "timeouts": stats["timeouts"]}
 
 
-def _pins(name: str, src: Source, prev: dict | None, refresh: bool) -> tuple[str, str, str]:
-    """(revision to read, sha256 expected or "", where that expectation comes from)."""
+def _pins(name: str, src: Source, prev: dict | None,
+          refresh: bool) -> tuple[str, str, str, int]:
+    """(revision to read, sha256 expected or "", where that expectation comes from, rows
+    expected or 0)."""
     kept = prev if prev and not refresh and prev.get("source", {}).get("where") == src.where \
         and prev["source"].get("file") == src.file else None
     if src.revision:
@@ -220,11 +229,13 @@ def _pins(name: str, src: Source, prev: dict | None, refresh: bool) -> tuple[str
         revision = kept["source"]["revision"]
     else:
         revision = "main"
+    same = kept is not None and kept["source"]["revision"] == revision
+    rows = src.rows or (kept["rows"] if same else 0)
     if src.sha256:
-        return revision, src.sha256, "pinned in relift_ray/data/fetch.py"
-    if kept and kept["source"]["revision"] == revision:
-        return revision, kept["sha256"], "recorded by the first fetch in manifest.json"
-    return revision, "", ""
+        return revision, src.sha256, "pinned in relift_ray/data/fetch.py", rows
+    if same:
+        return revision, kept["sha256"], "recorded by the first fetch in manifest.json", rows
+    return revision, "", "", rows
 
 
 def fetch_one(name: str, root: Path, prev: dict | None = None, refresh: bool = False,
@@ -232,7 +243,7 @@ def fetch_one(name: str, root: Path, prev: dict | None = None, refresh: bool = F
     """One source into ``root``: download, the sha256 and row checks, the layout file, the
     grader check; returns its manifest entry. Nothing is written when a check fails."""
     src, dest = SOURCES[name], root / layout_path(name)
-    revision, expected, whence = _pins(name, src, prev, refresh)
+    revision, expected, whence, want_rows = _pins(name, src, prev, refresh)
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         path, resolved = _download(name, src, revision, Path(tmp))
@@ -246,10 +257,11 @@ def fetch_one(name: str, root: Path, prev: dict | None = None, refresh: bool = F
             raise DataError(f"benchmark {name}: {at} has sha256 {digest}, expected {expected} "
                             f"({whence}); nothing was written; {fix}")
         rows = _count(src, path)
-        if src.rows and rows != src.rows:
+        if want_rows and rows != want_rows:
             raise DataError(f"benchmark {name}: {at} holds {rows} rows"
-                            f"{' of ' + src.select if src.select else ''}, expected {src.rows} "
-                            f"(relift_ray/data/fetch.py); nothing was written")
+                            f"{' of ' + src.select if src.select else ''}, expected {want_rows} "
+                            f"({'relift_ray/data/fetch.py' if src.rows else 'manifest.json'}); "
+                            f"nothing was written")
         part = Path(tmp) / ("layout" + dest.suffix)
         if src.kind == HUB:
             _write(_hub_rows(name, src, path, resolved), part)

@@ -2,10 +2,10 @@
 
 ``load_questions(spec, fmt, split)`` returns ``Question`` records. ``spec`` is a named data
 source (``toy``, see relift_ray.data.registry) or ``py:module:function`` (called with the
-split), a file
-(``.jsonl``, ``.json`` holding a list of objects, or ``.parquet``), or a Hugging Face dataset
-``hf://owner/name[@revision][/file-glob]`` (downloaded into the HF cache; needs network access the first
-time). A bad row raises ``DataError`` naming the file, the row (1-based) and the field.
+split), a file (``.jsonl``, ``.json`` holding a list of objects, or ``.parquet``), or a
+Hugging Face dataset ``hf://owner/name[@revision][/file-glob]`` (downloaded into the HF
+cache; needs network access the first time). A bad row raises ``DataError`` naming the file,
+the row (1-based) and the field.
 
 Formats (``auto`` tells them apart by the first row's fields):
   luffy   the LUFFY/ReLIFT (verl) parquet rows: prompt = chat messages, target = the

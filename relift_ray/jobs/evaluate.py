@@ -26,7 +26,7 @@ from pathlib import Path
 import ray
 from transformers import AutoTokenizer
 
-from relift_ray.catalog import BENCHMARKS, OOD_BENCHMARKS
+from relift_ray.catalog import BENCHMARKS, NOT_FETCHED
 from relift_ray.config import RunConfig
 from relift_ray.data.benchmarks import benchmark_path, how_to_get, load_benchmark
 from relift_ray.data.fetch import fetch
@@ -193,7 +193,7 @@ def ensure_benchmarks(cfg: RunConfig, log=print) -> None:
                if not benchmark_path(n, e.data_dir, e.files.get(n, "")).exists()]
     named = e.data_dir or os.environ.get("RELIFT_EVAL_DATA") or \
         os.environ.get("RELIFT_SHARED_DATA")
-    fetchable = [n for n in missing if n not in OOD_BENCHMARKS and n not in e.files]
+    fetchable = [n for n in missing if n not in NOT_FETCHED and n not in e.files]
     if fetchable and not named:
         log(f"[eval] {', '.join(fetchable)}: not on this machine; fetching them once "
             f"(relift data fetch)")
