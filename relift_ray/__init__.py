@@ -49,6 +49,6 @@ entry point; the three lowest layers import no Ray (tests/test_layers.py checks 
    group).
 6. entry points, jobs/: train (the training job), evaluate, compare (+ compare_report,
    compare_claims), serve (+ openai_api, text_engine), in_process (the in-process runner),
-   toy_base (builds the toy base model); and ``cli.py`` (``relift``). The scripts in the
-   repository's jobs/ folder only call the CLI.
+   toy_base (builds the toy base model), data_fetch (``relift data fetch``); and ``cli.py``
+   (``relift``). The scripts in the repository's jobs/ folder only call the CLI.
 """

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         from relift_ray.jobs.serve import serve_main  # Ray Serve and FastAPI
         return serve_main(argv[1:])
     if argv and argv[0] == "data":
-        from relift_ray.data.fetch import data_main  # no Ray for the data command
+        from relift_ray.jobs.data_fetch import data_main  # no Ray for the data command
         return data_main(argv[1:])
     if not argv or argv[0] not in DEFAULTS:
         print("usage: relift {train,compare,evaluate} [--config FILE|NAME] [key=value ...]\n"

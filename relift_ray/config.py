@@ -95,6 +95,10 @@ class DataConfig:
     # what the verifier sees: whole | after_think (the released reward) | think_or_whole (the
     # released evaluation) | boxed; see relift_ray.rewards.extract_answer
     answer_extraction: str = one_of("boxed", "after_think", "think_or_whole", "whole")
+    # whose verdicts: current (the installed math-verify, with exact-match shortcuts) | released
+    # (the released reward's: math-verify 0.6.0's rules for several boxes and percentages; see
+    # relift_ray.core.scoring)
+    verifier: str = one_of("current", "released")
     # Prompting: auto = the tokenizer's chat template when it has one, else the plain template.
     prompt_template: str = one_of("auto", "chat", "plain")
     plain_template: str = "{prompt}"  # plain: the text around the question

@@ -76,6 +76,7 @@ def fetched(tmp_path_factory):
     mp.setattr(F, "url_get", get)
     unpin_hub_hashes(mp)
     lines: list = []
-    manifest = F.fetch(to=tmp / "benchmarks", log=lines.append)
+    from relift_ray.jobs.data_fetch import fetch_checked
+    manifest = fetch_checked(to=tmp / "benchmarks", log=lines.append)
     mp.undo()
     return tmp / "benchmarks", manifest, lines, calls

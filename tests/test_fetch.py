@@ -19,6 +19,7 @@ from helpers import (
 
 from relift_ray.data import fetch as F
 from relift_ray.errors import DataError
+from relift_ray.jobs.data_fetch import fetch_checked, gold_scorer
 
 SIZES = {"math500": 500, "aime24": 30, "aime25": 30, "amc": 83, "amc23": 40, "minerva": 272,
          "olympiadbench": 674, "gsm8k": 1319, "relift_valid": 1987, "mmlu_pro": 40}
@@ -105,7 +106,7 @@ def test_a_file_that_is_not_the_pinned_one_stops_the_fetch_and_writes_nothing(tm
     src = F.SOURCES["relift_valid"]
     monkeypatch.setitem(F.SOURCES, "relift_valid", dataclasses.replace(src, sha256="0" * 64))
     with pytest.raises(DataError) as e:
-        F.fetch(["relift_valid"], tmp_path / "out", log=quiet)
+        fetch_checked(["relift_valid"], tmp_path / "out", log=quiet)
     msg = str(e.value)
     assert f"benchmark relift_valid: TheRoadQaQ/ReLIFT@{F.RELIFT_HEAD[:12]}:dataset/valid." \
            f"parquet has sha256 e30b4191" in msg
@@ -115,12 +116,12 @@ def test_a_file_that_is_not_the_pinned_one_stops_the_fetch_and_writes_nothing(tm
     monkeypatch.setitem(F.SOURCES, "relift_valid", dataclasses.replace(src, rows=1988))
     with pytest.raises(DataError, match=r"holds 1987 rows, expected 1988 \(relift_ray/data/"
                                         r"fetch.py\); nothing was written"):
-        F.fetch(["relift_valid"], tmp_path / "out", log=quiet)
+        fetch_checked(["relift_valid"], tmp_path / "out", log=quiet)
     # minerva counts the rows of its data_source in LUFFY's bundle
     minerva = F.SOURCES["minerva"]
     monkeypatch.setitem(F.SOURCES, "minerva", dataclasses.replace(minerva, rows=271))
     with pytest.raises(DataError, match="holds 272 rows of minerva, expected 271"):
-        F.fetch(["minerva"], tmp_path / "out", log=quiet)
+        fetch_checked(["minerva"], tmp_path / "out", log=quiet)
 
 
 @needs_shared
@@ -129,12 +130,12 @@ def test_a_source_without_a_pin_is_locked_by_its_first_fetch(tmp_path, monkeypat
     monkeypatch.setattr(F, "url_get", fake_hub(tmp_path, calls)[1])
     unpin_hub_hashes(monkeypatch)
     monkeypatch.setattr(F, "hub_snapshot", fake_hub(tmp_path / "a", calls, head="a" * 40)[0])
-    first = F.fetch(["amc"], out, log=quiet)["amc"]
+    first = fetch_checked(["amc"], out, log=quiet)["amc"]
     assert first["source"]["revision"] == "a" * 40 and not first["source"]["pinned"]
     # the head moves on and its file changes: a plain fetch still reads the recorded commit
     monkeypatch.setattr(F, "hub_snapshot", fake_hub(
         tmp_path / "b", calls, head="b" * 40, changed={"AI-MO/aimo-validation-amc": 82})[0])
-    again = F.fetch(["amc"], out, log=quiet)["amc"]
+    again = fetch_checked(["amc"], out, log=quiet)["amc"]
     assert calls[-1][:2] == ("AI-MO/aimo-validation-amc", "a" * 40)
     assert again["sha256"] == first["sha256"]
     # --refresh reads the head again, and says what changed; its rows no longer match
@@ -142,12 +143,12 @@ def test_a_source_without_a_pin_is_locked_by_its_first_fetch(tmp_path, monkeypat
     with pytest.raises(DataError, match=r"benchmark amc: AI-MO/aimo-validation-amc@bbbbbbbbbbbb:"
                                         r"data/train-00000-of-00001.parquet holds 82 rows, "
                                         r"expected 83"):
-        F.fetch(["amc"], out, log=lines.append, refresh=True)
+        fetch_checked(["amc"], out, log=lines.append, refresh=True)
     assert calls[-1][:2] == ("AI-MO/aimo-validation-amc", "main")
     # the manifest kept the last good fetch; a head with the same rows is taken and reported
     monkeypatch.setattr(F, "hub_snapshot", fake_hub(tmp_path / "c", calls, head="c" * 40)[0])
     lines.clear()
-    new = F.fetch(["amc"], out, log=lines.append, refresh=True)["amc"]
+    new = fetch_checked(["amc"], out, log=lines.append, refresh=True)["amc"]
     assert new["source"]["revision"] == "c" * 40
     assert any(f"amc: changed since the last fetch: revision {'a' * 40} -> {'c' * 40}" in line
                for line in lines)
@@ -156,12 +157,12 @@ def test_a_source_without_a_pin_is_locked_by_its_first_fetch(tmp_path, monkeypat
 @needs_shared
 def test_a_recorded_hash_that_no_longer_matches_names_the_fix(tmp_path, hub):
     out = tmp_path / "out"
-    F.fetch(["amc23"], out, log=quiet)
+    fetch_checked(["amc23"], out, log=quiet)
     manifest = json.loads((out / "manifest.json").read_text())
     manifest["amc23"]["sha256"] = "1" * 64
     (out / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(DataError) as e:
-        F.fetch(["amc23"], out, log=quiet)
+        fetch_checked(["amc23"], out, log=quiet)
     assert "recorded by the first fetch in manifest.json" in str(e.value)
     assert "`relift data fetch --refresh --benchmarks amc23` takes the new file" in str(e.value)
 
@@ -174,13 +175,13 @@ def test_a_hub_set_without_the_expected_column_names_it(tmp_path, hub, monkeypat
     with pytest.raises(DataError, match=rf"openai/gsm8k \(revision {src.revision}\) file "
                                         r"main/test-00000-of-00001.parquet has no column 'final' "
                                         r"\(columns: answer, question\)"):
-        F.fetch(["gsm8k"], tmp_path / "out", log=quiet)
+        fetch_checked(["gsm8k"], tmp_path / "out", log=quiet)
     monkeypatch.setitem(F.SOURCES, "gsm8k", dataclasses.replace(src, file="main/test.parquet"))
     with pytest.raises(DataError, match=r"has no file main/test.parquet \(its cached snapshot "
                                         r"holds: main/test-0"):
-        F.fetch(["gsm8k"], tmp_path / "out", log=quiet)
+        fetch_checked(["gsm8k"], tmp_path / "out", log=quiet)
     with pytest.raises(DataError, match="unknown benchmark 'gsm9k'"):
-        F.fetch(["gsm9k"], tmp_path / "out")
+        fetch_checked(["gsm9k"], tmp_path / "out")
 
 
 def test_gold_answers_are_checked_in_the_reward_worker_with_its_time_limit(tmp_path,
@@ -191,8 +192,8 @@ def test_gold_answers_are_checked_in_the_reward_worker_with_its_time_limit(tmp_p
     path = tmp_path / "eval/gsm8k/test.jsonl"
     path.parent.mkdir(parents=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    monkeypatch.setattr(F, "GOLD_CHECK", "helpers:hanging_gold_check")
-    check = F.verify("gsm8k", tmp_path, timeout_s=1.0)
+    with gold_scorer(1.0, "helpers:hanging_gold_check") as score:
+        check = F.verify("gsm8k", tmp_path, score)
     assert check == {"questions": 4, "golds_verified": 3, "others_rejected": 3,
                      "others_tried": 4, "timeouts": 2}
 

@@ -1,5 +1,6 @@
 """Answer extraction, math-verify scoring, and the reward worker's hard time limit."""
 import pytest
+from helpers import SHARED, needs_shared
 
 from relift_ray.core.scoring import extract_answer, last_boxed, math_reward
 from relift_ray.records import Reward
@@ -116,3 +117,71 @@ def test_released_reward_scores_the_piece_after_the_first_think_end():
     # out-of-distribution multiple choice: the letter goes through math-verify, as released
     assert math_reward("x</think> The answer is \\boxed{C}.", "C", "think_or_whole").value == 1.0
     assert math_reward("x</think> \\boxed{B}", "C", "think_or_whole").value == 0.0
+
+
+# ---------------------------------------------------------------- the released reward's verdicts
+
+@pytest.mark.parametrize("segment, truth, released, current", [
+    # a response that corrects itself: math-verify 0.6.0 reads the last box; newer versions
+    # merge nearby boxes into a set {3, 5}
+    ("First \\boxed{3}, but wait, actually the answer is \\boxed{5}.", "5", 1.0, 0.0),
+    ("\\boxed{3}\\boxed{5}", "5", 1.0, 0.0),
+    ("\\boxed{3}, \\boxed{5}", "5", 0.0, 0.0),  # a bare separator: one answer, {3, 5}
+    ("The answer is \\boxed{3} and \\boxed{5}.", "5", 0.0, 0.0),
+    # a percentage is its value
+    ("\\boxed{42\\%}", "42", 0.0, 1.0),
+    ("\\boxed{42\\%}", "0.42", 1.0, 1.0),
+    ("\\boxed{8}", "8 \\%", 0.0, 1.0),
+    # no exact-match shortcut where math-verify finds no answer
+    (" p - q", "p - q", 0.0, 1.0),
+    ("\\boxed{\\frac{14}{3}}", "\\frac{14}{3}", 1.0, 1.0),
+    ("\\boxed{007}", "7", 1.0, 1.0),
+])
+def test_the_released_verifier_on_the_cases_where_versions_differ(segment, truth, released,
+                                                                   current):
+    from relift_ray.core.scoring import released_reward
+    response = "<think>work</think>" + segment
+    assert released_reward(response, truth, "after_think").value == released
+    assert math_reward(response, truth, "after_think").value == current
+    assert released_reward("no closing tag \\boxed{5}", "5", "after_think").status == \
+        Reward.NO_ANSWER
+
+
+@needs_shared
+def test_the_released_verifier_gives_the_released_verdicts_on_the_corpus():
+    """9,552 answer variants of 500 MATH-500 and GSM8K golds, against the verdicts of the
+    released scorer on math-verify 0.6.0 (scripts/released_verdicts.py): all agree; the
+    installed library without the released rules disagrees on about a fifth."""
+    import json
+    import logging
+    from pathlib import Path
+
+    from released_corpus import corpus
+
+    from relift_ray.core.scoring import released_reward
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+    lines = (Path(__file__).parent / "data/released_verdicts.jsonl").read_text().splitlines()
+    head, rows = json.loads(lines[0]), [json.loads(line) for line in lines[1:]]
+    assert head == {"math_verify": "0.6.0", "items": len(rows)}
+    want = {r["id"]: r["verdict"] for r in rows}
+    items = corpus(SHARED)
+    assert [i for i, _, _ in items] == list(want)  # the same corpus as the verdicts'
+    wrong = [(i, g, want[i]) for i, response, g in items
+             if released_reward(response, g, "after_think").value != want[i]]
+    assert not wrong, f"{len(wrong)} of {len(items)} disagree, e.g. {wrong[:5]}"
+    current = sum(math_reward(r, g, "after_think").value != want[i] for i, r, g in items[::7])
+    assert current > 0.1 * len(items[::7])  # the corpus does hold the cases that differ
+
+
+def test_the_paper_preset_scores_with_the_released_verifier():
+    from relift_ray.config import load_config
+    from relift_ray.core.scoring import VERIFIERS
+    cfg = load_config("relift_ray/configs/paper.yaml", [])
+    assert cfg.data.verifier == "released" and load_config(None, []).data.verifier == "current"
+    w = RewardWorker("after_think", 5.0, VERIFIERS[cfg.data.verifier])
+    try:
+        got = w.score([("<think>a</think>\\boxed{3}, wait, \\boxed{5}", "5"),
+                       ("<think>a</think>\\boxed{42\\%}", "42")])
+    finally:
+        w.close()
+    assert [r.value for r in got] == [1.0, 0.0]

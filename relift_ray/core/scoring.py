@@ -1,13 +1,28 @@
 """The reward of one answer: answer extraction and math-verify scoring.
 
-``math_reward(response, truth, extraction)`` is the paper's reward: 1 if math-verify finds the
-extracted answer equal to the ground truth, else 0 (no answer found = 0). It runs math-verify
-without its own timeout; the reward worker (relift_ray.rollout.rewards) runs it in a child
-process with a hard limit from the outside.
+Two verifiers (``data.verifier``), each a function (response, truth, extraction) -> Reward:
+
+- ``math_reward`` (``current``): 1 if the installed math-verify finds the extracted answer
+  equal to the ground truth, else 0 (no answer found = 0), with two exact-match shortcuts.
+- ``released_reward`` (``released``): the released reward's verdicts. The release pins
+  math-verify 0.6.0 (with latex2sympy2_extended 1.0.9); newer versions judge two things
+  differently, and this function gives 0.6.0's verdict on both while running the installed
+  library: several \\boxed{} in a response are one answer only when nothing but "and", "or"
+  or "," stands between them (else the last box is the answer; newer versions merge nearby
+  boxes into a set, so a response that corrects itself scores 0), and a percentage equals
+  only its value (42% = 0.42, not 42). The ground truth is read as ``$truth$``, parsing and
+  verifying each have math-verify's own 3 s limit, and the only shortcut left is two plain
+  integers. ``tests/test_rewards.py`` checks it against 0.6.0's verdicts on a corpus of
+  answer variants (``scripts/released_verdicts.py`` makes them).
+
+Both run math-verify without a limit of their own beyond that; the reward worker
+(relift_ray.rollout.rewards) runs them in a child process with a hard limit from the outside.
 """
 from __future__ import annotations
 
 import re
+import threading
+from contextlib import contextmanager
 
 from relift_ray.records import Reward
 
@@ -92,3 +107,99 @@ def verified_reward(response: str, truth: str, extraction: str = "boxed") -> Rew
     """``math_reward`` with every answer through math-verify, no shortcut: the check
     ``relift data fetch`` makes of each gold answer (run by the reward worker, with its limit)."""
     return math_reward(response, truth, extraction, exact_match=False)
+
+
+# --------------------------------------------------------------- the released reward's verdicts
+
+_SEPARATOR = re.compile(r"\s*(?:and|or|,)\s*")
+
+
+def _boxes_as_released(text: str, mode: str = "last") -> str:
+    """The answer math-verify 0.6.0 reads from the boxes of ``text`` (latex2sympy2_extended
+    1.0.9's rule): from the last \\boxed{} (or \\fbox{}) backwards, an earlier box joins the
+    answer only when the text between the two is a bare "and", "or" or ","; contents are
+    joined by commas. No box: the text itself. ``mode="all"``: every box."""
+    found: list[str] = []
+    end = len(text)  # the search goes right to left, below the last box taken
+    previous_start = None
+    while True:
+        start = max(text.rfind("\\boxed", 0, end), text.rfind("\\fbox", 0, end))
+        if start < 0:
+            break
+        brace = start + (6 if text.startswith("\\boxed", start) else 5)
+        while brace < end and text[brace].isspace():
+            brace += 1
+        if brace >= end:
+            break
+        if text[brace] != "{":  # a box without braces ends the answer
+            if not found:
+                found.append(text[brace:])
+            break
+        depth, close = 0, None
+        for i in range(brace, end):
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            if depth == 0:
+                close = i
+                break
+        if close is None:  # unbalanced: the rest is the answer, if nothing came before
+            if not found:
+                found.append(text[brace:])
+            break
+        if mode == "last" and previous_start is not None and \
+                not _SEPARATOR.fullmatch(text[close + 1:previous_start]):
+            break
+        found.append(text[brace + 1:close].strip())
+        previous_start = end = start
+    return ",".join(reversed(found)) if found else text
+
+
+def _percent_as_released(expr, default=None):
+    """math-verify 0.6.0 compares a percentage by its value: 9% is 9/100, not 9."""
+    from math_verify.grader import safe_sympy_doit
+    return safe_sympy_doit(expr)
+
+
+@contextmanager
+def _math_verify_0_6_rules():
+    """The installed math-verify with 0.6.0's two rules (boxes, percentages) for the block."""
+    import latex2sympy2_extended.math_normalization as norm
+    import math_verify.grader as grader
+    saved = norm.extract_boxed_content, getattr(grader, "get_pct_val", None)
+    norm.extract_boxed_content = _boxes_as_released
+    if saved[1] is not None:
+        grader.get_pct_val = _percent_as_released
+    try:
+        yield
+    finally:
+        norm.extract_boxed_content = saved[0]
+        if saved[1] is not None:
+            grader.get_pct_val = saved[1]
+
+
+RELEASED_LIMIT_S = 3  # math-verify 0.6.0's own parse and verify limits
+
+
+def released_reward(response: str, truth: str, extraction: str = "after_think") -> Reward:
+    """The released reward's verdict on one response (see the module docstring)."""
+    from math_verify import parse, verify
+
+    part = extract_answer(response, extraction)
+    if part is None:
+        return Reward(0.0, Reward.NO_ANSWER)
+    inner = part.strip()
+    if inner.startswith("\\boxed{") and inner.endswith("}") and inner.count("\\boxed") == 1:
+        inner = inner[len("\\boxed{"):-1].strip()
+    if _INTEGER.fullmatch(truth.strip()) and _INTEGER.fullmatch(inner):
+        return Reward(float(int(inner) == int(truth)), Reward.OK)  # two plain integers
+    # math-verify's limits use signals, which work on the main thread only
+    limit = RELEASED_LIMIT_S if threading.current_thread() is threading.main_thread() else None
+    with _math_verify_0_6_rules():
+        pred = parse(part, parsing_timeout=limit)
+        if not pred:
+            return Reward(0.0, Reward.NO_ANSWER)
+        gold = parse(f"${truth}$", parsing_timeout=limit)
+        return Reward(1.0 if verify(gold, pred, timeout_seconds=limit) else 0.0, Reward.OK)
+
+
+VERIFIERS = {"current": "relift_ray.core.scoring:math_reward",
+             "released": "relift_ray.core.scoring:released_reward"}

@@ -191,30 +191,22 @@ def _write(rows: list[dict], dest: Path) -> None:
                 f.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
 
 
-GOLD_CHECK = "relift_ray.core.scoring:verified_reward"  # every answer through math-verify
-
-
-def verify(name: str, folder: Path, timeout_s: float = 5.0) -> dict:
-    """The grader check on a fetched set, through the reward worker (math-verify in a child
-    process, ``timeout_s`` per answer): every gold inside \\boxed{} against itself, and (up to
-    60) others' golds against it. An answer past the limit counts as not verified."""
-    from relift_ray.rollout.rewards import RewardWorker  # the child process's machinery
-
+def verify(name: str, folder: Path, score) -> dict:
+    """The grader check on a fetched set: every gold inside \\boxed{} against itself, and (up
+    to 60) others' golds against it. ``score``: [(response, truth)] -> [Reward], the reward
+    worker's (relift_ray.jobs.data_fetch: math-verify in a child process with a time limit
+    per answer, so that no gold answer can hang the fetch); an answer past the limit counts as
+    neither verified nor rejected."""
     if name not in BENCHMARKS:  # the validation set: read as training data would be
         qs = load_questions(str(folder / layout_path(name)))
     else:
         qs = load_benchmark(name, folder)
     pairs = [(a, b) for a, b in zip(qs, qs[1:] + qs[:1]) if a.answer != b.answer][:60]
-    worker = RewardWorker("boxed", timeout_s, fn=GOLD_CHECK)
-    try:
-        own = worker.score([(f"\\boxed{{{q.answer}}}", q.answer) for q in qs])
-        others = worker.score([(f"\\boxed{{{b.answer}}}", a.answer) for a, b in pairs])
-        stats = worker.get_stats()
-    finally:
-        worker.close()
+    own = score([(f"\\boxed{{{q.answer}}}", q.answer) for q in qs])
+    others = score([(f"\\boxed{{{b.answer}}}", a.answer) for a, b in pairs])
     return {"questions": len(qs), "golds_verified": sum(r.value == 1.0 for r in own),
             "others_rejected": sum(r.value == 0.0 and not r.timed_out for r in others),
-            "others_tried": len(pairs), "timeouts": stats["timeouts"]}
+            "others_tried": len(pairs), "timeouts": sum(r.timed_out for r in own + others)}
 
 
 def _pins(name: str, src: Source, prev: dict | None,
@@ -238,7 +230,7 @@ def _pins(name: str, src: Source, prev: dict | None,
     return revision, "", "", rows
 
 
-def fetch_one(name: str, root: Path, prev: dict | None = None, refresh: bool = False,
+def fetch_one(name: str, root: Path, score, prev: dict | None = None, refresh: bool = False,
               log=print) -> dict:
     """One source into ``root``: download, the sha256 and row checks, the layout file, the
     grader check; returns its manifest entry. Nothing is written when a check fails."""
@@ -269,7 +261,7 @@ def fetch_one(name: str, root: Path, prev: dict | None = None, refresh: bool = F
             shutil.copy(path, part)
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(part), dest)
-    check = verify(name, root)
+    check = verify(name, root, score)
     entry = {"file": layout_path(name),
              "source": {**asdict(src), "revision": resolved, "pinned": bool(src.revision)},
              "rows": rows, "questions": check["questions"], "bytes": dest.stat().st_size,
@@ -295,10 +287,12 @@ def _changes(prev: dict, new: dict) -> str:
         "unchanged since the last fetch"
 
 
-def fetch(names: list[str] | None = None, to: str | Path = "", log=print,
+def fetch(score, names: list[str] | None = None, to: str | Path = "", log=print,
           refresh: bool = False) -> dict:
     """Download ``names`` (default: every source) into ``to`` (default: the relift cache's
-    benchmarks folder), verify each, and write the manifest after each; returns it."""
+    benchmarks folder), verify each (the gold check through ``score``, see ``verify``), and
+    write the manifest after each; returns it. ``relift_ray.jobs.data_fetch.fetch_checked``
+    calls it with the reward worker."""
     root = Path(to) if to else default_fetch_dir()
     names = list(names or SOURCES)
     unknown = [n for n in names if n not in SOURCES]
@@ -308,7 +302,7 @@ def fetch(names: list[str] | None = None, to: str | Path = "", log=print,
     manifest_path = root / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     for name in names:
-        manifest[name] = fetch_one(name, root, manifest.get(name), refresh, log)
+        manifest[name] = fetch_one(name, root, score, manifest.get(name), refresh, log)
         root.mkdir(parents=True, exist_ok=True)  # after each set: never ahead of the files
         manifest_path.write_text(json.dumps(manifest, indent=1))
     root.mkdir(parents=True, exist_ok=True)
@@ -317,26 +311,3 @@ def fetch(names: list[str] | None = None, to: str | Path = "", log=print,
     log(f"[fetch] {len(names)} set(s) in {root} (manifest.json); point eval.data_dir or "
         f"RELIFT_EVAL_DATA there, or leave both unset to use it by default")
     return manifest
-
-
-def data_main(argv: list[str]) -> int:
-    import argparse
-    import sys
-    p = argparse.ArgumentParser(prog="relift data", description=(
-        "relift data fetch: download the evaluation benchmarks once into one local folder."))
-    sub = p.add_subparsers(dest="cmd", required=True)
-    f = sub.add_parser("fetch", help="download, check and list the benchmarks")
-    f.add_argument("--benchmarks", default="", help=f"comma-separated (default: all of "
-                   f"{', '.join(SOURCES)})")
-    f.add_argument("--to", default="", help=f"folder (default: {default_fetch_dir()})")
-    f.add_argument("--refresh", action="store_true", help=(
-        "read the sources with no commit pinned here at their head again (not the commit "
-        "manifest.json recorded), and report what changed"))
-    args = p.parse_args(argv)
-    try:
-        fetch([b for b in args.benchmarks.split(",") if b] or None, args.to,
-              refresh=args.refresh)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0

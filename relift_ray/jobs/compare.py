@@ -38,6 +38,7 @@ from pathlib import Path
 import ray
 
 from relift_ray.config import RunConfig, validate
+from relift_ray.core.scoring import VERIFIERS
 from relift_ray.data.load import load_data
 from relift_ray.data.lora import check_targets_of
 from relift_ray.data.registry import resolve_model
@@ -149,7 +150,8 @@ def _base_task(cfg_dict: dict, model_path: str, test_qs, eval_k: int, n_bucket: 
 
     cfg = RunConfig.from_dict(cfg_dict)
     torch.set_num_threads(threads)
-    rewarder = RewardWorker(cfg.data.answer_extraction, cfg.cluster.reward_timeout_s)
+    rewarder = RewardWorker(cfg.data.answer_extraction, cfg.cluster.reward_timeout_s,
+                            VERIFIERS[cfg.data.verifier])
     gen = None
     try:
         tok = AutoTokenizer.from_pretrained(model_path)

@@ -29,10 +29,10 @@ from transformers import AutoTokenizer
 from relift_ray.catalog import BENCHMARKS, NOT_FETCHED
 from relift_ray.config import RunConfig
 from relift_ray.data.benchmarks import benchmark_path, how_to_get, load_benchmark
-from relift_ray.data.fetch import fetch
 from relift_ray.data.prompts import prepare_tokenizer, render_prompts
 from relift_ray.data.registry import resolve_model
 from relift_ray.errors import DataError
+from relift_ray.jobs.data_fetch import fetch_checked
 from relift_ray.records import Question, SamplingParams
 from relift_ray.rollout.calls import call_all, is_actor, score_all
 from relift_ray.runtime.cluster import init_ray
@@ -198,7 +198,7 @@ def ensure_benchmarks(cfg: RunConfig, log=print) -> None:
         log(f"[eval] {', '.join(fetchable)}: not on this machine; fetching them once "
             f"(relift data fetch)")
         try:
-            fetch(fetchable, log=log)
+            fetch_checked(fetchable, log=log)
         except DataError as err:
             path = benchmark_path(fetchable[0], e.data_dir)
             raise DataError(f"{how_to_get(fetchable[0], path)}; fetching failed: {err}") \

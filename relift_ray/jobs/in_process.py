@@ -23,6 +23,7 @@ from transformers import AutoTokenizer
 
 from relift_ray import faults
 from relift_ray.config import RunConfig
+from relift_ray.core.scoring import VERIFIERS
 from relift_ray.core.stats import summarize
 from relift_ray.data.prompts import prepare_tokenizer
 from relift_ray.learner.learner import Learner
@@ -169,7 +170,8 @@ def run_in_process(cfg: RunConfig, model_path: str, train_qs: list[Question],
         torch.set_num_threads(threads)  # runs side by side must not oversubscribe the cores
     torch.manual_seed(cfg.train.seed)
     single_process_group()
-    rewarder = RewardWorker(cfg.data.answer_extraction, cfg.cluster.reward_timeout_s)
+    rewarder = RewardWorker(cfg.data.answer_extraction, cfg.cluster.reward_timeout_s,
+                            VERIFIERS[cfg.data.verifier])
     parts = None
     try:
         parts = build(cfg, model_path, train_qs, rewarder, threads)

@@ -20,6 +20,7 @@ import ray
 from ray.util.placement_group import remove_placement_group
 
 from relift_ray.config import RunConfig
+from relift_ray.core.scoring import VERIFIERS
 from relift_ray.errors import ConfigError
 from relift_ray.records import LoopSpec
 from relift_ray.rollout.placement import (
@@ -77,7 +78,8 @@ def start_workers(cfg: RunConfig, model_path: str, prefix: str = "",
     rewarders = [ray.remote(RewardWorker).options(name=reward_names[i],
                                                   num_cpus=c.reward_cpus, max_restarts=-1,
                                                   max_task_retries=-1)
-                 .remote(extraction or cfg.data.answer_extraction, c.reward_timeout_s)
+                 .remote(extraction or cfg.data.answer_extraction, c.reward_timeout_s,
+                         VERIFIERS[cfg.data.verifier])
                  for i in range(c.num_reward_workers)]
     g = cfg.generator
     if g.backend == "vllm":
