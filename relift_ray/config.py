@@ -95,6 +95,9 @@ class DataConfig:
     # what the verifier sees: whole | after_think (the released reward) | think_or_whole (the
     # released evaluation) | boxed; see relift_ray.rewards.extract_answer
     answer_extraction: str = one_of("boxed", "after_think", "think_or_whole", "whole")
+    # >0: demonstrations longer than this many tokens are cut to it, the last kept token
+    # replaced by EOS (the released dataset class's max_target_len; 8192 in the paper)
+    max_demo_tokens: int = non_negative(0)
     # whose verdicts: current (the installed math-verify, with exact-match shortcuts) | released
     # (the released reward's: math-verify 0.6.0's rules for several boxes and percentages; see
     # relift_ray.core.scoring)
@@ -128,9 +131,11 @@ class AlgoConfig:
     temperature: float = non_negative(1.0)
     top_p: float = fraction(1.0)
     max_new_tokens: int = positive(8192)  # also L_max, the divisor of the RL loss
-    # relift (r - mean, no clip, sum/L_max) | grpo (clipped, std-normalised)
-    rl_loss: str = one_of("relift", "grpo")
-    clip_eps: float = non_negative(0.2)  # grpo only: ratio clip range
+    # relift (r - mean, no clip, sum/L_max: the released ReLIFT scripts) | clipped (r - mean,
+    # the ratio clipped, sum/L_max: the released pure-RL baseline, train_rl.sh) | grpo (the
+    # ratio clipped, std-normalised advantages, a per-sequence token mean)
+    rl_loss: str = one_of("relift", "clipped", "grpo")
+    clip_eps: float = non_negative(0.2)  # clipped and grpo: ratio clip range
     entropy_coef: float = non_negative(0.001)  # RL entropy bonus coefficient
     # How the entropy bonus is aggregated: minibatch (the paper's formula: one token mean over
     # a rank's minibatch) | released (the released code: a token mean per dynamic micro-batch
@@ -157,11 +162,14 @@ class AlgoConfig:
     # The paper's ablations (mode=relift): when an SFT step runs, and what feeds the buffer.
     sft_trigger: str = one_of("buffer_full", "every_k", "every_step")  # buffer_full: M waiting
     # sft_trigger=every_k: SFT on (up to M of) the buffer every k steps
-    sft_every: int = positive(10)
+    sft_every: int = positive(8)  # the paper's fixed schedule: every 8 steps
     buffer_feed: str = one_of("hardest", "non_hardest")  # pass rate 0 | pass rate > 0
     sft_first_steps: int = non_negative(0)  # mode=sft_then_rl: offline SFT steps before RL starts
-    # mode=mixed: weight of the SFT term added to the RL loss
+    # mode=mixed: weight of the SFT term added to the RL loss, and whose demonstrations it
+    # covers: all (one per question of the step's batch, as the paper's "RL w/ SFT loss",
+    # LUFFY's train_rl_sft_loss.sh, ran it) | hardest (the step's questions no rollout solved)
     mixed_sft_coef: float = non_negative(1.0)
+    mixed_demos: str = one_of("all", "hardest")
     # Asynchronous rollouts: batch s is sampled with weight version max(0, s-1-k) while the
     # learners train the steps before it (0 = exactly on-policy, the released algorithm). A
     # fixed lag, so a run is as deterministic (and resumable) as an on-policy one.
@@ -293,7 +301,7 @@ class CompareConfig:
     """The comparison job (``relift compare``): methods side by side from one base model."""
     methods: list = field(default_factory=lambda: [
         "rl", "sft", "sft_then_rl", "relift", "sft_every_k", "non_hardest_buffer",
-        "sft_every_step", "mixed"])  # names from relift_ray.jobs.compare.METHODS
+        "sft_every_step", "mixed_hardest"])  # names from relift_ray.jobs.compare.METHODS
     seeds: list = field(default_factory=lambda: [1, 2, 3])
     parallel: int = positive(2)  # runs at once (each is one Ray task; on GPU each takes one GPU)
     threads: int = positive(1)  # torch threads per run on CPU
@@ -447,8 +455,9 @@ def _check_algo(cfg: RunConfig) -> None:
     if a.mode == "relift" and a.buffer_size < learners:
         raise ConfigError(f"algo.buffer_size={a.buffer_size}: must be >= cluster.num_learners "
                           f"({learners}) so every learner gets a demonstration")
-    if a.rl_loss == "grpo" and a.clip_eps <= 0:
-        raise ConfigError(f"algo.clip_eps={a.clip_eps}: the grpo loss needs a clip range > 0")
+    if a.rl_loss in ("clipped", "grpo") and a.clip_eps <= 0:
+        raise ConfigError(f"algo.clip_eps={a.clip_eps}: the {a.rl_loss} loss needs a clip "
+                          f"range > 0")
     if a.max_staleness and a.mode == "sft":
         raise ConfigError(f"algo.max_staleness={a.max_staleness}: mode=sft samples "
                           f"nothing; set max_staleness=0")

@@ -56,6 +56,24 @@ def test_grpo_loss_clips_and_takes_per_sequence_token_mean():
     assert m["clip_frac"] == pytest.approx(1 / 3)
 
 
+def test_the_released_rl_baseline_clips_and_sums_over_l_max():
+    # train_rl.sh: the ratio clipped at 0.2, advantages r - mean (not divided by the std), the
+    # clipped terms summed over the tokens and divided by L_max (8,192 there, 4 here)
+    mask, adv, ent, old = _batch()
+    logp = old.clone()
+    logp[0, 0] = math.log(2.0)
+    loss, m = policy_loss(logp, old, adv, mask, ent, kind="clipped", clip_eps=0.2, l_max=4,
+                          entropy_coef=0.0)
+    # seq0 (A=1): max(-2, -1.2) = -1.2 and -1; seq1 (A=-0.5): +0.5 -> (-1.2 - 1 + 0.5) / 4
+    assert loss.item() == pytest.approx(-1.7 / 4)
+    assert m["clip_frac"] == pytest.approx(1 / 3)
+    logp = logp.requires_grad_(True)
+    policy_loss(logp, old, adv, mask, ent, kind="clipped", clip_eps=0.2, l_max=4,
+                entropy_coef=0.0)[0].backward()
+    # the clipped token has no gradient; the others -A / L_max (times the ratio, here 1)
+    assert logp.grad.tolist() == [[0.0, -0.25, 0.0], [0.125, 0.0, 0.0]]
+
+
 def test_relift_gradient_is_minus_advantage_over_lmax():
     mask, adv, ent, old = _batch()
     logp = old.clone().requires_grad_(True)

@@ -30,7 +30,12 @@ def test_every_method_is_a_valid_config_with_the_same_budget():
     assert made["sft_every_k"].algo.sft_trigger == "every_k"
     assert made["non_hardest_buffer"].algo.buffer_feed == "non_hardest"
     assert made["sft_every_step"].algo.sft_trigger == "every_step"
-    assert made["mixed"].algo.mode == "mixed"
+    assert (made["mixed"].algo.mode, made["mixed"].algo.mixed_demos) == ("mixed", "all")
+    assert made["mixed_hardest"].algo.mixed_demos == "hardest"
+    # the released pure-RL baseline (train_rl.sh), and clipped GRPO with std
+    rl = made["rl_released"].algo
+    assert (rl.mode, rl.rl_loss, rl.clip_eps, rl.grad_clip) == ("rl", "clipped", 0.2, 1.0)
+    assert (made["grpo"].algo.mode, made["grpo"].algo.rl_loss) == ("rl", "grpo")
     assert made["relift"].algo == cfg.algo  # the released algorithm, unchanged
     assert not made["relift"].model.lora.rank
     lora = made["relift_lora"]  # ReLIFT on adapters, at ten times the rates

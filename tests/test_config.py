@@ -211,6 +211,12 @@ def test_paper_configs_load_and_carry_the_released_defaults(name, model):
     assert cfg.data.system_prompt == "luffy" and cfg.data.answer_extraction == "after_think"
     assert cfg.data.train.startswith("hf://") and cfg.cluster.use_gpu
     assert cfg.name.startswith("paper-relift-")
+    # the released reward's verdicts, demonstrations cut at 8,192 tokens, the released
+    # scripts' SFT micro-batches (2 in the math-1.5b and Qwen2.5-7B scripts, 4 in math-7b's)
+    assert cfg.data.verifier == "released" and cfg.data.max_demo_tokens == 8192
+    assert a.sft_micro_batch_size == {"paper_qwen_math_1_5b.yaml": 2,
+                                      "paper_qwen_7b.yaml": 2}.get(name, 4)
+    assert a.sft_every == 8  # the paper's fixed schedule (sft_trigger=every_k)
 
 
 def test_llama_think_template_renders_with_the_think_opening():

@@ -172,7 +172,10 @@ def test_hub_dataset_ids_read_the_downloaded_files(tmp_path, monkeypatch):
     (q,) = load_questions("hf://openai/gsm8k/main/test*")
     assert calls == [("openai/gsm8k", "dataset", None, "main/test*")]
     assert (q.prompt, q.answer) == ("q2", "4")
-    assert len(load_questions("hf://openai/gsm8k")) == 2
+    # no file named and two there: the error names them instead of reading both splits
+    with pytest.raises(DataError, match=r"hf://openai/gsm8k: dataset openai/gsm8k holds 2 data "
+                                        r"files \(main/test.jsonl, main/train.jsonl\); name"):
+        load_questions("hf://openai/gsm8k")
     # a pinned commit, and one file by its path
     (q,) = load_questions("hf://openai/gsm8k@740312add88f781978c0658806c59bc2815b9866/"
                           "main/train.jsonl")

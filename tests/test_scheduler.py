@@ -228,8 +228,19 @@ def test_sft_then_rl_runs_offline_sft_first_then_rl_only():
     assert s.counters["sft_steps"] == 2 and s.demos_available == 7
 
 
+def test_mixed_mode_puts_a_demo_of_every_question_of_the_step_into_the_rl_batch():
+    # the paper's "RL w/ SFT loss": one demonstration per question of the batch, every step
+    s, gen = make({}, questions(without_demo=(0,)), **{"algo.mode": "mixed"})
+    order = [s.questions[i].id for i in s.sampler.order]
+    gen.default = 1
+    b1 = step(s, gen, 1)
+    assert b1.sft_mixed and [x.question_id for x in b1.sft] == [q for q in order[:4]
+                                                                if q != "q0"]
+    assert s.counters["fed_without_demo"] == ("q0" in order[:4])
+
+
 def test_mixed_mode_puts_this_steps_hardest_demos_into_the_rl_batch():
-    s, gen = make({}, **{"algo.mode": "mixed"})
+    s, gen = make({}, **{"algo.mode": "mixed", "algo.mixed_demos": "hardest"})
     order = [s.questions[i].id for i in s.sampler.order]
     gen.default = 1
     gen.script.update({order[1]: [0, 0, 0, 0], order[3]: [0, 0, 0, 0]})
@@ -240,6 +251,23 @@ def test_mixed_mode_puts_this_steps_hardest_demos_into_the_rl_batch():
     gen.default = 1
     gen.script.clear()
     assert not step(s, gen, 2).sft
+
+
+def test_demonstrations_are_cut_as_released():
+    # data.max_demo_tokens: the first tokens, the last kept place EOS (the released dataset
+    # class's max_target_len); shorter ones keep all their tokens and get EOS after them
+    long = "1+1=2 " * 40
+    qs = [Question(id="long", prompt="Q:1+1\n", answer="2", demo=long, level=1),
+          Question(id="short", prompt="Q:2+1\n", answer="3", demo="3", level=1)]
+    s, gen = make({}, qs, **{"algo.mode": "sft", "algo.sft_batch_size": 2,
+                             "data.max_demo_tokens": 16})
+    by = {x.question_id: x for x in step(s, gen, 1).sft}
+    full = TOK(long, add_special_tokens=False)["input_ids"]
+    assert len(full) > 16
+    assert by["long"].response_ids == tuple(full[:15]) + (TOK.eos_token_id,)
+    assert by["short"].response_ids == tuple(TOK("3", add_special_tokens=False)["input_ids"]) \
+        + (TOK.eos_token_id,)
+    assert s.counters["demos_cut"] == 1
 
 
 def test_state_round_trip_includes_the_offline_sampler():

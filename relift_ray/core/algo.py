@@ -5,7 +5,8 @@ Shapes: B sequences of T response positions; ``mask`` is 1 on response tokens, 0
 - ``group_advantages``: A_ij = r_ij - mean_j r_ij (ReLIFT, Dr.GRPO style) or divided by the
   group's std as well (clipped-GRPO baseline).
 - ``policy_loss``: the released ReLIFT loss  sum_tokens(-A * ratio) / L_max - c * mean entropy
-  (no clipping, no KL), or the clipped-GRPO loss with a per-sequence token mean.
+  (no clipping, no KL); the released RL baseline's (``clipped``: the same with the PPO ratio
+  clip); or the clipped-GRPO loss with a per-sequence token mean.
 - ``sft_loss``: token-mean cross-entropy on the demonstration - alpha * mean entropy.
 """
 from __future__ import annotations
@@ -66,14 +67,17 @@ def policy_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Te
     if kind == "relift":
         pg = -(adv * ratio * mask).sum() / l_max
         clip_frac = torch.zeros(())
-    elif kind == "grpo":
+    elif kind in ("clipped", "grpo"):
         unclipped = -adv * ratio
         clipped = -adv * ratio.clamp(1 - clip_eps, 1 + clip_eps)
         per_token = torch.maximum(unclipped, clipped)
-        pg = ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)).sum() / n_seqs
+        if kind == "clipped":  # the sum over tokens / L_max, as the relift loss
+            pg = (per_token * mask).sum() / l_max
+        else:  # a token mean per sequence, averaged over the sequences
+            pg = ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)).sum() / n_seqs
         clip_frac = ((clipped > unclipped).float() * mask).sum() / n_tokens
     else:
-        raise ValueError(f"unknown RL loss kind {kind!r} (relift | grpo)")
+        raise ValueError(f"unknown RL loss kind {kind!r} (relift | clipped | grpo)")
     ent = (entropy * mask).sum() / n_tokens
     ent_term = ent if entropy_weight is None else \
         (entropy * mask * entropy_weight.unsqueeze(-1)).sum()

@@ -125,7 +125,8 @@ def sniff(row: dict, fields: Fields = Fields()) -> str:
 
 def hub_files(spec: str) -> list[Path]:
     """``hf://owner/name[@revision][/glob]``: the dataset's data files that the glob matches
-    (all of them without one), at ``revision`` (a commit, branch or tag; the head without
+    (without one, its data file: a dataset holding several must be given a glob), at
+    ``revision`` (a commit, branch or tag; the head without
     one), from the HF cache or downloaded into it. Reads .parquet, .jsonl and .json files."""
     parts = spec[len("hf://"):].strip("/").split("/", 2)
     if len(parts) < 2 or not all(parts[:2]):
@@ -149,6 +150,12 @@ def hub_files(spec: str) -> list[Path]:
     if not files:
         raise DataError(f"{spec}: no .parquet/.jsonl/.json files"
                         f"{' match ' + pattern if pattern else ''} in dataset {repo}")
+    if pattern is None and len(files) > 1:  # reading them all would mix splits or repeat rows
+        names = [p.relative_to(local).as_posix() for p in files]
+        raise DataError(f"{spec}: dataset {repo} holds {len(files)} data files "
+                        f"({', '.join(names[:6])}{', ...' if len(names) > 6 else ''}); name "
+                        f"the one(s) to read: hf://{repo}{'@' + revision if revision else ''}"
+                        f"/<file or glob>")
     return files
 
 

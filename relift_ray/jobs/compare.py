@@ -62,7 +62,15 @@ METHODS: dict[str, dict] = {
     "sft_every_k": {"mode": "relift", "sft_trigger": "every_k"},  # fixed SFT schedule
     "non_hardest_buffer": {"mode": "relift", "buffer_feed": "non_hardest"},
     "sft_every_step": {"mode": "relift", "sft_trigger": "every_step"},
-    "mixed": {"mode": "mixed"},  # RL loss + SFT loss on the step's hardest, every step
+    # RL loss + SFT loss every step: on a demonstration of each question of the batch (the
+    # paper's "RL w/ SFT loss"), or on those of the step's hardest questions alone
+    "mixed": {"mode": "mixed", "mixed_demos": "all"},
+    "mixed_hardest": {"mode": "mixed", "mixed_demos": "hardest"},
+    # the released pure-RL baseline (train_rl.sh, the paper's RL row): the ratio clipped at
+    # 0.2, advantages not divided by the std, the sum over tokens / L_max, gradients clipped
+    # at 1.0; and clipped GRPO with std-normalised advantages and per-sequence token means
+    "rl_released": {"mode": "rl", "rl_loss": "clipped", "clip_eps": 0.2, "grad_clip": 1.0},
+    "grpo": {"mode": "rl", "rl_loss": "grpo"},
     # asynchronous rollouts: each batch sampled with weights one version behind the learner
     "relift_async": {"mode": "relift", "max_staleness": 1},
     "rl_async": {"mode": "rl", "max_staleness": 1},

@@ -107,7 +107,9 @@ class Scheduler(AheadProducer):
             if self.cfg.uses_buffer:
                 sft = self._buffer_and_sft(step, fed)
             elif self.a.mode == "mixed":  # this step's demonstrations join the RL loss
-                with_demo = self._with_demo(fed)
+                with_demo = self._with_demo(
+                    [g.question for g in groups] if self.a.mixed_demos == "all"
+                    else [g.question for g in groups if not any(g.rewards)])
                 sft, mixed = (self._sft_samples(step, with_demo) if with_demo else ()), True
             batch = TrainBatch(step=step, rl=self._rl_samples(groups), sft=sft,
                                weight_version=self.behavior_version(step), sft_mixed=mixed,
@@ -219,13 +221,16 @@ class Scheduler(AheadProducer):
         self.counters["demos_used_total"] += len(qids)
         self.demos_used.update(qids)
         self.table.mark_sft(step, qids)
-        eos = [self.tok.eos_token_id]
+        eos, cut = [self.tok.eos_token_id], self.cfg.data.max_demo_tokens
         out = []
         for qid in qids:
             q = self.by_id[qid]
             p = self.tok(q.prompt, add_special_tokens=False)["input_ids"]
-            r = self.tok(q.demo, add_special_tokens=False)["input_ids"] + eos
-            out.append(Sample(tuple(p), tuple(r), 0.0, qid))
+            r = self.tok(q.demo, add_special_tokens=False)["input_ids"]
+            if cut and len(r) >= cut:  # as released: its first tokens, EOS in the last place
+                r = r[:cut - 1]
+                self.counters["demos_cut"] = self.counters.get("demos_cut", 0) + 1
+            out.append(Sample(tuple(p), tuple(r + eos), 0.0, qid))
         return tuple(out)
 
     def _inject_kills(self, step: int) -> None:
