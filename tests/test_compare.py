@@ -224,8 +224,10 @@ def test_compare_job_runs_every_method_and_logs_parent_and_children(ray_local, t
         "algo.n_samples=2", "algo.buffer_size=2", "algo.sft_batch_size=4", "algo.sft_every=2",
         "compare.seeds=1", "compare.eval_every=2", "compare.eval_k=2",
         "compare.bucket_samples=2", "data.max_test_questions=40"])
+    # the default list (the paper's ablations), and the released baselines beside it
+    cfg.compare.methods = [*cfg.compare.methods, "rl_released", "grpo", "mixed"]
     out = run(cfg)
-    methods = list(cfg.compare.methods)  # the default list: the paper's methods
+    methods = list(cfg.compare.methods)
     assert sorted(r.method for r in out.results) == sorted(methods)
     for r in out.results:
         assert [p["step"] for p in r.curve] == [0, 2, 4]
@@ -234,6 +236,8 @@ def test_compare_job_runs_every_method_and_logs_parent_and_children(ray_local, t
     assert by["rl"].demos_used_total == 0 and by["rl"].sft_steps == 0
     assert by["sft"].demos_used_total == 16 and by["sft"].learner_updates == 4
     assert by["sft_then_rl"].sft_steps == 1  # round(0.33 * 4) offline SFT steps, then RL
+    assert by["rl_released"].demos_used_total == 0 and by["grpo"].demos_used_total == 0
+    assert by["mixed"].demos_used_total >= by["mixed_hardest"].demos_used_total
 
     d = tmp_path / "cmp"
     for name in ("compare_table.csv", "compare_runs.csv", "bucket_gains.csv", "curves.csv",

@@ -127,6 +127,7 @@ def test_evaluation_reads_answers_as_the_released_script():
     # the evaluation job's config: the released evaluation's rule and no system prompt
     shipped = load_config("relift_ray/configs/eval.yaml", [])
     assert eval_extraction(shipped) == "think_or_whole" and shipped.data.system_prompt == ""
+    assert shipped.data.verifier == "released"
     assert (shipped.eval.temperature, shipped.eval.top_p, shipped.eval.max_new_tokens) == \
         (0.6, 1.0, 8192)
     assert eval_extraction(load_config(None, ["data.answer_extraction=after_think",
