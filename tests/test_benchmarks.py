@@ -24,7 +24,9 @@ def test_every_gold_answer_verifies_against_itself(name, where, request):
     # the shared data, and the folder `relift data fetch` made from it through a fake hub
     root = SHARED if where == "shared" else request.getfixturevalue("fetched")[0]
     qs = load_benchmark(name, root)
-    assert len(qs) == SIZES[name] and len({q.id for q in qs}) == len(qs)
+    # the hub's OlympiadBench lacks one of the 675 problems (relift_ray/data/fetch.py)
+    size = SIZES[name] - (name == "olympiadbench" and where == "fetched")
+    assert len(qs) == size and len({q.id for q in qs}) == len(qs)
     assert all(q.prompt.strip() and q.answer.strip() and not q.messages for q in qs)
 
     def reward(response, truth):  # through math-verify, not the exact-match shortcut
