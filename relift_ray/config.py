@@ -12,6 +12,8 @@ naming the field at fault and why; nothing is rewritten. Imports no Ray.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -259,6 +261,11 @@ class ClusterConfig:
     scheduler_cpus: float = non_negative(0.25)
     # hard limit per answer, enforced from outside math-verify
     reward_timeout_s: float = positive(5.0)
+    # the scoring process's address space (MB; 0 = no limit): an answer that needs more
+    # (\boxed{2^{2^{32}}} asks for gigabytes) scores 0 instead of swapping the node
+    reward_memory_mb: int = non_negative(2048)
+    # an extracted answer longer than this is cut to its last characters before parsing
+    reward_max_answer_chars: int = non_negative(8192)
     # torch threads in each generator and learner on CPU (0 = Ray's default: as many as the
     # actor's whole CPUs, so 1 for fractional actors). Generation and training alternate, so
     # giving each the node's cores is usually faster.
@@ -419,9 +426,14 @@ def validate(cfg: RunConfig) -> RunConfig:
     for check in (_check_data, _check_algo, _check_compare, _check_eval, _check_generator,
                   _check_lora, _check_train):
         check(cfg)
-    if not cfg.name or "/" in cfg.name:
-        raise ConfigError(f"name={cfg.name!r}: must be a non-empty name without '/'")
+    if not _NAME.fullmatch(cfg.name):
+        raise ConfigError(f"name={cfg.name!r}: must be one folder name (letters, digits, '.', "
+                          f"'_', '-', starting with a letter or digit): the run's outputs go "
+                          f"to output_dir/name")
     return cfg
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
 
 def _check_fields(node, prefix: str) -> None:
@@ -432,6 +444,8 @@ def _check_fields(node, prefix: str) -> None:
         elif "choices" in f.metadata and value not in f.metadata["choices"]:
             raise ConfigError(f"{key}={value!r}: must be one of "
                               f"{sorted(f.metadata['choices'], key=str)}")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key}={value!r}: must be a finite number")
         elif "bound" in f.metadata and not _BOUNDS[f.metadata["bound"]](value):
             raise ConfigError(f"{key}={value!r}: must be {f.metadata['bound']}")
 

@@ -56,13 +56,16 @@ class AdapterWeights:
 
 class Reward(NamedTuple):
     """One scored answer: the reward and how the verifier got there (``Reward.OK``,
-    ``NO_ANSWER``, ``TIMEOUT``, or ``"error: ..."``)."""
+    ``NO_ANSWER``, ``TIMEOUT``, ``MEMORY`` (past the scoring process's memory limit),
+    ``KILLED`` (the scoring process died on it twice), or ``"error: ..."``)."""
     value: float
     status: str = "ok"
 
     OK = "ok"
     NO_ANSWER = "no_answer"
     TIMEOUT = "timeout"
+    MEMORY = "memory"
+    KILLED = "killed"
     ERROR = "error"
 
     @property

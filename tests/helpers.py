@@ -50,6 +50,18 @@ def slow_reward(response, truth, extraction):
     return (1.0 if response.strip() == truth else 0.0), "ok"
 
 
+def dying_reward(response, truth, extraction):
+    """Kills its own process on DIE_ALWAYS, and on DIE_ONCE the first time (a marker file at
+    the path ``truth``); else 1 for answers containing "ok"."""
+    import signal
+    if "DIE_ALWAYS" in response:
+        os.kill(os.getpid(), signal.SIGKILL)
+    if "DIE_ONCE" in response and not Path(truth).exists():
+        Path(truth).touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return (1.0 if "ok" in response else 0.0), "ok"
+
+
 def hanging_gold_check(response, truth, extraction):
     """The fetch's gold check, except that an answer containing HANG never returns."""
     from relift_ray.core.scoring import verified_reward

@@ -83,9 +83,20 @@ def test_each_choice_and_bound_is_declared_beside_its_field():
     ("train.kill=[dashboard@3]", "train.kill"),
     ("train.kill=[learner@0]", "train.kill"),
     ("cluster.generator_threads=-1", "cluster.generator_threads"),
+    # numbers that are not finite: inf would pass a bound and break the code that uses it
+    ("cluster.reward_timeout_s=inf", "cluster.reward_timeout_s=inf: must be a finite number"),
+    ("algo.lr=nan", "algo.lr"),
+    ("algo.clip_eps=.inf", "algo.clip_eps"),
+    ("cluster.reward_memory_mb=-1", "cluster.reward_memory_mb"),
+    # the run's folder is output_dir/name: one plain folder name
+    ("name=..", "name='..': must be one folder name"),
+    ("name=.", "name='.'"),
+    ("name=a/b", "name='a/b'"),
+    ("name=a\nb", "name="),
+    ("name=", "name=''"),
 ])
 def test_bad_values_name_the_field(override, field):
-    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.").replace("[", r"\[")):
         load_config(overrides=[override])
 
 

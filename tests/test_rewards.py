@@ -185,3 +185,68 @@ def test_the_paper_preset_scores_with_the_released_verifier():
     finally:
         w.close()
     assert [r.value for r in got] == [1.0, 0.0]
+
+
+# ---------------------------------------------------------------- the scoring process's faults
+
+def test_a_dead_scoring_process_is_restarted_and_its_answers_scored_again(tmp_path):
+    marker = str(tmp_path / "died")
+    w = RewardWorker("whole", timeout_s=5.0, fn="helpers:dying_reward")
+    try:
+        # the child dies on the second answer once: it is restarted, that answer and the ones
+        # after it scored again
+        got = w.score([("ok", marker), ("ok DIE_ONCE", marker), ("no", marker), ("ok", marker)])
+        assert [r.value for r in got] == [1.0, 1.0, 0.0, 1.0]
+        assert w.stats.deaths == 1 and w.stats.killed == 0
+        # an answer that kills every child scores 0, KILLED, and the others go on
+        got = w.score([("ok", marker), ("DIE_ALWAYS ok", marker), ("ok", marker)])
+        assert [(r.value, r.status) for r in got] == [(1.0, "ok"), (0.0, Reward.KILLED),
+                                                       (1.0, "ok")]
+        assert w.stats.deaths == 3 and w.stats.killed == 1
+        # killed between two calls (the kernel's OOM killer): the next call restarts it
+        import os
+        import signal
+        os.kill(w._proc.pid, signal.SIGKILL)
+        w._proc.join(5)
+        assert [r.value for r in w.score([("ok", marker)])] == [1.0]
+        assert w.stats.deaths == 4
+    finally:
+        w.close()
+
+
+def test_pathological_answers_cost_a_bounded_time_and_memory():
+    import time
+    # \boxed{2^{2^{32}}} grows to gigabytes without a limit; the others run for seconds
+    bad = ["\\boxed{2^{2^{32}}}", "\\boxed{9^{9^{9}}}", "\\boxed{" + "{" * 40 + "1" + "}" * 40 + "}"]
+    w = RewardWorker("boxed", timeout_s=3.0, memory_mb=1024)
+    try:
+        t0 = time.perf_counter()
+        got = w.score([(b, "1") for b in bad] + [("\\boxed{7}", "7")])
+        assert time.perf_counter() - t0 < 3.0 * len(bad) + 10
+        assert [r.value for r in got] == [0.0, 0.0, 0.0, 1.0]
+        assert all(r.status in (Reward.MEMORY, Reward.TIMEOUT, Reward.NO_ANSWER, Reward.OK)
+                   for r in got)
+        assert w._proc.is_alive()
+    finally:
+        w.close()
+
+
+def test_long_answers_are_cut_before_parsing(monkeypatch):
+    from relift_ray.core import scoring
+    response = "\\boxed{5} " + "x" * 50
+    assert math_reward(response, "5", "whole").value == 1.0
+    monkeypatch.setattr(scoring, "MAX_ANSWER_CHARS", 20)  # the child sets it from the config
+    assert math_reward(response, "5", "whole").value == 0.0  # its last 20 characters: no 5
+    assert math_reward("x" * 50 + " \\boxed{5}", "5", "whole").value == 1.0
+
+
+def test_the_memory_limit_stops_an_answer_before_its_time_limit():
+    # under 300 MB, 2^(2^32) runs out of memory in math-verify (which scores it 0) before
+    # the 8 s limit; without a limit it grows for as long as it is let run
+    w = RewardWorker("boxed", timeout_s=8.0, memory_mb=300)
+    try:
+        got = w.score([("\\boxed{2^{2^{32}}}", "1"), ("\\boxed{7}", "7")])
+        assert [r.value for r in got] == [0.0, 1.0]
+        assert w.stats.timeouts == 0 and w.stats.restarts == 0 and w._proc.is_alive()
+    finally:
+        w.close()

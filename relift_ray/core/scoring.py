@@ -29,6 +29,15 @@ from relift_ray.records import Reward
 EXTRACTIONS = ("whole", "after_think", "think_or_whole", "boxed")
 
 
+# the reward worker's child sets it (cluster.reward_max_answer_chars): an extracted answer
+# longer than this is cut to its last characters before any parsing (0 = no cut)
+MAX_ANSWER_CHARS = 0
+
+
+def _cut(part: str) -> str:
+    return part[-MAX_ANSWER_CHARS:] if MAX_ANSWER_CHARS and len(part) > MAX_ANSWER_CHARS else part
+
+
 # an answer both sides write as a plain integer: ASCII digits, no leading zero, no "-0"
 # (math-verify reads neither "７" nor, outside \boxed{}, "-07"; those go to it)
 _INTEGER = re.compile(r"0|-?[1-9][0-9]{0,29}")
@@ -88,6 +97,7 @@ def math_reward(response: str, truth: str, extraction: str = "boxed",
     part = extract_answer(response, extraction)
     if part is None:
         return Reward(0.0, Reward.NO_ANSWER)
+    part = _cut(part)
     if exact_match and (part == f"\\boxed{{{truth}}}" or part.strip() == truth.strip()):
         return Reward(1.0, Reward.OK)  # character-for-character the ground truth: no parsing needed
     if exact_match and _INTEGER.fullmatch(truth.strip()):
@@ -186,6 +196,7 @@ def released_reward(response: str, truth: str, extraction: str = "after_think") 
     part = extract_answer(response, extraction)
     if part is None:
         return Reward(0.0, Reward.NO_ANSWER)
+    part = _cut(part)
     inner = part.strip()
     if inner.startswith("\\boxed{") and inner.endswith("}") and inner.count("\\boxed") == 1:
         inner = inner[len("\\boxed{"):-1].strip()

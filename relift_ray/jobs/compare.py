@@ -38,7 +38,6 @@ from pathlib import Path
 import ray
 
 from relift_ray.config import RunConfig, validate
-from relift_ray.core.scoring import VERIFIERS
 from relift_ray.data.load import load_data
 from relift_ray.data.lora import check_targets_of
 from relift_ray.data.registry import resolve_model
@@ -47,7 +46,7 @@ from relift_ray.imports import skip_unused_modules
 from relift_ray.jobs.compare_report import write_report
 from relift_ray.records import BaseEval, RunResult
 from relift_ray.rollout.evaluate import question_scores
-from relift_ray.rollout.rewards import RewardWorker
+from relift_ray.rollout.rewards import RewardWorker, worker_args
 from relift_ray.runtime.cluster import init_ray
 from relift_ray.tracking.console import Console
 from relift_ray.tracking.tracker import Tracker, finite_metrics
@@ -158,8 +157,7 @@ def _base_task(cfg_dict: dict, model_path: str, test_qs, eval_k: int, n_bucket: 
 
     cfg = RunConfig.from_dict(cfg_dict)
     torch.set_num_threads(threads)
-    rewarder = RewardWorker(cfg.data.answer_extraction, cfg.cluster.reward_timeout_s,
-                            VERIFIERS[cfg.data.verifier])
+    rewarder = RewardWorker(*worker_args(cfg))
     gen = None
     try:
         tok = AutoTokenizer.from_pretrained(model_path)

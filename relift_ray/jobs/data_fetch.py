@@ -18,7 +18,7 @@ GOLD_CHECK = "relift_ray.core.scoring:verified_reward"  # every answer through m
 def gold_scorer(timeout_s: float = 5.0, fn: str = GOLD_CHECK):
     """The reward worker's ``score`` for the fetch's gold check, and its child process closed
     after."""
-    worker = RewardWorker("boxed", timeout_s, fn=fn)
+    worker = RewardWorker("boxed", timeout_s, fn=fn, memory_mb=2048, max_answer_chars=8192)
     try:
         yield worker.score
     finally:

@@ -23,7 +23,6 @@ from transformers import AutoTokenizer
 
 from relift_ray import faults
 from relift_ray.config import RunConfig
-from relift_ray.core.scoring import VERIFIERS
 from relift_ray.core.stats import summarize
 from relift_ray.data.prompts import prepare_tokenizer
 from relift_ray.learner.learner import Learner
@@ -33,7 +32,7 @@ from relift_ray.records import Question, RunResult, SamplingParams
 from relift_ray.rollout.calls import call, is_actor, score_all
 from relift_ray.rollout.evaluate import EVAL_TEMPERATURE, question_scores
 from relift_ray.rollout.hf import HFGenerator, trim_ids
-from relift_ray.rollout.rewards import RewardWorker
+from relift_ray.rollout.rewards import RewardWorker, worker_args
 from relift_ray.scheduler.scheduler import Scheduler
 from relift_ray.tracking.console import say
 
@@ -170,8 +169,7 @@ def run_in_process(cfg: RunConfig, model_path: str, train_qs: list[Question],
         torch.set_num_threads(threads)  # runs side by side must not oversubscribe the cores
     torch.manual_seed(cfg.train.seed)
     single_process_group()
-    rewarder = RewardWorker(cfg.data.answer_extraction, cfg.cluster.reward_timeout_s,
-                            VERIFIERS[cfg.data.verifier])
+    rewarder = RewardWorker(*worker_args(cfg))
     parts = None
     try:
         parts = build(cfg, model_path, train_qs, rewarder, threads)

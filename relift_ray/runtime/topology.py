@@ -20,7 +20,6 @@ import ray
 from ray.util.placement_group import remove_placement_group
 
 from relift_ray.config import RunConfig
-from relift_ray.core.scoring import VERIFIERS
 from relift_ray.errors import ConfigError
 from relift_ray.records import LoopSpec
 from relift_ray.rollout.placement import (
@@ -29,7 +28,7 @@ from relift_ray.rollout.placement import (
     learner_label_selectors,
     plan,
 )
-from relift_ray.rollout.rewards import RewardWorker
+from relift_ray.rollout.rewards import RewardWorker, worker_args
 from relift_ray.rollout.vllm_engine import VLLMGenerator
 
 
@@ -78,8 +77,7 @@ def start_workers(cfg: RunConfig, model_path: str, prefix: str = "",
     rewarders = [ray.remote(RewardWorker).options(name=reward_names[i],
                                                   num_cpus=c.reward_cpus, max_restarts=-1,
                                                   max_task_retries=-1)
-                 .remote(extraction or cfg.data.answer_extraction, c.reward_timeout_s,
-                         VERIFIERS[cfg.data.verifier])
+                 .remote(*worker_args(cfg, extraction))
                  for i in range(c.num_reward_workers)]
     g = cfg.generator
     if g.backend == "vllm":
