@@ -16,7 +16,7 @@ import multiprocessing as mp
 import time
 from dataclasses import dataclass
 
-from relift_ray.core.scoring import EXTRACTIONS
+from relift_ray.core.scoring import EXTRACTIONS, VERIFIERS
 from relift_ray.records import Reward
 
 
@@ -29,7 +29,7 @@ def _child(conn, fn_path: str, extraction: str, memory_mb: int = 0,
     import logging
     import resource
 
-    from relift_ray.core import scoring
+    from relift_ray.core import scoring  # the module whose answer cut this process sets
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # "timeout disabled": ours is outside
     if memory_mb:
         limit = memory_mb * 2 ** 20
@@ -66,7 +66,6 @@ class RewardStats:
 
 def worker_args(cfg, extraction: str | None = None) -> tuple:
     """RewardWorker's arguments from a run's config (``extraction`` overrides the data's)."""
-    from relift_ray.core.scoring import VERIFIERS
     c = cfg.cluster
     return (extraction or cfg.data.answer_extraction, c.reward_timeout_s,
             VERIFIERS[cfg.data.verifier], c.reward_memory_mb, c.reward_max_answer_chars)
