@@ -82,6 +82,26 @@ def test_malformed_rows_name_file_row_and_field(tmp_path, rows, message):
 def test_missing_file(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         load_questions(str(tmp_path / "nope.jsonl"))
+    (tmp_path / "dir.jsonl").mkdir()
+    with pytest.raises(DataError, match=r"dir\.jsonl: is a folder, not a data file"):
+        load_questions(str(tmp_path / "dir.jsonl"))
+
+
+def test_bytes_that_are_not_utf8_name_the_row(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_bytes(b'{"prompt": "a", "answer": "1"}\n{"prompt": "\xff\xfe", "answer": "2"}\n')
+    with pytest.raises(DataError, match=r"d\.jsonl: row 2: not UTF-8 text \(byte 12 of the line\)"):
+        load_questions(str(p))
+    j = tmp_path / "d.json"
+    j.write_bytes(b'[{"prompt": "\xff", "answer": "2"}]')
+    with pytest.raises(DataError, match=r"d\.json: not UTF-8 text \(byte 13\)"):
+        load_questions(str(j))
+
+
+def test_a_list_answer_is_joined_as_a_multi_part_answer(tmp_path):
+    (q,) = load_questions(str(write(tmp_path, [{"prompt": "roots?", "answer": ["-1", "2"]}])))
+    assert q.answer == "-1, 2"
+    assert math_reward("\\boxed{-1, 2}", q.answer, "boxed").value == 1.0
 
 
 @needs_shared
@@ -129,6 +149,18 @@ def test_luffy_malformed_rows(tmp_path, row, message):
     p = write_parquet(tmp_path, [luffy_row(0), row])
     with pytest.raises(DataError, match=r"d\.parquet: " + message):
         load_questions(str(p), "luffy")
+
+
+def test_luffy_rows_whose_fields_are_not_mappings_name_the_field(tmp_path):
+    # jsonl in the LUFFY layout (a parquet column cannot mix a mapping and a string)
+    for name, bad in (("reward_model", "4"), ("extra_info", 7)):
+        p = write(tmp_path, [luffy_row(0), {**luffy_row(1), name: bad}])
+        with pytest.raises(DataError, match=rf"d\.jsonl: row 2: field '{name}' must be a "
+                                            rf"mapping, got {bad!r}"):
+            load_questions(str(p))
+    # a list ground truth: its parts joined, which a tuple answer matches
+    (q,) = load_questions(str(write(tmp_path, [luffy_row(0, truth=["1", "2"])])))
+    assert q.answer == "1, 2"
 
 
 @needs_shared

@@ -46,6 +46,8 @@ def load_questions(spec: str, fmt: str = "auto", split: str = "train",
 def _read_file(path: Path, fmt: str, fields: Fields) -> list[Question]:
     if not path.exists():
         raise DataError(f"{path}: data file does not exist")
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not a data file (.jsonl, .json or .parquet)")
     rows = list(iter_rows(path))
     if not rows:
         raise DataError(f"{path}: no rows")
@@ -79,7 +81,9 @@ def iter_rows(path: Path):
         return
     if path.suffix == ".json":
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}: not UTF-8 text (byte {e.start})") from None
         except json.JSONDecodeError as e:
             raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
         if not isinstance(data, list):
@@ -89,8 +93,13 @@ def iter_rows(path: Path):
                 raise DataError(f"{path}: row {i}: expected a JSON object")
             yield i, row
         return
-    with path.open() as f:
-        for i, line in enumerate(f, 1):
+    with path.open("rb") as f:
+        for i, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}: row {i}: not UTF-8 text (byte {e.start} of the "
+                                f"line)") from None
             if not line.strip():
                 continue
             try:
@@ -174,7 +183,10 @@ def _field(path, row_no, row, name, kind=str, required=True):
 
 
 def answer_text(value) -> str:
-    """Ground truths stored as numbers: 27.0 -> "27", 0.5 -> "0.5"."""
+    """Ground truths stored as numbers: 27.0 -> "27", 0.5 -> "0.5"; a list of answers (a
+    multi-part answer) joined by commas, as the verifier reads a tuple: [1, 2] -> "1, 2"."""
+    if isinstance(value, (list, tuple)):
+        return ", ".join(answer_text(v) for v in value)
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
@@ -182,6 +194,9 @@ def answer_text(value) -> str:
 
 def _plain(path, row_no, row, fields: Fields) -> Question:
     level = _field(path, row_no, row, "level", int, required=False)
+    answer = row.get(fields.answer)
+    if isinstance(answer, list) and answer:  # a multi-part answer
+        row = {**row, fields.answer: answer_text(answer)}
     return Question(id=str(row.get(fields.id, f"{path.stem}-{row_no}")),
                     prompt=_field(path, row_no, row, fields.prompt),
                     answer=_field(path, row_no, row, fields.answer),
@@ -224,7 +239,13 @@ def _luffy(path, row_no, row, fields: Fields) -> Question:
             raise DataError(f"{path}: row {row_no}: field 'prompt' message {j} needs 'role' and "
                             f"'content', got {m!r}"[:300])
         chat.append((str(m["role"]), m["content"]))
+    for name in ("reward_model", "extra_info"):
+        if row.get(name) is not None and not isinstance(row[name], dict):
+            raise DataError(f"{path}: row {row_no}: field '{name}' must be a mapping, got "
+                            f"{row[name]!r}"[:300])
     truth = (row.get("reward_model") or {}).get("ground_truth")
+    if isinstance(truth, list):  # a multi-part answer: its parts joined
+        truth = answer_text(truth) if truth else None
     if truth is None or (isinstance(truth, str) and not truth.strip()):
         raise DataError(f"{path}: row {row_no}: field 'reward_model.ground_truth' is missing")
     target = row.get("target")
