@@ -25,8 +25,8 @@ entry point; the three lowest layers import no Ray (tests/test_layers.py checks 
    completions, batches and their figures, a step's figures, a run's results),
    ``catalog.py`` (the benchmark table), ``faults.py`` (the train.kill fault plan),
    ``imports.py`` (start-up helpers for heavy imports), ``background.py`` (a thread with a
-   result, a free port); ``configs/`` holds the shipped YAML configs (``toy.yaml``: the
-   embedded default others extend).
+   result, a free port), ``run_lock.py`` (one job per run folder); ``configs/`` holds the
+   shipped YAML configs (``toy.yaml``: the embedded default others extend).
 2. core/ (pure, no Ray): algo (advantages, losses), questions (records, hard buffer,
    sampler, buckets), scoring (answer extraction, the math-verify reward), stats.
 3. data/ (no Ray): readers (file formats), prompts (chat templates), load (a run's

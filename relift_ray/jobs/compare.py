@@ -47,6 +47,7 @@ from relift_ray.jobs.compare_report import write_report
 from relift_ray.records import BaseEval, RunResult
 from relift_ray.rollout.evaluate import question_scores
 from relift_ray.rollout.rewards import RewardWorker, worker_args
+from relift_ray.run_lock import RunLock
 from relift_ray.runtime.cluster import init_ray
 from relift_ray.tracking.console import Console
 from relift_ray.tracking.tracker import Tracker, finite_metrics
@@ -300,8 +301,15 @@ def run(cfg: RunConfig) -> Comparison:
     job = Comparison(cfg, {(m, s): method_config(cfg, m, s)
                            for m in cfg.compare.methods for s in cfg.compare.seeds})
     out_dir = cfg.run_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(out_dir, "comparison")  # a second job on the same folder stops here
     job.out_dir = str(out_dir)
+    try:
+        return _run(job, cfg, out_dir, t_start)
+    finally:
+        lock.release()
+
+
+def _run(job: Comparison, cfg: RunConfig, out_dir, t_start: float) -> Comparison:
     init_ray(cfg)
     console = Console.start()  # the runs' progress lines (Ray's own stay in its log files)
     prepare(job)

@@ -32,6 +32,7 @@ from relift_ray.data.registry import resolve_model
 from relift_ray.imports import skip_unused_modules
 from relift_ray.records import DataInfo, RunSummary
 from relift_ray.rollout.evaluate import evaluate
+from relift_ray.run_lock import RunLock
 from relift_ray.runtime import topology
 from relift_ray.runtime.cluster import dashboard_line, init_ray
 from relift_ray.tracking.console import Console, say
@@ -53,6 +54,7 @@ class Job:
     fitting: Background | None = None  # trainer.fit running
     data: DataInfo | None = None
     before: dict = field(default_factory=dict)  # the base policy's test accuracy
+    lock: RunLock | None = None  # this job's hold on its run folder
 
     def mark(self, phase: str) -> None:
         """The seconds since the previous mark, as ``phase``'s share of the start-up."""
@@ -91,7 +93,9 @@ def prepare(cfg: RunConfig) -> Job:
                                  f"data.max_prompt_tokens + algo.max_new_tokens "
                                  f"({cfg.data.max_prompt_tokens} + {cfg.algo.max_new_tokens})")
     read_questions(cfg)  # the scheduler renders them; a bad file or row stops here
-    return Job(cfg, model_path, t_start)
+    job = Job(cfg, model_path, t_start)
+    job.lock = RunLock(cfg.run_dir)  # a second job on the same folder stops here
+    return job
 
 
 def _process_start() -> float:
@@ -323,6 +327,8 @@ def stop(job: Job, status: str) -> None:
         job.topo.stop()
     if job.console is not None:
         job.console.stop()
+    if job.lock is not None:
+        job.lock.release()
 
 
 def describe(cfg: RunConfig, data: DataInfo, model_path: str) -> str:

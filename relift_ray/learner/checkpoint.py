@@ -47,6 +47,7 @@ Usage (every rank, collectively):
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -255,22 +256,41 @@ def _save_lora_policy(learner, folder: Path, rank: int, model_path: str) -> None
 def save_best(learner, best: Path, step: int, rank: int, val: dict,
               model_path: str) -> Path:
     """The policy of ``step`` (HF format, with its tokenizer) as ``best``/policy, with
-    best/meta.json saying which step and validation it is; written beside and then renamed
-    over the previous best, so a crash never leaves a half-written best."""
-    tmp = best.with_name(best.name + ".tmp")
+    best/meta.json saying which step and validation it is. It is written whole into its own
+    folder (``best-step<s>``), and ``best`` is a link swapped onto it in one rename, so at
+    every moment ``best`` is a complete policy, the old one or the new: a crash never leaves
+    a half-written best, nor none."""
+    tmp = best.with_name(f"{best.name}-step{step}.tmp")
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
     save_policy(learner, tmp / "policy", rank, model_path)
     if rank == 0:
         (tmp / "meta.json").write_text(json.dumps(
             {"step": step, "score": val["score"], "sources": val["sources"]}, indent=1))
-        old = best.with_name(best.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        if best.exists():
-            best.rename(old)
-        tmp.rename(best)
-        shutil.rmtree(old, ignore_errors=True)
+        target = best.with_name(f"{best.name}-step{step}")
+        if best.is_symlink() and best.resolve().name == target.name:  # the same step again
+            target = best.with_name(f"{target.name}-again")
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+        point_at(best, target)
+        for old in best.parent.glob(f"{best.name}-step*"):  # the bests it replaced
+            if old.name != target.name and not old.name.endswith(".tmp"):
+                shutil.rmtree(old, ignore_errors=True)
     return best / "policy"
+
+
+def point_at(link: Path, target: Path) -> None:
+    """Make ``link`` a relative symlink to ``target`` in one rename (atomic on POSIX); a real
+    folder at ``link`` (a run from before links) moves aside first."""
+    new = link.with_name(link.name + ".link")
+    if new.is_symlink() or new.exists():
+        new.unlink()
+    os.symlink(target.name, new)
+    if link.exists() and not link.is_symlink():
+        legacy = link.with_name(f"{link.name}-step0-legacy")
+        shutil.rmtree(legacy, ignore_errors=True)
+        link.rename(legacy)
+    os.replace(new, link)
 
 
 def save_checkpoint(learner, scheduler, step: int, rank: int, world: int,
