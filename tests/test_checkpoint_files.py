@@ -49,3 +49,17 @@ def test_a_best_folder_from_before_links_is_replaced(tmp_path, monkeypatch):
     C.save_best("v5", best, 5, 0, {"score": 1.0, "sources": {}}, "m")
     assert best.is_symlink() and (best / "policy/model.safetensors").read_text() == "v5"
     assert not (tmp_path / "best-step0-legacy").exists()  # removed as a replaced best
+
+
+def test_a_workers_scratch_left_by_a_crash_is_cleared_for_its_rank_alone(tmp_path,
+                                                                         monkeypatch):
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    run_a, run_b = tmp_path / "runs" / "a", tmp_path / "other" / "a"
+    scratch = C.scratch_dir(run_a)
+    assert scratch.parent == tmp_path and scratch != C.scratch_dir(run_b)  # per run folder
+    for name in ("save-r0-s10", "ckpt-r0-read", "save-r1-s10", "save-r10-s10"):
+        (scratch / name).mkdir(parents=True)
+        (scratch / name / "x.pt").write_text("partial")
+    assert C.clear_scratch(scratch, 0) == ["ckpt-r0-read", "save-r0-s10"]
+    assert sorted(p.name for p in scratch.iterdir()) == ["save-r1-s10", "save-r10-s10"]
+    assert C.clear_scratch(tmp_path / "nothing", 0) == []

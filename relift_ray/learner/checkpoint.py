@@ -46,6 +46,7 @@ Usage (every rank, collectively):
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -293,13 +294,38 @@ def point_at(link: Path, target: Path) -> None:
     os.replace(new, link)
 
 
+def scratch_dir(run_dir: Path) -> Path:
+    """This machine's folder for a run's checkpoints on their way to storage and back: one
+    per run folder, so that a worker can clear what a crash left there (a 7B checkpoint is
+    tens of GB) without touching another run's."""
+    key = hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:10]
+    return Path(tempfile.gettempdir()) / f"relift-{Path(run_dir).name}-{key}"
+
+
+def clear_scratch(scratch: Path, rank: int) -> list[str]:
+    """Remove rank ``rank``'s folders that a crashed worker left in ``scratch`` (a save not yet
+    uploaded, a checkpoint being read); the names removed. Ray Train deletes a save once it
+    is uploaded; a new worker starts after the old one is gone, so none is in use."""
+    gone = []
+    for p in sorted(scratch.glob(f"*-r{rank}-*")) if scratch.exists() else []:
+        shutil.rmtree(p, ignore_errors=True)
+        gone.append(p.name)
+    return gone
+
+
 def save_checkpoint(learner, scheduler, step: int, rank: int, world: int,
-                    model_path: str) -> str:
+                    model_path: str, scratch: Path | None = None) -> str:
     """This rank's part of the checkpoint of ``step``, in a fresh folder (Ray Train merges the
     ranks' folders): DeepSpeed's checkpoint (each rank's fp32 master partition and optimizer
     states, ``save_learner``); rank 0 also the HF-format policy with its tokenizer (for
-    evaluation and serving), the scheduler's whole state (JSON) and meta.json."""
-    d = Path(tempfile.mkdtemp(prefix=f"relift-save-{rank}-"))
+    evaluation and serving), the scheduler's whole state (JSON) and meta.json. The folder is
+    in ``scratch`` (``scratch_dir``) when given, else a new temporary one."""
+    if scratch is None:
+        d = Path(tempfile.mkdtemp(prefix=f"relift-save-{rank}-"))
+    else:
+        d = scratch / f"save-r{rank}-s{step}"
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
     save_learner(learner, d, rank, world)
     save_policy(learner, d / "policy", rank, model_path)
     if rank == 0:

@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import ray
 import ray.train
@@ -29,7 +27,14 @@ import torch
 from relift_ray import faults
 from relift_ray.config import RunConfig
 from relift_ray.imports import skip_unused_modules
-from relift_ray.learner.checkpoint import SCHEDULER_STATE, load_learner, save_best, save_checkpoint
+from relift_ray.learner.checkpoint import (
+    SCHEDULER_STATE,
+    clear_scratch,
+    load_learner,
+    save_best,
+    save_checkpoint,
+    scratch_dir,
+)
 from relift_ray.learner.learner import Learner
 from relift_ray.learner.step import learner_step, progress_line
 from relift_ray.learner.weight_sync import make_publisher
@@ -86,9 +91,15 @@ def restore(w: Worker) -> tuple[Learner, int]:
     model, so a bf16 run continues bit for bit; rank 0 puts the scheduler back."""
 
     start, ckpt_dir = 0, None
+    scratch = scratch_dir(w.cfg.run_dir)
+    left = clear_scratch(scratch, w.rank)
+    if left:
+        say(f"[learner] rank {w.rank}: removed {len(left)} folder(s) a crash left in {scratch} "
+            f"({', '.join(left[:3])})")
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
-        ckpt_dir = Path(tempfile.mkdtemp(prefix="relift-ckpt-"))
+        ckpt_dir = scratch / f"ckpt-r{w.rank}-read"
+        ckpt_dir.mkdir(parents=True)
         ckpt.to_directory(str(ckpt_dir))
         start = json.loads((ckpt_dir / "meta.json").read_text())["step"]
     t_ready = time.time()
@@ -155,7 +166,8 @@ def checkpoint(w: Worker, learner: Learner, step: int) -> float:
     previous one is still queued, which reporting every step would pay."""
 
     t0 = time.perf_counter()
-    path = save_checkpoint(learner, w.scheduler, step, w.rank, w.world, w.spec.model_path)
+    path = save_checkpoint(learner, w.scheduler, step, w.rank, w.world, w.spec.model_path,
+                           scratch_dir(w.cfg.run_dir))
     ray.train.report({"step": step}, checkpoint=ray.train.Checkpoint.from_directory(path),
                      checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC)
     return time.perf_counter() - t0
