@@ -204,16 +204,22 @@ def test_hub_dataset_ids_read_the_downloaded_files(tmp_path, monkeypatch):
     (q,) = load_questions("hf://openai/gsm8k/main/test*")
     assert calls == [("openai/gsm8k", "dataset", None, "main/test*")]
     assert (q.prompt, q.answer) == ("q2", "4")
-    # no file named and two there: the error names them instead of reading both splits
-    with pytest.raises(DataError, match=r"hf://openai/gsm8k: dataset openai/gsm8k holds 2 data "
-                                        r"files \(main/test.jsonl, main/train.jsonl\); name"):
-        load_questions("hf://openai/gsm8k")
+    # no file named: its train split, as load_dataset(split="train") reads it
+    (q,) = load_questions("hf://openai/gsm8k")
+    assert q.prompt == "q1"
     # a pinned commit, and one file by its path
     (q,) = load_questions("hf://openai/gsm8k@740312add88f781978c0658806c59bc2815b9866/"
                           "main/train.jsonl")
     assert calls[-1] == ("openai/gsm8k", "dataset", "740312add88f781978c0658806c59bc2815b9866",
                          "main/train.jsonl")
     assert q.prompt == "q1"
+    # two files and no train split: the error names them instead of reading both
+    (snap / "main" / "train.jsonl").rename(snap / "main" / "extra.jsonl")
+    with pytest.raises(DataError, match=r"hf://openai/gsm8k: dataset openai/gsm8k holds 2 data "
+                                        r"files \(main/extra.jsonl, main/test.jsonl\); name"):
+        load_questions("hf://openai/gsm8k")
+    with pytest.raises(DataError, match="without '/'"):
+        load_questions("hf://openai/gsm8k@refs/convert/parquet")
     with pytest.raises(DataError, match="hf://openai: a hub dataset is hf://owner/name"):
         load_questions("hf://openai")
 

@@ -217,7 +217,8 @@ def test_a_dead_scoring_process_is_restarted_and_its_answers_scored_again(tmp_pa
 def test_pathological_answers_cost_a_bounded_time_and_memory():
     import time
     # \boxed{2^{2^{32}}} grows to gigabytes without a limit; the others run for seconds
-    bad = ["\\boxed{2^{2^{32}}}", "\\boxed{9^{9^{9}}}", "\\boxed{" + "{" * 40 + "1" + "}" * 40 + "}"]
+    bad = ["\\boxed{2^{2^{32}}}", "\\boxed{9^{9^{9}}}",
+           "\\boxed{" + "{" * 40 + "1" + "}" * 40 + "}"]
     w = RewardWorker("boxed", timeout_s=3.0, memory_mb=1024)
     try:
         t0 = time.perf_counter()

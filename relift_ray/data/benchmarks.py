@@ -33,14 +33,12 @@ def default_data_dir() -> Path:
 
 def benchmark_path(name: str, data_dir: str | Path = "", path: str | Path = "") -> Path:
     """Where benchmark ``name`` is read from: ``path`` (eval.files), else its place in
-    ``data_dir`` (default: ``default_data_dir()``)."""
+    ``data_dir`` (default: ``default_data_dir()``), else in the fetch folder."""
     if path:
         return Path(path)
-    if data_dir:
-        return Path(data_dir) / BENCHMARKS[name].path
-    # no folder named: the default one, else what `relift data fetch` put in its own folder
-    # (a set the default folder lacks, e.g. MMLU-Pro beside ../shared/data)
-    found = default_data_dir() / BENCHMARKS[name].path
+    # the folder's, else what `relift data fetch` put in its own folder (a set the folder
+    # lacks, e.g. MMLU-Pro beside ../shared/data)
+    found = (Path(data_dir) if data_dir else default_data_dir()) / BENCHMARKS[name].path
     fetched = default_fetch_dir() / BENCHMARKS[name].path
     return fetched if not found.exists() and fetched.exists() else found
 

@@ -213,6 +213,9 @@ def _pins(name: str, src: Source, prev: dict | None,
           refresh: bool) -> tuple[str, str, str, int]:
     """(revision to read, sha256 expected or "", where that expectation comes from, rows
     expected or 0)."""
+    if src.kind == GITHUB and not src.revision:  # a branch would move under the lock
+        raise DataError(f"benchmark {name}: a GitHub source needs a full commit "
+                        f"(relift_ray/data/fetch.py)")
     kept = prev if prev and not refresh and prev.get("source", {}).get("where") == src.where \
         and prev["source"].get("file") == src.file else None
     if src.revision:
@@ -254,14 +257,16 @@ def fetch_one(name: str, root: Path, score, prev: dict | None = None, refresh: b
                             f"{' of ' + src.select if src.select else ''}, expected {want_rows} "
                             f"({'relift_ray/data/fetch.py' if src.rows else 'manifest.json'}); "
                             f"nothing was written")
-        part = Path(tmp) / ("layout" + dest.suffix)
+        staged = Path(tmp) / "staged"  # the set in its layout, checked before it is moved in
+        part = staged / layout_path(name)
+        part.parent.mkdir(parents=True)
         if src.kind == HUB:
             _write(_hub_rows(name, src, path, resolved), part)
         else:
             shutil.copy(path, part)
+        check = verify(name, staged, score)
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(part), dest)
-    check = verify(name, root, score)
     entry = {"file": layout_path(name),
              "source": {**asdict(src), "revision": resolved, "pinned": bool(src.revision)},
              "rows": rows, "questions": check["questions"], "bytes": dest.stat().st_size,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 from relift_ray.core.scoring import last_boxed
@@ -133,16 +134,22 @@ def sniff(row: dict, fields: Fields = Fields()) -> str:
 
 
 def hub_files(spec: str) -> list[Path]:
-    """``hf://owner/name[@revision][/glob]``: the dataset's data files that the glob matches
-    (without one, its data file: a dataset holding several must be given a glob), at
-    ``revision`` (a commit, branch or tag; the head without
-    one), from the HF cache or downloaded into it. Reads .parquet, .jsonl and .json files."""
+    """``hf://owner/name[@revision][/glob]``: the dataset's data files that the glob matches,
+    at ``revision`` (a commit id, branch or tag; the head without one), from the HF cache or
+    downloaded into it. Reads .parquet, .jsonl and .json files. Without a glob, the files of
+    its train split as the hub names splits (``train.parquet``, ``data/train-00000-of-00004
+    .parquet``, ``train/...``; one format, parquet first), else its one data file; a dataset
+    holding several files and no train split must be given a glob (reading them all would
+    mix splits or repeat rows)."""
     parts = spec[len("hf://"):].strip("/").split("/", 2)
     if len(parts) < 2 or not all(parts[:2]):
         raise DataError(f"{spec}: a hub dataset is hf://owner/name[@revision] or "
                         f"hf://owner/name[@revision]/<file glob>")
     name, _, revision = parts[1].partition("@")
     repo = f"{parts[0]}/{name}"
+    if revision.startswith("refs"):
+        raise DataError(f"{spec}: give the revision as a commit id, branch or tag without '/' "
+                        f"(refs/... would be read as the file glob)")
     pattern = parts[2] if len(parts) == 3 else None
     from huggingface_hub import snapshot_download
     try:
@@ -159,12 +166,27 @@ def hub_files(spec: str) -> list[Path]:
     if not files:
         raise DataError(f"{spec}: no .parquet/.jsonl/.json files"
                         f"{' match ' + pattern if pattern else ''} in dataset {repo}")
+    if pattern is None and len(files) > 1:
+        files = _train_split(files, local)
     if pattern is None and len(files) > 1:  # reading them all would mix splits or repeat rows
         names = [p.relative_to(local).as_posix() for p in files]
         raise DataError(f"{spec}: dataset {repo} holds {len(files)} data files "
                         f"({', '.join(names[:6])}{', ...' if len(names) > 6 else ''}); name "
                         f"the one(s) to read: hf://{repo}{'@' + revision if revision else ''}"
                         f"/<file or glob>")
+    return files
+
+
+def _train_split(files: list[Path], root: Path) -> list[Path]:
+    """The train split's files among a dataset's, by the hub's split names, in one format
+    (parquet before jsonl before json); all of them when no file is named as a split."""
+    def is_train(p: Path) -> bool:
+        parts = p.relative_to(root).parts
+        return "train" in parts[:-1] or re.split(r"[^A-Za-z0-9]+", p.stem)[0] == "train"
+    train = [p for p in files if is_train(p)]
+    for suffix in (".parquet", ".jsonl", ".json"):
+        if any(p.suffix == suffix for p in train):
+            return [p for p in train if p.suffix == suffix]
     return files
 
 

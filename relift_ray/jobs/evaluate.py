@@ -17,7 +17,6 @@ and kept in ``EvalResult.throughput``.
 """
 from __future__ import annotations
 
-import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from transformers import AutoTokenizer
 
 from relift_ray.catalog import BENCHMARKS, NOT_FETCHED
 from relift_ray.config import RunConfig
-from relift_ray.data.benchmarks import benchmark_path, how_to_get, load_benchmark
+from relift_ray.data.benchmarks import benchmark_path, default_fetch_dir, how_to_get, load_benchmark
 from relift_ray.data.prompts import prepare_tokenizer, render_prompts
 from relift_ray.data.registry import resolve_model
 from relift_ray.errors import DataError
@@ -185,24 +184,22 @@ def benchmark_table(summary: list[dict]) -> str:
 
 
 def ensure_benchmarks(cfg: RunConfig, log=print) -> None:
-    """Before any model loads: every configured benchmark is on disk, or fetched from its
-    source into the default fetch folder when no data folder was named; else a DataError
-    saying in one line how to get them."""
+    """Before any model loads: every configured benchmark is on disk (in the data folder or
+    the fetch folder), or fetched from its source into the fetch folder; else a DataError
+    saying in one line how to get it."""
     e = cfg.eval
     missing = [n for n in e.benchmarks
                if not benchmark_path(n, e.data_dir, e.files.get(n, "")).exists()]
-    named = e.data_dir or os.environ.get("RELIFT_EVAL_DATA") or \
-        os.environ.get("RELIFT_SHARED_DATA")
     fetchable = [n for n in missing if n not in NOT_FETCHED and n not in e.files]
-    if fetchable and not named:
-        log(f"[eval] {', '.join(fetchable)}: not on this machine; fetching them once "
-            f"(relift data fetch)")
+    if fetchable:
+        log(f"[eval] {', '.join(fetchable)}: not on this machine; fetching them once into "
+            f"{default_fetch_dir()} (relift data fetch)")
         try:
             fetch_checked(fetchable, log=log)
         except DataError as err:
             path = benchmark_path(fetchable[0], e.data_dir)
-            raise DataError(f"{how_to_get(fetchable[0], path)}; fetching failed: {err}") \
-                from None
+            raise DataError(f"{how_to_get(fetchable[0], path)}, or leave it out of "
+                            f"eval.benchmarks; fetching failed: {err}") from None
         missing = [n for n in missing if n not in fetchable]
     if missing:
         load_benchmark(missing[0], e.data_dir, path=e.files.get(missing[0], ""))  # raises

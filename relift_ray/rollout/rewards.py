@@ -36,6 +36,10 @@ def _child(conn, fn_path: str, extraction: str, memory_mb: int = 0,
         hard = resource.getrlimit(resource.RLIMIT_AS)[1]
         resource.setrlimit(resource.RLIMIT_AS, (limit if hard < 0 else min(limit, hard), hard))
     scoring.MAX_ANSWER_CHARS = max_answer_chars
+    try:  # math-verify's import (~0.5 s) here, not inside the first answer's time limit
+        import math_verify  # noqa: F401
+    except ImportError:
+        pass
     module, name = fn_path.split(":")
     fn = getattr(importlib.import_module(module), name)
     while True:
