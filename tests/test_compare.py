@@ -325,3 +325,22 @@ def test_a_finished_run_is_saved_and_reused_only_for_the_same_settings(tmp_path)
     assert load_finished(other, "base", _base_material(other)) is None
     j.test_qs = [Question("u", "p", "2")]  # other test questions
     assert load_finished(j, "relift-s1", _run_material(j, "relift", 1)) is None
+    j.test_qs = [Question("t", "p", "2")]
+    # saved by a version without a field: reused while the field holds its default, not
+    # once it is set; a default that changed since voids it
+    import pickle
+    f = tmp_path / "out" / "finished" / "relift-s1.pkl"
+
+    def saved_without(key, value=None):
+        saved = pickle.loads(f.read_bytes())
+        if value is None:
+            saved["material"]["settings"].pop(key)
+        else:
+            saved["material"]["settings"][key] = value
+        f.write_bytes(pickle.dumps(saved))
+    saved_without("data.max_demo_tokens")
+    assert load_finished(j, "relift-s1", _run_material(j, "relift", 1)) == r
+    cut = job("data.max_demo_tokens=100")
+    assert load_finished(cut, "relift-s1", _run_material(cut, "relift", 1)) is None
+    saved_without("algo.mixed_demos", "hardest")  # made when the default was another
+    assert load_finished(j, "relift-s1", _run_material(j, "relift", 1)) is None

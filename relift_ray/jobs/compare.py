@@ -27,6 +27,7 @@ The job reads as prepare / submit / wait / report (``run``).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import pickle
@@ -223,39 +224,65 @@ def _log_child(client, experiment_id: str, parent_id: str, cfg: RunConfig,
 FINISHED = "finished"  # <run_dir>/finished/<run>.pkl: each result as it comes in
 
 
-def _material(job: "Comparison", key, extra: dict) -> str:
+def _material(job: "Comparison", key, cfg: dict, extra: dict) -> dict:
     """What a saved result must have been made from to stand for ``key`` now: the model,
-    the questions and the settings (a digest)."""
+    the questions and the rest (a digest), and the run's settings, field by field (so that
+    a field a later version adds, at its default, does not void the result: ``_same``)."""
     ids = {"train": [q.id for q in job.train_qs], "test": [q.id for q in job.test_qs]}
     blob = json.dumps({"key": str(key), "model": job.model_path, "ids": ids, **extra},
                       sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    return {"rest": hashlib.sha256(blob.encode()).hexdigest(), "settings": cfg}
+
+
+def _same(saved, now: dict) -> bool:
+    """A saved result's material against now's: the same digest, and every setting equal,
+    but for a field only one side knows, which must hold its default (a field added since,
+    left as it was); a default that changed shows as a different value and voids it."""
+    if not isinstance(saved, dict) or saved.get("rest") != now["rest"]:
+        return False
+    a, b, defaults = saved["settings"], now["settings"], _settings(RunConfig())
+    for k in a.keys() | b.keys():
+        if k in a and k in b:
+            if a[k] != b[k]:
+                return False
+        elif k not in defaults or defaults[k] != (a[k] if k in a else b[k]):
+            return False
+    return True
 
 
 def _settings(cfg: RunConfig) -> dict:
-    """A config without what no run or evaluation depends on: which methods and seeds the
-    job has, how many run at once, which claims the report tests."""
-    out = cfg.to_dict()
+    """A config's fields by their dotted names (``algo.lr``), without what no run or
+    evaluation depends on: which methods and seeds the job has, how many run at once,
+    which claims the report tests."""
+    out = {}
+
+    def walk(node, prefix: str) -> None:
+        for f in dataclasses.fields(node):
+            value = getattr(node, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, f"{prefix}{f.name}.")
+            else:
+                out[prefix + f.name] = copy.deepcopy(value)
+    walk(cfg, "")
     for k in ("methods", "seeds", "steps", "parallel", "claims"):
-        out["compare"].pop(k, None)
+        out.pop(f"compare.{k}", None)
     return out
 
 
-def _base_material(job: "Comparison") -> str:
+def _base_material(job: "Comparison") -> dict:
     cfg = _settings(job.cfg)
     cfg["name"] = ""
-    return _material(job, "base", {"cfg": cfg})
+    return _material(job, "base", cfg, {})
 
 
-def _run_material(job: "Comparison", method: str, seed: int, questions=None) -> str:
+def _run_material(job: "Comparison", method: str, seed: int, questions=None) -> dict:
     cc = job.cfg.compare
-    return _material(job, (method, seed), {
-        "cfg": _settings(job.configs[(method, seed)]), "base": _base_material(job),
-        "eval": [cc.eval_every, cc.eval_k, cc.threads],
+    return _material(job, (method, seed), _settings(job.configs[(method, seed)]), {
+        "base": _base_material(job)["rest"], "eval": [cc.eval_every, cc.eval_k, cc.threads],
         "questions": None if questions is None else [q.id for q in questions]})
 
 
-def save_finished(job: "Comparison", name: str, material: str, result) -> None:
+def save_finished(job: "Comparison", name: str, material: dict, result) -> None:
     """A finished run's (or the base model's) result, written beside and renamed: a job
     stopped later keeps it, and running it again does not repeat it."""
     folder = Path(job.out_dir) / FINISHED
@@ -265,14 +292,14 @@ def save_finished(job: "Comparison", name: str, material: str, result) -> None:
     tmp.rename(folder / f"{name}.pkl")
 
 
-def load_finished(job: "Comparison", name: str, material: str):
+def load_finished(job: "Comparison", name: str, material: dict):
     """The saved result of ``name`` when it was made from the same model, questions and
-    settings, else None."""
+    settings (``_same``), else None."""
     f = Path(job.out_dir) / FINISHED / f"{name}.pkl"
     if not f.exists():
         return None
     saved = pickle.loads(f.read_bytes())
-    return saved["result"] if saved.get("material") == material else None
+    return saved["result"] if _same(saved.get("material"), material) else None
 
 
 @dataclass
