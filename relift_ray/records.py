@@ -268,6 +268,11 @@ class RunSummary:
     val_last_step: int | None = None
     best_policy: str = ""
     mlflow_models: dict = field(default_factory=dict)  # alias (final, best) -> models:/ URI
+    # the reward workers' scoring processes: found dead and restarted; answers past their
+    # memory limit; answers scored 0 because the process died on them twice
+    reward_deaths: int = 0
+    reward_memory: int = 0
+    reward_killed: int = 0
 
     def numbers(self) -> dict:
         """The summary's numeric fields, as MLflow metrics."""

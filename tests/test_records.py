@@ -43,3 +43,19 @@ def test_free_ports_are_distinct_and_bindable():
     assert len(set(ports)) == 64
     with socket.socket() as s:
         s.bind(("127.0.0.1", ports[0]))  # released again once chosen
+
+
+def test_the_run_summary_counts_the_scoring_faults(capsys):
+    from relift_ray.config import load_config
+    from relift_ray.jobs.train import print_summary
+    from relift_ray.records import RunSummary
+    s = RunSummary(run_id="r", before={}, after={"overall": 0.5}, sft_steps=1,
+                   demos_used_unique=1, demos_used_total=1, demos_available=4,
+                   reward_timeouts=2, checkpoint="", question_table="", wall_seconds=1.0,
+                   reward_deaths=1, reward_memory=3, reward_killed=1)
+    assert {"reward_deaths": 1, "reward_memory": 3, "reward_killed": 1}.items() <= \
+        s.numbers().items()  # logged to MLflow with the other figures
+    print_summary(load_config(None, []), s)
+    assert ("scoring: 2 answers past the time limit, 3 past the memory limit, 1 that killed "
+            "the scoring process; 1 scoring processes restarted after dying") in \
+        capsys.readouterr().out

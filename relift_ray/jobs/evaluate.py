@@ -316,6 +316,8 @@ def report(cfg: RunConfig, model: str, tracker, rows: list, summary: list, rewar
     for f in ("eval_results.csv", "eval_questions.csv", "eval_table.txt"):
         tracker.mlflow.log_artifact(str(out / f))
     tracker.log_metrics({"reward_timeouts": sum(s["timeouts"] for s in reward_stats),
+                         **{f"reward_{k}": sum(s.get(k, 0) for s in reward_stats)
+                            for k in ("deaths", "memory", "killed")},
                          "eval_seconds": time.time() - t_start,
                          **{f"eval/{k}": v for k, v in (speed or {}).items()}})
     gen = (f"; generation ({cfg.generator.backend}) {speed['gen_tokens_per_s']:.1f} tokens/s, "

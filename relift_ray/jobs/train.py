@@ -267,6 +267,9 @@ def finish(job: Job, result, after: dict) -> RunSummary:
                    demos_used_total=final["counters"]["demos_used_total"],
                    demos_available=job.data.demos,
                    reward_timeouts=sum(x["timeouts"] for x in reward_stats),
+                   reward_deaths=sum(x.get("deaths", 0) for x in reward_stats),
+                   reward_memory=sum(x.get("memory", 0) for x in reward_stats),
+                   reward_killed=sum(x.get("killed", 0) for x in reward_stats),
                    checkpoint=ckpt, question_table=str(table),
                    wall_seconds=time.time() - job.t_start)
     _add_validation(job, s, final.get("validation") or {})
@@ -354,6 +357,10 @@ def print_summary(cfg: RunConfig, s: RunSummary) -> None:
         print(f"{k:<16}{'-' if b is None else f'{b:.3f}':>10}{s.after[k]:>10.3f}")
     print(f"SFT steps: {s.sft_steps}; demonstrations used: {s.demos_used_unique} unique, "
           f"{s.demos_used_total} total, of {s.demos_available} available")
+    if s.reward_timeouts or s.reward_deaths or s.reward_memory or s.reward_killed:
+        print(f"scoring: {s.reward_timeouts} answers past the time limit, {s.reward_memory} "
+              f"past the memory limit, {s.reward_killed} that killed the scoring process; "
+              f"{s.reward_deaths} scoring processes restarted after dying")
     if s.val_best_score is not None:
         print(f"validation (every {cfg.tracking.eval_every} steps, temperature "
               f"{cfg.tracking.val_temperature:g}): best {s.val_best_score:.3f} at step "
