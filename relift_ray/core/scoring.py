@@ -43,21 +43,24 @@ def _cut(part: str) -> str:
 _INTEGER = re.compile(r"0|-?[1-9][0-9]{0,29}")
 
 
+def _closing_brace(text: str, brace: int, end: int | None = None) -> int | None:
+    """The index of the "}" that closes the "{" at ``brace`` (before ``end``), or None."""
+    depth = 0
+    for i in range(brace, len(text) if end is None else end):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if depth == 0:
+            return i
+    return None
+
+
 def last_boxed(text: str) -> str | None:
     """Content of the last \\boxed{...} (braces balanced), or None."""
     start = text.rfind("\\boxed{")
     if start < 0:
         return None
-    i = start + len("\\boxed{")
-    depth = 1
-    for j in range(i, len(text)):
-        if text[j] == "{":
-            depth += 1
-        elif text[j] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[i:j]
-    return None
+    brace = start + len("\\boxed")
+    close = _closing_brace(text, brace)
+    return None if close is None else text[brace + 1:close]
 
 
 THINK_END = "</think>"
@@ -145,12 +148,7 @@ def _boxes_as_released(text: str, mode: str = "last") -> str:
             if not found:
                 found.append(text[brace:])
             break
-        depth, close = 0, None
-        for i in range(brace, end):
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            if depth == 0:
-                close = i
-                break
+        close = _closing_brace(text, brace, end)
         if close is None:  # unbalanced: the rest is the answer, if nothing came before
             if not found:
                 found.append(text[brace:])

@@ -175,8 +175,6 @@ def _hub_rows(name: str, src: Source, path: Path, revision: str) -> list[dict]:
 
 
 def _count(src: Source, path: Path) -> int:
-    if src.kind == HUB:
-        return sum(1 for _ in iter_rows(path))
     return sum(1 for _, row in iter_rows(path) if not src.select
                or row.get("data_source") == src.select)
 
@@ -251,7 +249,8 @@ def fetch_one(name: str, root: Path, score, prev: dict | None = None, refresh: b
                    "repository was rewritten)")
             raise DataError(f"benchmark {name}: {at} has sha256 {digest}, expected {expected} "
                             f"({whence}); nothing was written; {fix}")
-        rows = _count(src, path)
+        hub_rows = _hub_rows(name, src, path, resolved) if src.kind == HUB else None
+        rows = len(hub_rows) if hub_rows is not None else _count(src, path)
         if want_rows and rows != want_rows:
             raise DataError(f"benchmark {name}: {at} holds {rows} rows"
                             f"{' of ' + src.select if src.select else ''}, expected {want_rows} "
@@ -261,7 +260,7 @@ def fetch_one(name: str, root: Path, score, prev: dict | None = None, refresh: b
         part = staged / layout_path(name)
         part.parent.mkdir(parents=True)
         if src.kind == HUB:
-            _write(_hub_rows(name, src, path, resolved), part)
+            _write(hub_rows, part)
         else:
             shutil.copy(path, part)
         check = verify(name, staged, score)

@@ -137,30 +137,30 @@ class RewardWorker:
                 self._died()
                 continue
             while len(out) < len(pairs):
-                late = not self._conn.poll(self.timeout_s)
+                late, dead = not self._conn.poll(self.timeout_s), False
                 if late:
                     reward = Reward(0.0, Reward.TIMEOUT)
                 else:
                     try:
                         reward = self._conn.recv()
                     except (EOFError, OSError):
-                        i = len(out)
+                        dead, i = True, len(out)
                         deaths_on[i] = deaths_on.get(i, 0) + 1
                         self._died()
-                        if deaths_on[i] >= 2:
-                            out.append(Reward(0.0, Reward.KILLED))
-                            self.stats.scored += 1
-                            self.stats.killed += 1
-                        break
+                        if deaths_on[i] < 2:
+                            break  # the new child scores it again
+                        reward = Reward(0.0, Reward.KILLED)
                 self.stats.scored += 1
                 self.stats.timeouts += reward.timed_out
                 self.stats.no_answer += reward.no_answer
                 self.stats.errors += reward.failed
                 self.stats.memory += reward.status == Reward.MEMORY
+                self.stats.killed += reward.status == Reward.KILLED
                 out.append(reward)
                 if late:
-                    self._restart()  # the rest go to the new child
-                    break
+                    self._restart()
+                if late or dead:
+                    break  # the rest go to the new child
         self.stats.seconds += time.perf_counter() - t0
         return out
 

@@ -99,17 +99,17 @@ class Scheduler(AheadProducer):
             # 4. records, hard buffer, advantages   5. SFT batch when the buffer holds M
             for g in groups:
                 self.table.observe(step, g)
+            hardest = [g.question for g in groups if not any(g.rewards)]
             if self.a.buffer_feed == "hardest":
-                fed = [g.question for g in groups if not any(g.rewards)]
+                fed = hardest
             else:  # ablation: the questions the policy solves at least once
                 fed = [g.question for g in groups if any(g.rewards)]
             sft, mixed = (), False
             if self.cfg.uses_buffer:
                 sft = self._buffer_and_sft(step, fed)
             elif self.a.mode == "mixed":  # this step's demonstrations join the RL loss
-                with_demo = self._with_demo(
-                    [g.question for g in groups] if self.a.mixed_demos == "all"
-                    else [g.question for g in groups if not any(g.rewards)])
+                with_demo = self._with_demo([g.question for g in groups]
+                                            if self.a.mixed_demos == "all" else hardest)
                 sft, mixed = (self._sft_samples(step, with_demo) if with_demo else ()), True
             batch = TrainBatch(step=step, rl=self._rl_samples(groups), sft=sft,
                                weight_version=self.behavior_version(step), sft_mixed=mixed,
