@@ -214,7 +214,9 @@ class TrainConfig:
     # model.lora runs: beside each checkpoint's adapter folder (policy/), the base model with
     # the adapter merged in (merged/), loadable without PEFT
     save_merged: bool = False
-    # Ray Train restarts of the learner group after a worker dies
+    # Ray Train restarts of the learner group after a worker dies (or a call on the training
+    # path misses its deadline); when they run out, a group that has checkpointed since the
+    # budget began gets a new budget from that checkpoint (relift_ray.jobs.train.fit)
     max_failures: int = non_negative(2)
     # testing: actors killed with SIGKILL once, as <actor>@<step> (learner, scheduler,
     # generator, reward), e.g. [generator@14]; see relift_ray.chaos
@@ -266,6 +268,20 @@ class ClusterConfig:
     reward_memory_mb: int = non_negative(2048)
     # an extracted answer longer than this is cut to its last characters before parsing
     reward_max_answer_chars: int = non_negative(8192)
+    # Deadlines of the remote calls on the training path, in seconds, sized for the paper
+    # preset (paper.yaml: 128 questions x 8 samples of up to 8,192 tokens). A call still
+    # running at its deadline is treated as its actor's death (a process stopped by SIGSTOP,
+    # a hung GPU or driver, a swapping node): the actor is killed with a console line naming
+    # it, the call and the step, Ray restarts it, and the run goes on as after a crash. A
+    # weight load's deadline is generator.sync_timeout_s.
+    generate_deadline_s: float = positive(3600.0)  # one generator's share of a step's sampling
+    score_deadline_s: float = positive(1800.0)  # one reward worker's share of a step's answers
+    # a learner's wait on the scheduler: its share of a step's batch (sampling, scoring,
+    # records), and the scheduler's other calls; more than generate + score
+    batch_deadline_s: float = positive(7200.0)
+    # validation (tracking.eval_every) asked by rank 0; the other ranks' collectives wait as
+    # long (the learner group's process-group timeout); more than generate + score
+    validate_deadline_s: float = positive(7200.0)
     # torch threads in each generator and learner on CPU (0 = Ray's default: as many as the
     # actor's whole CPUs, so 1 for fractional actors). Generation and training alternate, so
     # giving each the node's cores is usually faster.
@@ -589,6 +605,15 @@ def _check_train(cfg: RunConfig) -> None:
         faults.parse(cfg.train.kill)
     except ValueError as e:
         raise ConfigError(f"train.kill: {e}") from None
+    c = cfg.cluster
+    for key in ("batch_deadline_s", "validate_deadline_s"):
+        if getattr(c, key) <= c.generate_deadline_s + c.score_deadline_s:
+            raise ConfigError(
+                f"cluster.{key}={getattr(c, key):g}: must be more than cluster."
+                f"generate_deadline_s + cluster.score_deadline_s ({c.generate_deadline_s:g} + "
+                f"{c.score_deadline_s:g}): the learners' wait covers the scheduler's sampling "
+                f"and scoring, and a slow generator or reward worker must meet its own "
+                f"deadline first")
 
 
 # ---------------------------------------------------------------- loading and overrides

@@ -1,13 +1,16 @@
-"""Chaos run: kill random actors at random steps of a longer toy ReLIFT run, and check that the
-run ends exactly where an uninterrupted run ends.
+"""Chaos run: every kind of fault at random steps of a longer toy ReLIFT run, and a check
+that the run ends exactly where an uninterrupted run ends.
 
-    RAY_AUTH_MODE=disabled .venv/bin/python scripts/chaos.py [--steps 24] [--kills 4] [--seed 0]
+    RAY_AUTH_MODE=disabled .venv/bin/python scripts/chaos.py [--steps 60] [--extra 0] [--seed 0]
 
 Two runs on one local Ray cluster, same config: a reference run, then a run with
-``train.kill`` set to ``--kills`` random (actor, step) pairs, actor among generator, reward,
-scheduler and learner; each is a SIGKILL of that actor's process (relift_ray.faults). The check:
-the final scheduler state (question table, buffer, samplers, counters) and the final weights of
-both runs are equal, bit for bit. Exit status 0 when they are, 1 otherwise.
+``train.kill`` holding one fault of each kind at its own random step (``--extra`` more of
+random kinds): a SIGKILL of a generator, a reward worker, its scoring process, the scheduler
+or a learner worker; a SIGSTOP of a generator, a reward worker or the scheduler (ended by
+the calls' deadlines, set short here); and the newest checkpoint truncated, then a learner
+killed (the resume skips it). Faults in relift_ray.faults. The check: the final scheduler
+state (question table, buffer, samplers, counters) and the final weights of both runs are
+equal, bit for bit. It prints "faults survived k of n" and exits 0 when all were.
 """
 from __future__ import annotations
 
@@ -31,56 +34,91 @@ def end_state(summary: dict):
             load_file(ckpt / "policy" / "model.safetensors"))
 
 
+# (faults in train.kill, label): one of each kind
+FAULTS = [(["generator@{s}"], "generator SIGKILL"), (["reward@{s}"], "reward worker SIGKILL"),
+          (["scorer@{s}"], "scoring process SIGKILL"), (["scheduler@{s}"], "scheduler SIGKILL"),
+          (["learner@{s}"], "learner SIGKILL"), (["generator@{s}:stop"], "generator SIGSTOP"),
+          (["reward@{s}:stop"], "reward worker SIGSTOP"),
+          (["scheduler@{s}:stop"], "scheduler SIGSTOP"),
+          (["checkpoint@{s}", "learner@{s}"], "corrupt newest checkpoint + learner SIGKILL")]
+DEADLINES = ["cluster.generate_deadline_s=20", "cluster.score_deadline_s=20",
+             "cluster.batch_deadline_s=60", "cluster.validate_deadline_s=60",
+             "generator.sync_timeout_s=20"]
+CHECKPOINT_EVERY = 3
+
+
+def plan(rng: random.Random, steps: int, extra: int) -> list[tuple[int, list[str], str]]:
+    """(step, train.kill entries, label) for one fault of each kind plus ``extra`` random
+    ones, each at its own step; a corrupt checkpoint needs one written before its step."""
+    kinds = FAULTS + [rng.choice(FAULTS) for _ in range(extra)]
+    rng.shuffle(kinds)
+    first = CHECKPOINT_EVERY + 1  # every fault after the first checkpoint
+    chosen = sorted(rng.sample(range(first, steps + 1), len(kinds)))
+    return [(s, [spec.format(s=s) for spec in specs], label)
+            for s, (specs, label) in zip(chosen, kinds)]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=24)
-    p.add_argument("--kills", type=int, default=4)
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--extra", type=int, default=0, help="faults beyond one of each kind")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="", help="output folder (default: a temporary one)")
     args = p.parse_args(argv)
+    if args.steps < CHECKPOINT_EVERY + len(FAULTS) + args.extra:
+        p.error(f"--steps {args.steps}: too few for {len(FAULTS) + args.extra} faults")
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import torch
 
-    from relift_ray.faults import KINDS
     from relift_ray.config import load_config
-    from relift_ray.runtime.cluster import init_ray
     from relift_ray.jobs.train import run
+    from relift_ray.runtime.cluster import init_ray
 
-    rng = random.Random(args.seed)
-    steps = rng.sample(range(2, args.steps + 1), min(args.kills, args.steps - 1))
-    kills = sorted((rng.choice(KINDS), s) for s in steps)
+    faults = plan(random.Random(args.seed), args.steps, args.extra)
     out = Path(args.out or tempfile.mkdtemp(prefix="relift-chaos-")).resolve()
     common = [f"output_dir={out}", "algo.batch_size=8", "algo.n_samples=4", "algo.buffer_size=4",
-              f"train.steps={args.steps}", "train.checkpoint_every=3",
+              f"train.steps={args.steps}", f"train.checkpoint_every={CHECKPOINT_EVERY}",
               "data.max_test_questions=60"]
     cfg_ref = load_config("toy_relift", common + ["name=reference"])
-    kill_list = ",".join(f"{k}@{s}" for k, s in kills)
-    restarts = sum(k in ("scheduler", "learner") for k, _ in kills)
-    cfg_chaos = load_config("toy_relift", common + [
+    kill_list = ",".join(spec for _, specs, _ in faults for spec in specs)
+    restarts = sum(any(k in ",".join(specs) for k in ("scheduler", "learner"))
+                   for _, specs, _ in faults)
+    cfg_chaos = load_config("toy_relift", common + DEADLINES + [
         "name=chaos", f"train.kill=[{kill_list}]", f"train.max_failures={restarts + 1}"])
-    print(f"[chaos] {args.steps} steps; kills: {kill_list}; output in {out}", flush=True)
+    print(f"[chaos] {args.steps} steps, {len(faults)} faults; output in {out}", flush=True)
+    for s, _, label in faults:
+        print(f"[chaos]   step {s:>3}: {label}", flush=True)
 
     init_ray(cfg_ref)
     t0 = time.time()
     ref = run(cfg_ref)
     t_ref = time.time() - t0
-    t0 = time.time()
-    chaos = run(cfg_chaos)
+    t0, chaos, error = time.time(), None, ""
+    try:
+        chaos = run(cfg_chaos)
+    except Exception as e:  # noqa: BLE001 - reported below
+        error = f"{type(e).__name__}: {e}"
     t_chaos = time.time() - t0
 
-    (state_a, w_a), (state_b, w_b) = end_state(ref), end_state(chaos)
-    fired = sorted(p.name for p in out.glob("chaos.killed-*"))
-    problems = []
-    if len(fired) != len(kills):
-        problems.append(f"{len(fired)} of {len(kills)} kills happened: {fired}")
-    if state_a != state_b:
-        keys = [k for k in state_a if state_a[k] != state_b.get(k)]
-        problems.append(f"scheduler state differs in {keys}")
-    if w_a.keys() != w_b.keys() or not all(torch.equal(w_a[k], w_b[k]) for k in w_a):
-        problems.append("final weights differ")
-    print(f"[chaos] reference run {t_ref:.0f}s; chaos run {t_chaos:.0f}s with {len(fired)} "
-          f"kills ({', '.join(fired)})")
+    fired = {p.name.split(".", 1)[1] for p in out.glob("chaos.killed-*")} | \
+        {p.name.split(".", 1)[1] for p in out.glob("chaos.stopped-*")}
+    done = [(s, label) for s, specs, label in faults
+            if all(_marker(spec) in fired for spec in specs)]
+    problems = [error] if error else []
+    if chaos is not None:
+        (state_a, w_a), (state_b, w_b) = end_state(ref), end_state(chaos)
+        if state_a != state_b:
+            keys = [k for k in state_a if state_a[k] != state_b.get(k)]
+            problems.append(f"scheduler state differs in {keys}")
+        if w_a.keys() != w_b.keys() or not all(torch.equal(w_a[k], w_b[k]) for k in w_a):
+            problems.append("final weights differ")
+    if len(done) != len(faults):
+        problems.append(f"{len(done)} of {len(faults)} faults happened")
+    # a run that ends wrong survived none for sure; one that ends right survived every fault
+    survived = 0 if problems else len(done)
+    print(f"[chaos] reference run {t_ref:.0f}s; chaos run {t_chaos:.0f}s")
+    print(f"[chaos] faults survived {survived} of {len(faults)}")
     if problems:
         print("[chaos] FAIL: " + "; ".join(problems))
         return 1
@@ -88,6 +126,13 @@ def main(argv=None) -> int:
           f"{len(state_b['records'])} question records, buffer {len(state_b['buffer'])}) and "
           f"bit-equal weights")
     return 0
+
+
+def _marker(spec: str) -> str:
+    """The marker name a train.kill entry leaves (relift_ray.faults.due)."""
+    kind, _, rest = spec.partition("@")
+    step, _, action = rest.partition(":")
+    return f"{'stopped' if action == 'stop' else 'killed'}-{kind}-{step}"
 
 
 if __name__ == "__main__":

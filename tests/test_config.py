@@ -332,8 +332,33 @@ def test_train_kill_fires_once_per_run(tmp_path):
     from relift_ray import faults
     cfg = load_config(overrides=[f"output_dir={tmp_path}", "name=k",
                                  "train.kill=[generator@3,learner@5]"])
-    assert faults.parse(cfg.train.kill) == [("generator", 3), ("learner", 5)]
+    assert faults.parse(cfg.train.kill) == [("generator", 3, "kill"), ("learner", 5, "kill")]
     assert not faults.due(cfg, "generator", 2) and not faults.due(cfg, "scheduler", 3)
-    assert faults.due(cfg, "generator", 3)
+    assert faults.due(cfg, "generator", 3) == "kill"
     assert not faults.due(cfg, "generator", 3)  # a restarted actor replaying step 3 goes on
     assert (tmp_path / "k.killed-generator-3").exists()
+    # SIGSTOP: its own action and marker, beside a kill of the same actor at the same step
+    cfg = load_config(overrides=[f"output_dir={tmp_path}", "name=s",
+                                 "train.kill=[scheduler@2:stop,scheduler@2]"])
+    assert faults.due(cfg, "scheduler", 2) == "stop"
+    assert faults.due(cfg, "scheduler", 2) == "kill"
+    assert not faults.due(cfg, "scheduler", 2)
+    assert (tmp_path / "s.stopped-scheduler-2").exists()
+    for bad, why in (("learner@3:stop", "only scheduler, generator, reward can be stopped"),
+                     ("generator@3:pause", "expected <actor>@<step>")):
+        with pytest.raises(ConfigError, match=why):
+            load_config(overrides=[f"train.kill=[{bad}]"])
+
+
+def test_the_learners_deadline_covers_the_schedulers_sampling_and_scoring():
+    cfg = load_config()
+    c = cfg.cluster
+    assert c.batch_deadline_s > c.generate_deadline_s + c.score_deadline_s
+    for key in ("batch_deadline_s", "validate_deadline_s"):
+        with pytest.raises(ConfigError, match=rf"cluster.{key}=90: must be more than cluster"
+                                              rf".generate_deadline_s \+ cluster"):
+            load_config(overrides=["cluster.generate_deadline_s=60",
+                                   "cluster.score_deadline_s=30", f"cluster.{key}=90"])
+    from relift_ray.runtime.topology import collective_timeout_s
+    cfg = load_config(overrides=["cluster.validate_deadline_s=9000"])
+    assert collective_timeout_s(cfg) == 9060  # the other ranks wait as long as rank 0

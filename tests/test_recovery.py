@@ -5,10 +5,12 @@ which is what a run restarted by hand from the same checkpoint gives (tests/test
 
 - generator: Ray restarts it; the scheduler reloads the step's weights and samples again;
 - reward worker: Ray restarts it and re-runs the scoring call;
+- a reward worker's scoring process: the worker notices, starts another and scores again;
 - scheduler / learner: the learner group restarts from its last checkpoint, which puts the
   scheduler (restarted by Ray, empty) back to that checkpoint's state.
 """
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -43,7 +45,7 @@ def reference(ray_local, tmp_path_factory):
 
 
 @pytest.mark.parametrize("kind,step", [("generator", 4), ("reward", 3), ("scheduler", 5),
-                                       ("learner", 3)])
+                                       ("learner", 3), ("scorer", 3)])
 def test_killed_actor_comes_back_and_the_run_ends_as_if_nothing_happened(reference, kind,
                                                                           step):
     from relift_ray.jobs.train import run
@@ -57,6 +59,8 @@ def test_killed_actor_comes_back_and_the_run_ends_as_if_nothing_happened(referen
     assert weights.keys() == ref_weights.keys()
     assert all(torch.equal(weights[k], ref_weights[k]) for k in weights)
     assert s.after == ref_summary.after
+    if kind == "scorer":  # the reward worker noticed its scoring process die, and restarted it
+        assert s.reward_deaths == 1
 
 
 # ------------------------------------------------------------ asynchronous rollouts
@@ -87,3 +91,85 @@ def test_async_run_resumes_with_rollouts_in_flight(async_reference, kind, step):
     assert comparable(state) == comparable(ref_state)
     assert all(torch.equal(weights[k], ref_weights[k]) for k in weights)
     assert s.after == ref_summary.after
+
+
+# ------------------------------------------------------------ hung actors (SIGSTOP)
+DEADLINES = ("cluster.generate_deadline_s=20", "cluster.score_deadline_s=20",
+             "cluster.batch_deadline_s=60", "cluster.validate_deadline_s=60",
+             "generator.sync_timeout_s=20")
+
+
+def run_within(cfg, seconds: float):
+    """``run(cfg)`` in a thread, failing the test if it has not ended after ``seconds``
+    (a stopped actor that no deadline ends hangs the run forever)."""
+    import threading
+
+    from relift_ray.jobs.train import run
+    box = {}
+
+    def target():
+        try:
+            box["summary"] = run(cfg)
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            box["error"] = e
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), f"the run hung: still running after {seconds:g} s"
+    if "error" in box:
+        raise box["error"]
+    return box["summary"]
+
+
+@pytest.mark.parametrize("kind,step", [("generator", 4), ("scheduler", 5), ("reward", 3)])
+def test_stopped_actor_meets_its_deadline_and_the_run_ends_as_if_nothing_happened(
+        reference, kind, step, capsys):
+    """An actor stopped with SIGSTOP (alive to the OS and to Ray, answering nothing) is
+    killed when the call waiting on it runs past its deadline, Ray restarts it, and the run
+    ends with the uninterrupted run's state and weights."""
+    out, ref_summary, (ref_state, ref_weights) = reference
+    name = f"stop-{kind}"
+    s = run_within(cfg_for(out, name, f"train.kill=[{kind}@{step}:stop]",
+                           "train.max_failures=2", *DEADLINES), 900)
+    assert (out / f"{name}.stopped-{kind}-{step}").exists()  # it really was stopped
+    # a stopped generator meets the deadline of its generate call (or, when the call was done
+    # before the stop, of the next step's weight load)
+    who = {"generator": f"generator 0: (generate at step {step}|load_weights of version "
+                        f"{step})",
+           "reward": f"reward worker 0: score at step {step}",
+           "scheduler": f"scheduler: next_batch at step {step}"}[kind]
+    assert re.search(rf"\[deadline\] {who} still running after", capsys.readouterr().out)
+    state, weights = end_state(s)
+    assert state == ref_state
+    assert all(torch.equal(weights[k], ref_weights[k]) for k in weights)
+    assert s.after == ref_summary.after
+
+
+# ------------------------------------------------------------ checkpoints and the failure budget
+def test_a_corrupt_newest_checkpoint_is_skipped_for_the_one_before(reference, capsys):
+    """The newest checkpoint (step 4) truncated as a crash or a full disk leaves it, then a
+    learner killed: the restarted group skips it for step 2's and ends like the reference."""
+    from relift_ray.jobs.train import run
+    out, ref_summary, (ref_state, ref_weights) = reference
+    s = run(cfg_for(out, "corrupt", "train.kill=[checkpoint@5,learner@5]",
+                    "train.max_failures=2"))
+    printed = capsys.readouterr().out
+    assert re.search(r"checkpoint \S+ is skipped: \S+ \(rank \d\) has \d+ bytes", printed)
+    assert "resumed from the checkpoint of step 2" in printed
+    state, weights = end_state(s)
+    assert state == ref_state
+    assert all(torch.equal(weights[k], ref_weights[k]) for k in weights)
+
+
+def test_the_failure_budget_starts_again_after_a_checkpoint(reference, capsys):
+    """train.max_failures=1 and two learner deaths, at steps 3 and 5, with the checkpoint of
+    step 4 between them: the run goes on (a budget for the whole run would have ended it)."""
+    from relift_ray.jobs.train import run
+    out, ref_summary, (ref_state, ref_weights) = reference
+    s = run(cfg_for(out, "budget", "train.kill=[learner@3,learner@5]", "train.max_failures=1"))
+    assert "it checkpointed step 4 since its failure budget began at step 0" in \
+        capsys.readouterr().out
+    state, weights = end_state(s)
+    assert state == ref_state
+    assert all(torch.equal(weights[k], ref_weights[k]) for k in weights)

@@ -52,6 +52,7 @@ class Job:
     tracker: object = None
     trainer: object = None
     fitting: Background | None = None  # trainer.fit running
+    budget_from: int = 0  # the newest checkpoint's step when the failure budget began
     data: DataInfo | None = None
     before: dict = field(default_factory=dict)  # the base policy's test accuracy
     lock: RunLock | None = None  # this job's hold on its run folder
@@ -141,6 +142,7 @@ def start(job: Job) -> None:
 
     job.topo = topology.start(cfg, job.model_path, say)
     resuming = topology.check_resumable(cfg, job.model_path)
+    job.budget_from = topology.newest_checkpoint_step(cfg)
     key = run_id_key(cfg.name)
     job.trainer = topology.learner_group(cfg, job.model_path, job.topo, key, job.t_start)
     if not _evaluates_first(cfg, resuming, logged=False):
@@ -229,8 +231,30 @@ def _evaluate(job: Job) -> dict:
 # ---------------------------------------------------------------- 4. fit
 
 def fit(job: Job):
-    """The learner group's result (Ray Train's), once it has trained every step."""
-    return (job.fitting or Background(job.trainer.fit, "ray-train-fit")).result()
+    """The learner group's result (Ray Train's), once it has trained every step.
+
+    Ray Train restarts a failed group up to train.max_failures times. The budget is not one
+    number for the whole run: when it runs out, a group that has checkpointed since the
+    budget began starts again from its checkpoint with a new one (a long run meets faults
+    spread over days), and only a group that made no progress over the whole budget ends
+    the run."""
+    fitting = job.fitting or Background(job.trainer.fit, "ray-train-fit")
+    while True:
+        try:
+            return fitting.result()
+        except ray.train.TrainingFailedError as e:
+            cfg = job.cfg
+            newest = topology.newest_checkpoint_step(cfg)
+            if newest <= job.budget_from:
+                raise
+            say(f"[train] the learner group failed {cfg.train.max_failures + 1} times "
+                f"(train.max_failures={cfg.train.max_failures}; last: {type(e).__name__}); "
+                f"it checkpointed step {newest} since its failure budget began at step "
+                f"{job.budget_from}, so it starts again from there with a new budget")
+            job.budget_from = newest
+            job.trainer = topology.learner_group(cfg, job.model_path, job.topo,
+                                                 run_id_key(cfg.name), job.t_start)
+            fitting = Background(job.trainer.fit, "ray-train-fit")
 
 
 # ---------------------------------------------------------------- 5. evaluate

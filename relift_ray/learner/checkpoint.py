@@ -4,6 +4,7 @@ policy beside it, the scheduler's state, and the best validation's policy.
 A checkpoint folder of step s (``save_checkpoint``; Ray Train merges the ranks' folders):
 
     meta.json                 {"step": s} (rank 0)
+    complete-r{r}.json        rank r's files and their sizes, written last (``complete_marker``)
     scheduler_state.json      the scheduler's whole state (rank 0)
     policy/                   the policy in HF format with its tokenizer (evaluation, serving)
     deepspeed/                the exact learner state, below
@@ -57,7 +58,7 @@ from pathlib import Path
 import torch
 
 from relift_ray.data.lora import base_fingerprint, lora_settings, write_adapter
-from relift_ray.rollout.calls import call
+from relift_ray.rollout.calls import call_within
 
 TAG = "state"  # DeepSpeed's tag: the folder <checkpoint>/deepspeed/state
 DS_DIR = "deepspeed"
@@ -313,13 +314,55 @@ def clear_scratch(scratch: Path, rank: int) -> list[str]:
     return gone
 
 
+def complete_marker(rank: int) -> str:
+    return f"complete-r{rank}.json"
+
+
+def mark_complete(directory: Path, rank: int) -> None:
+    """Rank ``rank``'s part of a checkpoint is written: every file under ``directory`` and its
+    size, in ``complete-r{rank}.json``, written last (through a temporary name)."""
+    directory = Path(directory)
+    files = {str(p.relative_to(directory)): p.stat().st_size
+             for p in sorted(directory.rglob("*")) if p.is_file()}
+    tmp = directory / (complete_marker(rank) + ".tmp")
+    tmp.write_text(json.dumps(files))
+    os.replace(tmp, directory / complete_marker(rank))
+
+
+def checkpoint_problem(directory: Path, world: int) -> str:
+    """Why the checkpoint in ``directory`` cannot be resumed from ("" when it can): a rank's
+    marker missing (a crash or a full disk while it was written), or a file it lists missing
+    or of another size (truncated, or replaced after the save). A checkpoint written before
+    markers existed (none at all, but a learner state) is taken as complete."""
+    directory = Path(directory)
+    markers = [directory / complete_marker(r) for r in range(world)]
+    if not any(m.exists() for m in markers):
+        return "" if (directory / "meta.json").exists() else "no meta.json and no markers"
+    for r, m in enumerate(markers):
+        if not m.exists():
+            return f"rank {r}'s part is incomplete ({m.name} is missing)"
+        try:
+            files = json.loads(m.read_text())
+        except ValueError:
+            return f"{m.name} is not valid JSON"
+        for name, size in files.items():
+            f = directory / name
+            if not f.is_file():
+                return f"{name} (rank {r}) is missing"
+            if f.stat().st_size != size:
+                return f"{name} (rank {r}) has {f.stat().st_size} bytes, {size} when saved"
+    return ""
+
+
 def save_checkpoint(learner, scheduler, step: int, rank: int, world: int,
-                    model_path: str, scratch: Path | None = None) -> str:
+                    model_path: str, scratch: Path | None = None,
+                    within: float | None = None) -> str:
     """This rank's part of the checkpoint of ``step``, in a fresh folder (Ray Train merges the
     ranks' folders): DeepSpeed's checkpoint (each rank's fp32 master partition and optimizer
     states, ``save_learner``); rank 0 also the HF-format policy with its tokenizer (for
     evaluation and serving), the scheduler's whole state (JSON) and meta.json. The folder is
-    in ``scratch`` (``scratch_dir``) when given, else a new temporary one."""
+    in ``scratch`` (``scratch_dir``) when given, else a new temporary one; ``within``: the
+    deadline of the call for the scheduler's state (cluster.batch_deadline_s)."""
     if scratch is None:
         d = Path(tempfile.mkdtemp(prefix=f"relift-save-{rank}-"))
     else:
@@ -329,7 +372,8 @@ def save_checkpoint(learner, scheduler, step: int, rank: int, world: int,
     save_learner(learner, d, rank, world)
     save_policy(learner, d / "policy", rank, model_path)
     if rank == 0:
-        state = call(scheduler, "state_dict")
+        state = call_within(within, "scheduler", scheduler, "state_dict", step=step)
         (d / SCHEDULER_STATE).write_text(json.dumps(state))
         (d / "meta.json").write_text(json.dumps({"step": step}))
+    mark_complete(d, rank)
     return str(d)

@@ -19,6 +19,7 @@ import json
 import shutil
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import ray
 import ray.train
@@ -29,6 +30,7 @@ from relift_ray.config import RunConfig
 from relift_ray.imports import skip_unused_modules
 from relift_ray.learner.checkpoint import (
     SCHEDULER_STATE,
+    checkpoint_problem,
     clear_scratch,
     load_learner,
     save_best,
@@ -39,7 +41,7 @@ from relift_ray.learner.learner import Learner
 from relift_ray.learner.step import learner_step, progress_line
 from relift_ray.learner.weight_sync import make_publisher
 from relift_ray.records import LoopSpec, StepMetrics
-from relift_ray.rollout.calls import call
+from relift_ray.rollout.calls import call_within
 from relift_ray.rollout.placement import pin_learner_gpu
 from relift_ray.tracking.console import say
 from relift_ray.tracking.tracker import StepLogger, shared_run_id
@@ -59,6 +61,11 @@ class Worker:
     def lead(self) -> bool:
         return self.rank == 0
 
+    @property
+    def within(self) -> float:
+        """The deadline of a call to the scheduler (its actor is killed as dead past it)."""
+        return self.cfg.cluster.batch_deadline_s
+
 
 def train_loop_per_worker(config: dict) -> None:
     """Each Ray Train worker (``config``: {"spec": LoopSpec}): restore, publish, loop."""
@@ -66,7 +73,8 @@ def train_loop_per_worker(config: dict) -> None:
     w = join(config["spec"])
     learner, start = restore(w)
     publisher = publish_start(w, learner, start)
-    steps = call(w.scheduler, "total_steps")  # train.epochs: from the questions kept
+    # train.epochs: from the questions kept
+    steps = call_within(w.within, "scheduler", w.scheduler, "total_steps")
     loop(w, learner, publisher, start, steps)
 
 
@@ -96,11 +104,8 @@ def restore(w: Worker) -> tuple[Learner, int]:
     if left:
         say(f"[learner] rank {w.rank}: removed {len(left)} folder(s) a crash left in {scratch} "
             f"({', '.join(left[:3])})")
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
-        ckpt_dir = scratch / f"ckpt-r{w.rank}-read"
-        ckpt_dir.mkdir(parents=True)
-        ckpt.to_directory(str(ckpt_dir))
+    ckpt_dir = readable_checkpoint(w, scratch / f"ckpt-r{w.rank}-read")
+    if ckpt_dir is not None:
         start = json.loads((ckpt_dir / "meta.json").read_text())["step"]
     t_ready = time.time()
     learner = Learner(w.cfg, w.spec.model_path, w.world, w.rank)
@@ -112,13 +117,50 @@ def restore(w: Worker) -> tuple[Learner, int]:
     if w.lead:
         if ckpt_dir:
             state = json.loads((ckpt_dir / SCHEDULER_STATE).read_text())
-            call(w.scheduler, "load_state_dict", state)
+            call_within(w.within, "scheduler", w.scheduler, "load_state_dict", state)
             say(f"[learner] resumed from the checkpoint of step {start}")
         else:
-            call(w.scheduler, "reset")
+            call_within(w.within, "scheduler", w.scheduler, "reset")
     if ckpt_dir:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     return learner, start
+
+
+def readable_checkpoint(w: Worker, into: Path) -> Path | None:
+    """The newest of the run's checkpoints that is complete (``checkpoint_problem``),
+    downloaded into ``into``; None: none (the run starts from the base model). Ray Train
+    hands over its newest; one that a crash or a full disk left incomplete is skipped, with a
+    console line, for the one before it. Every rank reads the same files, so all decide alike."""
+    ckpt = ray.train.get_checkpoint()
+    for c in [ckpt, *earlier_checkpoints(ckpt)] if ckpt is not None else []:
+        shutil.rmtree(into, ignore_errors=True)
+        into.mkdir(parents=True)
+        try:
+            c.to_directory(str(into))
+            problem = checkpoint_problem(into, w.world)
+        except (OSError, ValueError) as e:
+            problem = f"unreadable ({type(e).__name__}: {e})"
+        if not problem:
+            return into
+        if w.lead:
+            say(f"[learner] checkpoint {c.path} is skipped: {problem}; trying the one before "
+                f"it")
+    shutil.rmtree(into, ignore_errors=True)
+    if ckpt is not None and w.lead:
+        say("[learner] no complete checkpoint: the run starts again from the base model")
+    return None
+
+
+def earlier_checkpoints(ckpt) -> list:
+    """Ray Train's other checkpoints of this run, older than ``ckpt``, newest first (their
+    folders, checkpoint_<time>, sort by time), on its storage's filesystem."""
+    import pyarrow.fs as pafs
+    here = ckpt.path.rstrip("/")
+    parent = here.rsplit("/", 1)[0]
+    infos = ckpt.filesystem.get_file_info(pafs.FileSelector(parent))
+    older = sorted((i.path for i in infos if i.type == pafs.FileType.Directory
+                    and i.base_name.startswith("checkpoint_") and i.path < here), reverse=True)
+    return [ray.train.Checkpoint(p, filesystem=ckpt.filesystem) for p in older]
 
 
 def publish_start(w: Worker, learner: Learner, start: int):
@@ -138,10 +180,15 @@ def loop(w: Worker, learner: Learner, publisher, start: int, steps: int) -> None
                              cfg.name)
     t_prev = time.perf_counter()
     for step in range(start + 1, steps + 1):
+        if w.rank == w.world - 1 and faults.due(cfg, "checkpoint", step):
+            every = cfg.train.checkpoint_every
+            hit = faults.corrupt_checkpoint(Path(cfg.storage_path) / cfg.name,
+                                            (step - 1) // every * every, w.world)
+            say(f"[learner] train.kill checkpoint@{step}: truncated {hit}")
         if w.rank == w.world - 1 and faults.due(cfg, "learner", step):
             say(f"[learner] rank {w.rank}: train.kill learner@{step}: SIGKILL")
             faults.kill()
-        m = learner_step(learner, w.scheduler, publisher, step, w.rank, w.world)
+        m = learner_step(learner, w.scheduler, publisher, step, w.rank, w.world, w.within)
         if cfg.tracking.eval_every and step % cfg.tracking.eval_every == 0:
             m.validation = validate_step(w, learner, step, tracker)
         if step % cfg.train.checkpoint_every == 0 or step == steps:
@@ -167,7 +214,7 @@ def checkpoint(w: Worker, learner: Learner, step: int) -> float:
 
     t0 = time.perf_counter()
     path = save_checkpoint(learner, w.scheduler, step, w.rank, w.world, w.spec.model_path,
-                           scratch_dir(w.cfg.run_dir))
+                           scratch_dir(w.cfg.run_dir), within=w.within)
     ray.train.report({"step": step}, checkpoint=ray.train.Checkpoint.from_directory(path),
                      checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC)
     return time.perf_counter() - t0
@@ -194,7 +241,8 @@ def validate_step(w: Worker, learner: Learner, step: int, tracker=None) -> dict:
     validate the generators, which hold this step's weights; when it is the best so far
     every rank takes part in gathering the weights and rank 0 writes the policy to
     <output_dir>/<name>/best (replacing the previous best) and tags the MLflow run."""
-    box = [call(w.scheduler, "validate", step) if w.lead else None]
+    box = [call_within(w.cfg.cluster.validate_deadline_s, "scheduler", w.scheduler,
+                       "validate", step, step=step) if w.lead else None]
     if w.world > 1:
         torch.distributed.broadcast_object_list(box, src=0)
     val = box[0]

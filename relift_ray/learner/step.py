@@ -6,11 +6,11 @@ import time
 
 from relift_ray.learner.learner import Learner
 from relift_ray.records import StepMetrics
-from relift_ray.rollout.calls import call, tell
+from relift_ray.rollout.calls import call_within, tell
 
 
 def learner_step(learner: Learner, scheduler, publisher, step: int, rank: int = 0,
-                 world: int = 1) -> StepMetrics:
+                 world: int = 1, within: float | None = None) -> StepMetrics:
     """The one learner step, for the Ray Train loop and the in-process runner alike:
 
     1. this rank's shard of step ``step``'s batch from the scheduler (the first rank to ask
@@ -18,10 +18,13 @@ def learner_step(learner: Learner, scheduler, publisher, step: int, rank: int = 
     2. the RL update, and the SFT update when the hard buffer filled;
     3. weights version ``step`` to every generator (``publisher``).
 
-    ``scheduler`` is the scheduler actor or a plain ``Scheduler``. Returns the step's figures:
-    the scheduler's, the learner's, and the seconds of each part."""
+    ``scheduler`` is the scheduler actor or a plain ``Scheduler``; an actor that has not
+    handed the batch over within ``within`` seconds (cluster.batch_deadline_s) is killed as
+    dead (relift_ray.rollout.calls). Returns the step's figures: the scheduler's, the
+    learner's, and the seconds of each part."""
     t0 = time.perf_counter()
-    batch = call(scheduler, "next_batch", step, rank, world)
+    batch = call_within(within, "scheduler", scheduler, "next_batch", step, rank, world,
+                        step=step)
     publisher.after_generation()
     t1, wall1 = time.perf_counter(), time.time()
     update = learner.train_step(batch)

@@ -40,7 +40,7 @@ import ray
 
 from relift_ray.background import Background, free_port
 from relift_ray.records import check_versions
-from relift_ray.rollout.calls import call, call_all, is_actor
+from relift_ray.rollout.calls import call_all, call_within, get_or_kill, is_actor
 
 
 class WeightSyncTimeout(RuntimeError):
@@ -239,6 +239,9 @@ class WeightPublisher:
         self.scheduler, self.lag = scheduler, lag
         self.waited = 0.0  # seconds the last publish waited for that batch
         self.sent_bytes = 0  # what the last publish sent each generator (rank 0; 0 unknown)
+        # deadlines (make_publisher): a call to the scheduler actor, a generator's weight load
+        self.within: float | None = None
+        self.load_within: float | None = None
 
     def after_generation(self) -> None:
         if not self.colocate:
@@ -253,7 +256,8 @@ class WeightPublisher:
         if self.lag and version >= 1 and self.rank == 0 and self.scheduler is not None:
             # batch version + lag is the last one sampled with version - 1: the generators
             # take the new weights once it is (they never wait longer than this sync)
-            call(self.scheduler, "wait_generated", version + self.lag)
+            call_within(self.within, "scheduler", self.scheduler, "wait_generated",
+                        version + self.lag, step=version)
         t1 = time.perf_counter()
         self.waited = t1 - t0
         if self.colocate and self.rank == 0:
@@ -262,7 +266,8 @@ class WeightPublisher:
         if self.colocate and self.rank == 0:
             on_all(self.generators, "wake_up", ["kv_cache"])
         if self.rank == 0 and self.scheduler is not None and not told:
-            call(self.scheduler, "weights_published", version)
+            call_within(self.within, "scheduler", self.scheduler, "weights_published",
+                        version, step=version)
         _barrier()  # returns on every rank once the generators hold the version: no rank asks
         # for the next batch (sampled with this version) before rank 0 has published it
         return time.perf_counter() - t1
@@ -299,12 +304,16 @@ class ObjectStorePublisher(WeightPublisher):
         self.sent_bytes = payload_nbytes(sd)
         ref = ray.put(sd)
         if is_actor(self.scheduler) and not self.colocate:
-            call(self.scheduler, "take_weights", version, [ref])
+            call_within(self.within, "scheduler", self.scheduler, "take_weights", version,
+                        [ref], step=version)
             return True
         loads = [g.load_weights.remote(version, ref) for g in self.generators]
         if self.scheduler is not None:  # in a list, the reference reaches it unresolved
-            call(self.scheduler, "remember_weights", version, [ref])  # while they load
-        check_versions(ray.get(loads), version)
+            call_within(self.within, "scheduler", self.scheduler, "remember_weights",
+                        version, [ref], step=version)  # while they load
+        check_versions([get_or_kill(load, g, self.load_within, f"generator {i}",
+                                    "load_weights", version)
+                        for i, (load, g) in enumerate(zip(loads, self.generators))], version)
 
 
 class _VLLMPublisher(WeightPublisher):
@@ -342,14 +351,17 @@ def make_publisher(cfg, generators: list, rank: int = 0, scheduler=None) -> Weig
     the generators are plain objects, else object store, CUDA IPC or NCCL."""
     g, zero3, lag = cfg.generator, cfg.train.zero_stage == 3, cfg.algo.max_staleness
     if generators and not is_actor(generators[0]):
-        return InProcessPublisher(generators, rank, zero3, scheduler=scheduler, lag=lag)
-    if g.weight_sync == "object_store":
-        return ObjectStorePublisher(generators, rank, zero3, g.colocate, scheduler=scheduler,
-                                    lag=lag)
-    if g.weight_sync == "ipc":  # colocated: never asynchronous (config.validate)
-        return IPCPublisher(generators, rank, zero3, g.bucket_mb, g.sync_timeout_s, scheduler)
-    return NCCLPublisher(generators, rank, zero3, g.tensor_parallel_size, g.sync_timeout_s,
-                         scheduler, lag)
+        p = InProcessPublisher(generators, rank, zero3, scheduler=scheduler, lag=lag)
+    elif g.weight_sync == "object_store":
+        p = ObjectStorePublisher(generators, rank, zero3, g.colocate, scheduler=scheduler,
+                                 lag=lag)
+    elif g.weight_sync == "ipc":  # colocated: never asynchronous (config.validate)
+        p = IPCPublisher(generators, rank, zero3, g.bucket_mb, g.sync_timeout_s, scheduler)
+    else:
+        p = NCCLPublisher(generators, rank, zero3, g.tensor_parallel_size, g.sync_timeout_s,
+                          scheduler, lag)
+    p.within, p.load_within = cfg.cluster.batch_deadline_s, g.sync_timeout_s
+    return p
 
 
 def with_deadline(fn, seconds: float, what: str):

@@ -5,7 +5,10 @@ that dies revived with the step's weights, and the weight loads queued for them.
 in-process runner) alike. A generator actor that dies mid-step is restarted by Ray
 (max_restarts); the group waits for it, reloads the weight version the step samples with
 (object-store sync keeps a reference to it, ``remember``) and samples its chunk again with the
-same seed, so the step is the one it would have been.
+same seed, so the step is the one it would have been. A generator whose ``generate`` runs
+past ``cluster.generate_deadline_s`` is treated the same way: killed (``ray.kill`` ends a
+process stopped with SIGSTOP too), restarted by Ray, revived and asked again; one whose weight
+load runs past ``generator.sync_timeout_s`` is killed and fails the step.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import time
 import ray
 
 from relift_ray.records import check_versions
-from relift_ray.rollout.calls import call_all, is_actor
+from relift_ray.rollout.calls import call_all, get_or_kill, is_actor
 from relift_ray.tracking.console import say
 
 GENERATOR_RETRIES = 3  # a generator may die this many times within one step
@@ -24,10 +27,11 @@ GENERATOR_RESTART_TIMEOUT_S = 600
 
 class GeneratorGroup:
     def __init__(self, generators: list, weight_sync: str = "object_store",
-                 sync_timeout_s: float = 300.0):
+                 sync_timeout_s: float = 300.0, generate_deadline_s: float | None = None):
         self.generators = generators
         self.weight_sync = weight_sync  # named in the error when a revived one cannot reload
         self.sync_timeout_s = sync_timeout_s  # a weight load slower than this fails the step
+        self.generate_deadline_s = generate_deadline_s  # a generate call slower: a death
         self.kept: tuple[int, object] | None = None  # (version, object ref): for revivals
         self._lock = threading.Lock()
         self._loads: tuple = (None, [])  # (version, each generator's pending load)
@@ -62,9 +66,12 @@ class GeneratorGroup:
             self._loads = (None, [])
 
     # ------------------------------------------------------------ sampling
-    def generate(self, chunks: list, params: list, version: int) -> list:
+    def generate(self, chunks: list, params: list, version: int, step=None,
+                 fault=None) -> list:
         """Each generator's completions for its chunk, sampled with weight version
-        ``version``; a generator actor that dies is revived and samples its chunk again."""
+        ``version`` (for step ``step``, named in warnings); a generator actor that dies, or
+        outlasts its deadline, is revived and samples its chunk again. ``fault``: called
+        once the weight loads are in and the calls sent (train.kill, relift_ray.faults)."""
         if not self.generators or not is_actor(self.generators[0]):
             return call_all(self.generators, "generate", list(zip(chunks, params)))
         refs = [g.generate.remote(c, p) for g, c, p in zip(self.generators, chunks, params)]
@@ -76,7 +83,11 @@ class GeneratorGroup:
                 check_versions([self._loaded(i, load, loaded, deadline)], loaded)
             except ray.exceptions.RayActorError:
                 pass  # the generator died: its generate call fails too and revives it below
-        return [self._collect(i, ref, chunks[i], params[i], version)
+        end = None if self.generate_deadline_s is None else time.monotonic() + \
+            self.generate_deadline_s
+        if fault is not None:
+            fault()
+        return [self._collect(i, ref, chunks[i], params[i], version, step, end)
                 for i, ref in enumerate(refs)]
 
     def _loaded(self, i: int, load, version: int, deadline: float) -> int:
@@ -86,6 +97,9 @@ class GeneratorGroup:
         try:
             return ray.get(load, timeout=max(0.0, deadline - time.monotonic()))
         except ray.exceptions.GetTimeoutError:
+            say(f"[deadline] generator {i}: load_weights of version {version} still running "
+                f"after {self.sync_timeout_s:g} s; treated as dead: killed, Ray restarts it")
+            ray.kill(self.generators[i], no_restart=False)
             raise TimeoutError(
                 f"generator {i} did not load weight version {version} within "
                 f"{self.sync_timeout_s:g} s (generator.sync_timeout_s); the step stops here "
@@ -94,10 +108,14 @@ class GeneratorGroup:
             raise RuntimeError(f"generator {i} failed to load weight version {version}: "
                                f"{type(e.cause).__name__}: {e.cause}") from e
 
-    def _collect(self, i: int, ref, chunk, params, version: int):
+    def _collect(self, i: int, ref, chunk, params, version: int, step, end: float | None):
         for attempt in range(GENERATOR_RETRIES + 1):
-            try:
-                out = ray.get(ref)
+            try:  # a retry gets the whole deadline again
+                within = None if end is None else (max(0.0, end - time.monotonic())
+                                                   if attempt == 0 else
+                                                   self.generate_deadline_s)
+                out = get_or_kill(ref, self.generators[i], within, f"generator {i}",
+                                  "generate", step)
             except ray.exceptions.RayActorError as e:
                 if attempt == GENERATOR_RETRIES:
                     raise

@@ -167,6 +167,10 @@ class RewardWorker:
     def get_stats(self) -> dict:
         return dict(vars(self.stats))
 
+    def child_pid(self) -> int:
+        """The scoring process's id (train.kill scorer@s, relift_ray.faults)."""
+        return self._proc.pid
+
     def close(self) -> None:
         if self._proc is not None and self._proc.is_alive():
             self._conn.send(None)

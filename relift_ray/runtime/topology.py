@@ -53,6 +53,18 @@ def check_resumable(cfg: RunConfig, model_path: str = "") -> bool:
     return bool(ckpts)
 
 
+def newest_checkpoint_step(cfg: RunConfig) -> int:
+    """The step of the newest complete checkpoint under Ray Train's storage (0: none)."""
+    # torch: the training job imports it in the background while Ray starts
+    from relift_ray.learner.checkpoint import checkpoint_problem
+    steps = [0]
+    for ckpt in (Path(cfg.storage_path) / cfg.name).glob("checkpoint_*"):
+        meta = ckpt / "meta.json"
+        if meta.is_file() and not checkpoint_problem(ckpt, cfg.cluster.num_learners):
+            steps.append(int(json.loads(meta.read_text())["step"]))
+    return max(steps)
+
+
 def worker_names(cfg: RunConfig, prefix: str = "") -> tuple[list[str], list[str]]:
     """The names of the generator and reward actors ``start_workers`` makes."""
     return ([f"{prefix}generator-{i}" for i in range(cfg.cluster.num_generators)],
@@ -191,7 +203,8 @@ def learner_group(cfg: RunConfig, model_path: str, topo: "Topology", mlflow_run_
         train_loop_per_worker, train_loop_config={"spec": spec},
         # Ray Train's TorchConfig would have its controller import torch (~1 s of CPU on the
         # way to step 1): the same process group from a module without torch
-        torch_config=LearnerTorchConfig(backend="nccl" if engines else None),
+        torch_config=LearnerTorchConfig(backend="nccl" if engines else None,
+                                        timeout_s=collective_timeout_s(cfg)),
         scaling_config=ScalingConfig(num_workers=c.num_learners,
                                      use_gpu=c.use_gpu and not engines,
                                      resources_per_worker=learner_resources(cfg, bool(engines)),
@@ -200,6 +213,15 @@ def learner_group(cfg: RunConfig, model_path: str, topo: "Topology", mlflow_run_
             name=cfg.name, storage_path=cfg.storage_path,
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2)))
+
+
+def collective_timeout_s(cfg: RunConfig) -> int:
+    """How long a learner rank waits in a collective for the others: as long as rank 0 may
+    wait on the scheduler (a batch, a validation, the generators' weight loads) and a minute,
+    so that the ranks above 0 give up on the same deadline as rank 0, not before it."""
+    c = cfg.cluster
+    return int(max(c.batch_deadline_s, c.validate_deadline_s,
+                   cfg.generator.sync_timeout_s) + 60)
 
 
 def _trainer_class():

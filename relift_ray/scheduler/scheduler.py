@@ -41,7 +41,7 @@ from relift_ray.core.questions import (
 )
 from relift_ray.core.stats import source_scores
 from relift_ray.records import BatchStats, Question, Sample, SamplingParams, ScoredGroup, TrainBatch
-from relift_ray.rollout.calls import actor_pid, in_actor, is_actor, score_all
+from relift_ray.rollout.calls import actor_pid, call, in_actor, is_actor, score_all
 from relift_ray.rollout.evaluate import question_scores
 from relift_ray.rollout.group import GeneratorGroup
 from relift_ray.scheduler.ahead import AheadProducer
@@ -54,7 +54,8 @@ class Scheduler(AheadProducer):
         self.cfg, self.a = cfg, cfg.algo
         self.tok = tokenizer
         self.group = GeneratorGroup(generators, cfg.generator.weight_sync,
-                                    cfg.generator.sync_timeout_s)
+                                    cfg.generator.sync_timeout_s,
+                                    cfg.cluster.generate_deadline_s)
         self.rewarders = rewarders
         if not questions:
             raise ValueError("no training questions")
@@ -155,7 +156,8 @@ class Scheduler(AheadProducer):
                                  logprobs=logprobs)
                   for i in range(k)]
         wall0 = time.time()
-        outs = self.group.generate(chunks, params, version)
+        outs = self.group.generate(chunks, params, version, step,
+                                   fault=lambda: self._inject_kills(step, ("generator",)))
         self._mark_generated(step)
         self._note("generate", "generators", step, wall0, time.time())
         by_q = {}
@@ -169,7 +171,7 @@ class Scheduler(AheadProducer):
         gen_s = time.perf_counter() - t0
         t1, wall1 = time.perf_counter(), time.time()
         pairs = [(c.text, q.answer) for q, group in zip(qs, comps) for c in group]
-        rewards = score_all(self.rewarders, pairs)
+        rewards = score_all(self.rewarders, pairs, self.cfg.cluster.score_deadline_s, step)
         self._note("reward", "reward workers", step, wall1, time.time())
         n = self.a.n_samples
         groups = [ScoredGroup(q, tuple(g), tuple(r.value for r in rewards[i * n:(i + 1) * n]))
@@ -233,17 +235,27 @@ class Scheduler(AheadProducer):
             out.append(Sample(tuple(p), tuple(r + eos), 0.0, qid))
         return tuple(out)
 
-    def _inject_kills(self, step: int) -> None:
-        """train.kill (relift_ray.faults): SIGKILL this scheduler, generator-0 or reward-0."""
+    def _inject_kills(self, step: int, kinds=("scheduler", "reward", "scorer")) -> None:
+        """train.kill (relift_ray.faults): SIGKILL (or SIGSTOP) this scheduler, reward-0 or
+        its scoring process when the step starts; generator-0 once its weight load is in and
+        its generate call sent (``GeneratorGroup.generate``)."""
         if not self.cfg.train.kill or not in_actor():
             return
-        if faults.due(self.cfg, "scheduler", step):
-            say(f"[scheduler] train.kill scheduler@{step}: SIGKILL")
-            faults.kill()
+        action = faults.due(self.cfg, "scheduler", step) if "scheduler" in kinds else ""
+        if action:
+            say(f"[scheduler] train.kill scheduler@{step}: SIG{action.upper()}")
+            faults.kill(action=action)
         for kind, actors in (("generator", self.generators), ("reward", self.rewarders)):
-            if actors and is_actor(actors[0]) and faults.due(self.cfg, kind, step):
-                say(f"[scheduler] train.kill {kind}@{step}: SIGKILL {kind}-0")
-                faults.kill(actor_pid(actors[0]))
+            if kind not in kinds or not (actors and is_actor(actors[0])):
+                continue
+            action = faults.due(self.cfg, kind, step)
+            if action:
+                say(f"[scheduler] train.kill {kind}@{step}: SIG{action.upper()} {kind}-0")
+                faults.kill(actor_pid(actors[0]), action)
+        if ("scorer" in kinds and self.rewarders and is_actor(self.rewarders[0])
+                and faults.due(self.cfg, "scorer", step)):
+            say(f"[scheduler] train.kill scorer@{step}: SIGKILL reward-0's scoring process")
+            faults.kill(call(self.rewarders[0], "child_pid"))
 
     # ------------------------------------------------------------ weights
     @property
@@ -298,7 +310,9 @@ class Scheduler(AheadProducer):
         scores = question_scores(self.generators, self.rewarders, self.val_questions,
                                  n=t.val_samples, temperature=t.val_temperature,
                                  max_new_tokens=self.a.max_new_tokens,
-                                 seed=self.cfg.train.seed + 104729 * step)
+                                 seed=self.cfg.train.seed + 104729 * step,
+                                 deadlines=(self.cfg.cluster.generate_deadline_s,
+                                            self.cfg.cluster.score_deadline_s), step=step)
         per = source_scores(self.val_questions, scores)
         result = {"step": step, "score": per.pop("mean"), "sources": per,
                   "seconds": time.time() - t0}

@@ -77,8 +77,12 @@ class Console:
     def start(cls) -> "Console":
         # a process without Ray prints: say() never imports it
         import ray
-        actor = ray.remote(_Sink).options(name=ACTOR_NAME, num_cpus=0,
-                                          get_if_exists=True).remote()
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        # on the driver's node: a lost worker node must not take the job's console with it
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        actor = ray.remote(_Sink).options(name=ACTOR_NAME, num_cpus=0, get_if_exists=True,
+                                          scheduling_strategy=here).remote()
         return cls(actor)
 
     def _flush(self) -> None:
