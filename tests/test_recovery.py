@@ -168,8 +168,11 @@ def test_the_failure_budget_starts_again_after_a_checkpoint(reference, capsys):
     from relift_ray.jobs.train import run
     out, ref_summary, (ref_state, ref_weights) = reference
     s = run(cfg_for(out, "budget", "train.kill=[learner@3,learner@5]", "train.max_failures=1"))
-    assert "it checkpointed step 4 since its failure budget began at step 0" in \
-        capsys.readouterr().out
+    # step 4's checkpoint, or step 2's when the kill at step 5 came before step 4's upload
+    printed = capsys.readouterr().out
+    assert re.search(r"failed 2 times \(train.max_failures=1; last: \w+\); it checkpointed "
+                     r"step [24] since its failure budget began at step 0", printed), \
+        [line for line in printed.splitlines() if "[train]" in line or "[learner]" in line]
     state, weights = end_state(s)
     assert state == ref_state
     assert all(torch.equal(weights[k], ref_weights[k]) for k in weights)

@@ -49,3 +49,16 @@ def test_write_csv_takes_every_rows_columns(tmp_path):
     write_csv([{"a": 1}, {"a": 2, "b": 3}], tmp_path / "t.csv")
     with open(tmp_path / "t.csv") as f:
         assert list(csv.DictReader(f)) == [{"a": "1", "b": ""}, {"a": "2", "b": "3"}]
+
+
+def test_the_drivers_lines_reach_each_jobs_console_in_turn(ray_local, capsys):
+    """A process that runs one job after another (the tests, the chaos script): the driver's
+    own lines go to the job running now, not to the console of a job that has ended."""
+    from relift_ray.tracking.console import Console, say
+    for job in ("first", "second"):
+        console = Console.start()
+        say(f"[driver] a line of the {job} job")
+        console.stop()
+    printed = capsys.readouterr().out
+    assert "[driver] a line of the first job" in printed
+    assert "[driver] a line of the second job" in printed

@@ -93,7 +93,8 @@ class GeneratorGroup:
     def _loaded(self, i: int, load, version: int, deadline: float) -> int:
         """What generator ``i``'s load of weight version ``version`` returned; a load that
         fails or outlasts ``deadline`` fails the step with the reason (never a step sampled
-        with the old weights)."""
+        with the old weights); one that outlasts it is a hung generator: it is killed too, and
+        Ray restarts it."""
         try:
             return ray.get(load, timeout=max(0.0, deadline - time.monotonic()))
         except ray.exceptions.GetTimeoutError:

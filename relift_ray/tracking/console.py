@@ -75,6 +75,9 @@ class Console:
 
     @classmethod
     def start(cls) -> "Console":
+        """The job's console; this process's ``say`` writes to it (a process that runs one
+        job after another, as the tests and the chaos script do, gets each job's)."""
+        global _handle, _looked_up
         # a process without Ray prints: say() never imports it
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -83,6 +86,7 @@ class Console:
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         actor = ray.remote(_Sink).options(name=ACTOR_NAME, num_cpus=0, get_if_exists=True,
                                           scheduling_strategy=here).remote()
+        _handle, _looked_up = actor, True
         return cls(actor)
 
     def _flush(self) -> None:
@@ -100,6 +104,7 @@ class Console:
             time.sleep(self.interval_s)
 
     def stop(self) -> None:
+        global _handle, _looked_up
         # a process without Ray prints: say() never imports it
         import ray
         if self._stop.is_set():
@@ -110,3 +115,5 @@ class Console:
             self._flush()
         finally:
             ray.kill(self.actor)
+            if _handle is self.actor:  # later lines print, or go to the next job's console
+                _handle, _looked_up = None, False
