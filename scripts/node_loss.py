@@ -57,22 +57,27 @@ def checkpointed(run_storage: Path, step: int) -> bool:
     return False
 
 
-def lose_a_node(cluster, workers: list, run_storage: Path, step: int, log: list) -> None:
+def lose_a_node(cluster, workers: list, run_storage: Path, step: int, running) -> list[str]:
     """Once the run has checkpointed ``step``: kill the worker node holding most of its
-    actors (no graceful drain), then add a fresh node 20 s later."""
+    actors (no graceful drain), then add a fresh node 20 s later (from the main thread: Ray
+    starts a node's processes there)."""
     while not checkpointed(run_storage, step):
+        if not running.is_alive():
+            return []
         time.sleep(0.5)
     where = placement()
-    victim = max(workers, key=lambda n: sum(where.get(n.unique_id, Counter()).values()))
-    held = dict(where.get(victim.unique_id, Counter()))
-    log.append(f"node {victim.unique_id[:8]} lost after the checkpoint of step {step}, "
-               f"holding {held}")
+    print(f"[node-loss] actors by node: {where}", flush=True)
+    victim = max(workers, key=lambda n: sum(where.get(n.node_id, Counter()).values()))
+    held = dict(where.get(victim.node_id, Counter()))
+    log = [f"node {victim.node_id[:8]} lost after the checkpoint of step {step}, holding "
+           f"{held}"]
     print(f"[node-loss] {log[-1]}", flush=True)
     cluster.remove_node(victim, allow_graceful=False)
     time.sleep(20)
     cluster.add_node(**NODE)
     log.append("a new node joined")
     print(f"[node-loss] {log[-1]}", flush=True)
+    return log
 
 
 def main(argv=None) -> int:
@@ -108,16 +113,19 @@ def main(argv=None) -> int:
         t0 = time.time()
         ref = run(load_config("toy_relift", common + ["name=reference"]))
         t_ref = time.time() - t0
-        log: list[str] = []
         cfg = load_config("toy_relift", common + ["name=lost"])
         at = (args.at - 1) // every * every
-        killer = threading.Thread(target=lose_a_node, daemon=True,
-                                  args=(cluster, workers, Path(cfg.storage_path) / cfg.name,
-                                        at, log))
-        killer.start()
+        box: dict = {}
+        running = threading.Thread(target=lambda: box.update(summary=run(cfg)), daemon=True)
         t0 = time.time()
-        lost = run(cfg)
+        running.start()
+        log = lose_a_node(cluster, workers, Path(cfg.storage_path) / cfg.name, at, running)
+        running.join()
         t_lost = time.time() - t0
+        if "summary" not in box:
+            print("[node-loss] FAIL: the run with a lost node did not finish")
+            return 1
+        lost = box["summary"]
     finally:
         ray.shutdown()
         cluster.shutdown()
