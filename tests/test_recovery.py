@@ -8,6 +8,10 @@ which is what a run restarted by hand from the same checkpoint gives (tests/test
 - a reward worker's scoring process: the worker notices, starts another and scores again;
 - scheduler / learner: the learner group restarts from its last checkpoint, which puts the
   scheduler (restarted by Ray, empty) back to that checkpoint's state.
+
+The same for an actor stopped with SIGSTOP (killed when a call on it passes its deadline), a
+newest checkpoint left incomplete (skipped for the one before), and faults spread over a run
+(the failure budget starts again after a checkpoint). A lost node: tests/test_node_loss.py.
 """
 import json
 import re
