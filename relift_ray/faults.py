@@ -13,7 +13,7 @@ learner cannot be stopped this way). Who pulls the trigger:
 - ``scorer@s``: the same for ``reward-0``'s scoring process (the OOM killer, a crash in a
   parser), not the actor;
 - ``generator@s``: the scheduler kills ``generator-0`` once the step's weight load is in and
-  its generate call sent (the call meets the death);
+  before its generate call is sent (the call meets the death);
 - ``checkpoint@s``: the last learner rank truncates a file of the run's newest checkpoint
   (a crash mid-write, a full disk) when step s starts; nothing notices until a failure
   makes the run resume (pair it with ``learner@s``), which then skips that checkpoint.

@@ -2,16 +2,19 @@
 that the run ends exactly where an uninterrupted run ends.
 
     RAY_AUTH_MODE=disabled .venv/bin/python scripts/chaos.py [--steps 60] [--extra 0] [--seed 0]
+        [--nodes]
 
 Two runs on one local Ray cluster, same config: a reference run, then a run with
 ``train.kill`` holding one fault of each kind at its own random step (``--extra`` more of
 random kinds): a SIGKILL of a generator, a reward worker, its scoring process, the scheduler
 or a learner worker; a SIGSTOP of a generator, a reward worker or the scheduler (ended by
 the calls' deadlines, set short here); and the newest checkpoint truncated, then a learner
-killed (the resume skips it). Faults in relift_ray.faults. The check: the final scheduler
-state (question table, buffer, samplers, counters) and the final weights of both runs are
-equal, bit for bit (timings aside). It prints "faults survived k of n" and exits 0 when all
-were.
+killed (the resume skips it). Faults in relift_ray.faults. With ``--nodes`` the runs go on
+a cluster of three nodes on this machine (scripts/node_loss.py) and one more fault is the
+loss of the worker node holding most of the run's actors, a new node joining 20 s later.
+The check: the final scheduler state (question table, buffer, samplers, counters) and the
+final weights of both runs are equal, bit for bit (timings aside). It prints "faults
+survived k of n" and exits 0 when all were.
 """
 from __future__ import annotations
 
@@ -21,11 +24,14 @@ import os
 import random
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+import node_loss  # noqa: E402 - scripts/, beside this one
 
 
 def comparable(state: dict) -> dict:
@@ -55,10 +61,14 @@ DEADLINES = ["cluster.generate_deadline_s=20", "cluster.score_deadline_s=20",
 CHECKPOINT_EVERY = 3
 
 
-def plan(rng: random.Random, steps: int, extra: int) -> list[tuple[int, list[str], str]]:
+NODE_LOSS = ([], "worker node lost")  # no train.kill entry: this script kills the node
+
+
+def plan(rng: random.Random, steps: int, extra: int,
+         nodes: bool = False) -> list[tuple[int, list[str], str]]:
     """(step, train.kill entries, label) for one fault of each kind plus ``extra`` random
     ones, each at its own step; a corrupt checkpoint needs one written before its step."""
-    kinds = FAULTS + [rng.choice(FAULTS) for _ in range(extra)]
+    kinds = FAULTS + [rng.choice(FAULTS) for _ in range(extra)] + ([NODE_LOSS] if nodes else [])
     rng.shuffle(kinds)
     first = CHECKPOINT_EVERY + 1  # every fault after the first checkpoint
     chosen = sorted(rng.sample(range(first, steps + 1), len(kinds)))
@@ -72,8 +82,10 @@ def main(argv=None) -> int:
     p.add_argument("--extra", type=int, default=0, help="faults beyond one of each kind")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="", help="output folder (default: a temporary one)")
+    p.add_argument("--nodes", action="store_true",
+                   help="three nodes on this machine, one of them lost mid-run")
     args = p.parse_args(argv)
-    if args.steps < CHECKPOINT_EVERY + len(FAULTS) + args.extra:
+    if args.steps < CHECKPOINT_EVERY + len(FAULTS) + args.extra + 1:
         p.error(f"--steps {args.steps}: too few for {len(FAULTS) + args.extra} faults")
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -83,7 +95,7 @@ def main(argv=None) -> int:
     from relift_ray.jobs.train import run
     from relift_ray.runtime.cluster import init_ray
 
-    faults = plan(random.Random(args.seed), args.steps, args.extra)
+    faults = plan(random.Random(args.seed), args.steps, args.extra, args.nodes)
     out = Path(args.out or tempfile.mkdtemp(prefix="relift-chaos-")).resolve()
     common = [f"output_dir={out}", "algo.batch_size=8", "algo.n_samples=4", "algo.buffer_size=4",
               f"train.steps={args.steps}", f"train.checkpoint_every={CHECKPOINT_EVERY}",
@@ -98,21 +110,43 @@ def main(argv=None) -> int:
     for s, _, label in faults:
         print(f"[chaos]   step {s:>3}: {label}", flush=True)
 
-    init_ray(cfg_ref)
+    cluster = workers = None
+    if args.nodes:
+        cluster, workers = node_loss.start_cluster()
+    else:
+        init_ray(cfg_ref)
     t0 = time.time()
     ref = run(cfg_ref)
     t_ref = time.time() - t0
-    t0, chaos, error = time.time(), None, ""
-    try:
-        chaos = run(cfg_chaos)
-    except Exception as e:  # noqa: BLE001 - reported below
-        error = f"{type(e).__name__}: {e}"
+    box: dict = {}
+
+    def chaos_run():
+        try:
+            box["summary"] = run(cfg_chaos)
+        except Exception as e:  # noqa: BLE001 - reported below
+            box["error"] = f"{type(e).__name__}: {e}"
+
+    t0 = time.time()
+    running = threading.Thread(target=chaos_run, daemon=True)
+    running.start()
+    lost = []
+    for s, specs, label in faults:
+        if (specs, label) == NODE_LOSS:  # Ray starts a node's processes from the main thread
+            lost = node_loss.lose_a_node(cluster, workers, Path(cfg_chaos.storage_path) /
+                                         "chaos", (s - 1) // CHECKPOINT_EVERY *
+                                         CHECKPOINT_EVERY, running)
+    running.join()
     t_chaos = time.time() - t0
+    chaos, error = box.get("summary"), box.get("error", "")
+    if cluster is not None:
+        import ray
+        ray.shutdown()
+        cluster.shutdown()
 
     fired = {p.name.split(".", 1)[1] for p in out.glob("chaos.killed-*")} | \
         {p.name.split(".", 1)[1] for p in out.glob("chaos.stopped-*")}
     done = [(s, label) for s, specs, label in faults
-            if all(_marker(spec) in fired for spec in specs)]
+            if (all(_marker(spec) in fired for spec in specs) if specs else bool(lost))]
     problems = [error] if error else []
     if chaos is not None:
         (state_a, w_a), (state_b, w_b) = end_state(ref), end_state(chaos)

@@ -80,6 +80,18 @@ def lose_a_node(cluster, workers: list, run_storage: Path, step: int, running) -
     return log
 
 
+def start_cluster():
+    """A head (2 CPUs) and two worker nodes (4 CPUs each), joined: (cluster, worker nodes)."""
+    import ray
+    from ray.cluster_utils import Cluster
+    cluster = Cluster(initialize_head=True, head_node_args={
+        **NODE, "num_cpus": 2, "include_dashboard": False})
+    workers = [cluster.add_node(**NODE) for _ in range(2)]
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address)
+    return cluster, workers
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=12)
@@ -90,7 +102,6 @@ def main(argv=None) -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a cluster of its own, on loopback
     import ray
     import torch
-    from ray.cluster_utils import Cluster
 
     from relift_ray.config import load_config
     from relift_ray.jobs.train import run
@@ -103,11 +114,7 @@ def main(argv=None) -> int:
               "data.max_test_questions=40", "train.max_failures=3",
               "cluster.generate_deadline_s=30", "cluster.score_deadline_s=30",
               "cluster.batch_deadline_s=90", "cluster.validate_deadline_s=90"]
-    cluster = Cluster(initialize_head=True, head_node_args={
-        **NODE, "num_cpus": 2, "include_dashboard": False})
-    workers = [cluster.add_node(**NODE) for _ in range(2)]
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address)
+    cluster, workers = start_cluster()
     print(f"[node-loss] {len(ray.nodes())} nodes; output in {out}", flush=True)
     try:
         t0 = time.time()

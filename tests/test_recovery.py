@@ -137,10 +137,7 @@ def test_stopped_actor_meets_its_deadline_and_the_run_ends_as_if_nothing_happene
     s = run_within(cfg_for(out, name, f"train.kill=[{kind}@{step}:stop]",
                            "train.max_failures=2", *DEADLINES), 900)
     assert (out / f"{name}.stopped-{kind}-{step}").exists()  # it really was stopped
-    # a stopped generator meets the deadline of its generate call (or, when the call was done
-    # before the stop, of the next step's weight load)
-    who = {"generator": f"generator 0: (generate at step {step}|load_weights of version "
-                        f"{step})",
+    who = {"generator": f"generator 0: generate at step {step}",
            "reward": f"reward worker 0: score at step {step}",
            "scheduler": f"scheduler: next_batch at step {step}"}[kind]
     assert re.search(rf"\[deadline\] {who} still running after", capsys.readouterr().out)

@@ -71,11 +71,11 @@ class GeneratorGroup:
         """Each generator's completions for its chunk, sampled with weight version
         ``version`` (for step ``step``, named in warnings); a generator actor that dies, or
         outlasts its deadline, is revived and samples its chunk again. ``fault``: called
-        once the weight loads are in and the calls sent (train.kill, relift_ray.faults)."""
+        once the weight loads are in, before the calls are sent (train.kill,
+        relift_ray.faults)."""
         if not self.generators or not is_actor(self.generators[0]):
             return call_all(self.generators, "generate", list(zip(chunks, params)))
-        refs = [g.generate.remote(c, p) for g, c, p in zip(self.generators, chunks, params)]
-        with self._lock:  # the weight loads queued before these calls
+        with self._lock:  # the weight loads queued before this step
             (loaded, loads), self._loads = self._loads, (None, [])
         deadline = time.monotonic() + self.sync_timeout_s
         for i, load in enumerate(loads):
@@ -83,10 +83,11 @@ class GeneratorGroup:
                 check_versions([self._loaded(i, load, loaded, deadline)], loaded)
             except ray.exceptions.RayActorError:
                 pass  # the generator died: its generate call fails too and revives it below
-        end = None if self.generate_deadline_s is None else time.monotonic() + \
-            self.generate_deadline_s
         if fault is not None:
             fault()
+        refs = [g.generate.remote(c, p) for g, c, p in zip(self.generators, chunks, params)]
+        end = None if self.generate_deadline_s is None else time.monotonic() + \
+            self.generate_deadline_s
         return [self._collect(i, ref, chunks[i], params[i], version, step, end)
                 for i, ref in enumerate(refs)]
 

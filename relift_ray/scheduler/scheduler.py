@@ -238,7 +238,7 @@ class Scheduler(AheadProducer):
     def _inject_kills(self, step: int, kinds=("scheduler", "reward", "scorer")) -> None:
         """train.kill (relift_ray.faults): SIGKILL (or SIGSTOP) this scheduler, reward-0 or
         its scoring process when the step starts; generator-0 once its weight load is in and
-        its generate call sent (``GeneratorGroup.generate``)."""
+        before its generate call is sent (``GeneratorGroup.generate``)."""
         if not self.cfg.train.kill or not in_actor():
             return
         action = faults.due(self.cfg, "scheduler", step) if "scheduler" in kinds else ""
