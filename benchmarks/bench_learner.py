@@ -37,6 +37,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from contextlib import nullcontext
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -152,14 +153,15 @@ def learner_child(args, rank: int, world: int) -> dict:
 
 
 def bare_child(args, rank: int, world: int) -> dict:
-    """The same tokens through a loop of plain PyTorch: one forward and backward of the RL
-    samples, an AdamW step; one of the demonstrations, a second AdamW's step."""
+    """The same tokens through a loop of plain PyTorch: forward and backward of the RL
+    samples, in the config's micro-batches, an AdamW step; the same for the demonstrations,
+    a second AdamW's step."""
     import torch
     import torch.nn.functional as F
     from transformers import AutoModelForCausalLM
 
     from relift_ray.config import load_config
-    from relift_ray.learner.forward import to_tensors
+    from relift_ray.learner.forward import microbatches, to_tensors
     cfg = load_config(args.config, overrides=list(args.set))
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
     model.train()
@@ -172,15 +174,25 @@ def bare_child(args, rank: int, world: int) -> dict:
     pad = model.config.pad_token_id or 0
 
     def update(samples, opt, weighted: bool):
-        t = to_tensors(list(samples), pad, "cpu")
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(cfg.train.autocast)):
-            logits = net(input_ids=t["ids"], attention_mask=t["attn"]).logits[:, :-1]
-        nll = F.cross_entropy(logits.float().flatten(0, 1), t["ids"][:, 1:].flatten(),
-                              reduction="none").view_as(t["mask"])
-        w = t["adv"][:, None] if weighted else 1.0
-        loss = (nll * w * t["mask"]).sum() / t["mask"].sum()
+        # the same micro-batches as the learner's (train.max_tokens_per_microbatch), their
+        # gradients accumulated, the loss a token mean over the whole batch
+        samples = list(samples)
+        lengths = [len(x.prompt_ids) + len(x.response_ids) for x in samples]
+        parts = [to_tensors([samples[i] for i in rows], pad, "cpu") for rows in
+                 microbatches(range(len(samples)), lengths,
+                              cfg.train.max_tokens_per_microbatch)]
+        n_tok = sum(t["mask"].sum() for t in parts)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        for k, t in enumerate(parts):
+            quiet = net.no_sync() if world > 1 and k < len(parts) - 1 else nullcontext()
+            with quiet:
+                with torch.autocast("cpu", dtype=torch.bfloat16,
+                                    enabled=bool(cfg.train.autocast)):
+                    logits = net(input_ids=t["ids"], attention_mask=t["attn"]).logits[:, :-1]
+                nll = F.cross_entropy(logits.float().flatten(0, 1), t["ids"][:, 1:].flatten(),
+                                      reduction="none").view_as(t["mask"])
+                w = t["adv"][:, None] if weighted else 1.0
+                ((nll * w * t["mask"]).sum() / n_tok).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
 
