@@ -80,14 +80,22 @@ def kill_late(ref, actor, within: float, who: str, method: str, step=None):
     # Ray only for actor handles: in-process runs and tests never import it
     import ray
     at = f" at step {step}" if step is not None else ""
-    say(f"[deadline] {who}: {method}{at} still running after {within:g} s; treated as "
-        f"dead: killed, Ray restarts it")
-    ray.kill(actor, no_restart=False)
+    kill_as_dead(actor, f"{who}: {method}{at}", within)
     try:
         return ray.get(ref, timeout=RESTART_S + within)
     except ray.exceptions.GetTimeoutError:
         raise TimeoutError(f"{who}: {method}{at} ran past its deadline of {within:g} s "
                            f"again on the restarted actor") from None
+
+
+def kill_as_dead(actor, what: str, within: float) -> None:
+    """``what`` (an actor's call) outlasted its deadline of ``within`` seconds: say so and
+    kill the actor, which Ray restarts."""
+    # Ray only for actor handles: in-process runs and tests never import it
+    import ray
+    say(f"[deadline] {what} still running after {within:g} s; treated as dead: killed, Ray "
+        f"restarts it")
+    ray.kill(actor, no_restart=False)
 
 
 def tell(obj, method: str, *args) -> None:

@@ -18,7 +18,7 @@ import time
 import ray
 
 from relift_ray.records import check_versions
-from relift_ray.rollout.calls import call_all, get_or_kill, is_actor
+from relift_ray.rollout.calls import call_all, get_or_kill, is_actor, kill_as_dead
 from relift_ray.tracking.console import say
 
 GENERATOR_RETRIES = 3  # a generator may die this many times within one step
@@ -99,9 +99,8 @@ class GeneratorGroup:
         try:
             return ray.get(load, timeout=max(0.0, deadline - time.monotonic()))
         except ray.exceptions.GetTimeoutError:
-            say(f"[deadline] generator {i}: load_weights of version {version} still running "
-                f"after {self.sync_timeout_s:g} s; treated as dead: killed, Ray restarts it")
-            ray.kill(self.generators[i], no_restart=False)
+            kill_as_dead(self.generators[i], f"generator {i}: load_weights of version "
+                                             f"{version}", self.sync_timeout_s)
             raise TimeoutError(
                 f"generator {i} did not load weight version {version} within "
                 f"{self.sync_timeout_s:g} s (generator.sync_timeout_s); the step stops here "
