@@ -82,11 +82,14 @@ class HFGenerator:
 
     @torch.no_grad()
     def sample(self, prompts: list[str], params: SamplingParams, streamer=None,
-               logits: bool | None = None, stop_strings: list[str] | None = None):
+               logits: bool | None = None, stopping=None, min_new_tokens: int = 0):
         """One ``model.generate`` call: (the tokenized prompts, its output with ``sequences``
         and, when ``logits`` (default params.logprobs), the raw ``logits`` of each step).
-        The RNG is not seeded here (``generate`` seeds it once per call). ``stop_strings``
-        end a row's generation once its text contains one (the caller cuts the text)."""
+        The RNG is not seeded here (``generate`` seeds it once per call). ``stopping``: a
+        ``StoppingCriteria`` called after every token, which ends rows (serving: stop
+        strings, requests whose client left); ``min_new_tokens`` holds EOS back that long."""
+        # transformers: imported by __init__, after skip_unused_modules()
+        from transformers import StoppingCriteriaList
         tok = self.tokenizer
         enc = self._encode(prompts)
         sample = params.temperature > 0
@@ -95,8 +98,8 @@ class HFGenerator:
             max_new_tokens=params.max_new_tokens, pad_token_id=tok.pad_token_id,
             eos_token_id=tok.eos_token_id, return_dict_in_generate=True,
             output_logits=params.logprobs if logits is None else logits, streamer=streamer,
-            **({"stopping_criteria": _stop_on(tok, stop_strings, enc["input_ids"].shape[1])}
-               if stop_strings else {}),
+            **({"stopping_criteria": StoppingCriteriaList([stopping])} if stopping else {}),
+            **({"min_new_tokens": min_new_tokens} if min_new_tokens else {}),
             **({"temperature": params.temperature, "top_p": params.top_p, "top_k": 0}
                if sample else {}))
         return enc, res
@@ -240,23 +243,6 @@ def _draw(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
         drop[..., -1] = False  # always keep the most likely token
         scores = scores.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
     return torch.multinomial(scores.softmax(-1), 1).squeeze(-1)
-
-
-def _stop_on(tok, stops: list[str], width: int):
-    """A stopping criterion: a row is done once the text it generated contains a stop string
-    (only the last few tokens are decoded each step, enough to hold the longest one)."""
-    # transformers: imported by HFGenerator.__init__, after skip_unused_modules()
-    from transformers import StoppingCriteria, StoppingCriteriaList
-
-    tail = 4 * max(map(len, stops)) + 8
-
-    class StopOnStrings(StoppingCriteria):
-        def __call__(self, input_ids, scores, **kwargs):
-            new = input_ids[:, width:][:, -tail:]
-            texts = tok.batch_decode(new, skip_special_tokens=True)
-            return torch.tensor([any(s in t for s in stops) for t in texts],
-                                dtype=torch.bool, device=input_ids.device)
-    return StoppingCriteriaList([StopOnStrings()])
 
 
 def trim_ids(ids: list[int], eos: int, pad: int) -> list[int]:
