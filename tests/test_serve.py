@@ -78,9 +78,12 @@ def test_engine_stops_logprobs_and_streams(engine, chat_model):
 
 
 
+KEY = "sk-relift-test"
+
+
 def _post(url, data: bytes):
-    req = urllib.request.Request(url, data=data, method="POST",
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(url, data=data, method="POST", headers={
+        "Content-Type": "application/json", "Authorization": f"Bearer {KEY}"})
     try:
         with urllib.request.urlopen(req, timeout=120) as r:
             return r.status, json.loads(r.read())
@@ -93,7 +96,8 @@ def served(ray_local, chat_model):
     from ray import serve
 
     from relift_ray.jobs.serve import start
-    url = start(chat_model, port=free_port("127.0.0.1"), name="toy", num_cpus=0.25, batch_size=8)
+    url = start(chat_model, port=free_port("127.0.0.1"), name="toy", num_cpus=0.25, batch_size=8,
+                api_key=KEY)
     yield url
     serve.shutdown()
 
@@ -101,7 +105,7 @@ def served(ray_local, chat_model):
 @pytest.mark.e2e
 def test_openai_client_completions_chat_streams_and_errors(served, chat_model):
     import openai
-    client = openai.OpenAI(base_url=served, api_key="none", max_retries=0)
+    client = openai.OpenAI(base_url=served, api_key=KEY, max_retries=0)
     assert [m.id for m in client.models.list()] == ["toy"]
     q = "Q:27+5*2\n"
     want = direct(chat_model, q, logprobs=True)[0]
@@ -179,14 +183,15 @@ def test_openai_client_completions_chat_streams_and_errors(served, chat_model):
 @pytest.mark.e2e
 def test_concurrent_requests_share_forward_passes_and_match_the_generator(served, chat_model):
     import openai
-    client = openai.OpenAI(base_url=served, api_key="none", max_retries=0)
+    client = openai.OpenAI(base_url=served, api_key=KEY, max_retries=0)
     prompts = [f"Q:{a}+{b}*2\n" for a, b in [(27, 5), (3, 4), (11, 9), (40, 2)] * 2]
     texts = [None] * len(prompts)
 
     def ask(i):
         texts[i] = client.completions.create(model="toy", prompt=prompts[i], max_tokens=48,
                                              temperature=0).choices[0].text
-    stats = f"{served.rsplit('/v1', 1)[0]}/stats"
+    stats = urllib.request.Request(f"{served.rsplit('/v1', 1)[0]}/stats",
+                                   headers={"Authorization": f"Bearer {KEY}"})
     before = json.loads(urllib.request.urlopen(stats, timeout=30).read())
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(prompts))]
     [t.start() for t in threads]

@@ -26,7 +26,8 @@ from relift_ray.records import SamplingParams
 
 KEY = "sk-test-0123456789"
 LIMITS = ServeLimits(max_body_bytes=4000, max_prompts=2, max_n=2, max_stops=2,
-                     max_stop_chars=8, request_timeout_s=8.0, max_queue=3)
+                     max_stop_chars=8, request_timeout_s=8.0, max_queue=3,
+                     max_prompt_tokens=1000)
 
 
 class CountingTokenizer:
@@ -214,6 +215,7 @@ def guarded(ray_local, long_model):
     from ray import serve
 
     from relift_ray.jobs.serve import start
+    serve.shutdown()  # a Serve left by another test keeps its own HTTP port
     url = start(long_model, port=free_port("127.0.0.1"), name="toy", num_cpus=0.25,
                 api_key=KEY, limits=LIMITS)
     yield url
@@ -255,7 +257,7 @@ def test_key_and_limits_answer_as_openai_does(guarded):
     assert e.value.body["code"] == "model_not_found"
     for kw, param in [({"prompt": [q] * 3}, "prompt"), ({"n": 3, "temperature": 1}, "n"),
                       ({"stop": ["a", "b", "c"]}, "stop"), ({"stop": ["x" * 9]}, "stop"),
-                      ({"max_tokens": 5000}, "max_tokens"), ({"prompt": "1" * 5000}, "prompt")]:
+                      ({"max_tokens": 5000}, "max_tokens"), ({"prompt": "1" * 2000}, "prompt")]:
         with pytest.raises(openai.BadRequestError) as e:
             client.completions.create(**{"model": "toy", "prompt": q, "max_tokens": 4, **kw})
         assert e.value.body["param"] == param, kw
@@ -276,12 +278,12 @@ def test_a_full_queue_answers_429_and_a_client_that_leaves_stops_its_generation(
     before = _get(stats)
     with httpx.Client(timeout=60, headers=headers) as c:
         streams = [c.stream("POST", f"{guarded}/completions", json=long) for _ in range(3)]
-        first = streams[0].__enter__()
-        next(first.iter_lines())  # generating
+        lines = streams[0].__enter__().iter_lines()  # (collected, it would close the stream)
+        next(lines)  # generating
         for s in streams[1:]:
             s.__enter__()  # admitted, waiting for the engine
         r = c.post(f"{guarded}/completions", json={**long, "stream": False})
-        assert r.status_code == 429 and r.headers["retry-after"] == "1"
+        assert r.status_code == 429 and r.headers["retry-after"] == "1", r.text
         assert r.json()["error"]["code"] == "queue_full"
         assert _get(stats)["running"] == 1
         for s in streams:

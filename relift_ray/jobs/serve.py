@@ -247,6 +247,7 @@ class OpenAIServer:
             loop.call_soon_threadsafe(queue.put_nowait, (row, delta))
 
         task = loop.run_in_executor(self.pool, self.engine.stream, job, emit)
+        get = None
         try:
             while True:
                 get = asyncio.ensure_future(queue.get())
@@ -268,6 +269,8 @@ class OpenAIServer:
                 return
         finally:  # the client left (or the time ran out): the rows end at the next token
             job.cancel()
+            if get is not None:
+                get.cancel()
 
     async def _stream_completion(self, job: Job, deadline: float):
         rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
@@ -503,10 +506,11 @@ def serve_main(argv: list[str]) -> int:
 
     cfg = RunConfig()
     cfg.cluster.address = args.address or "local"
-    # SIGTERM (kill, a scheduler) stops it as Ctrl-C does: the application is removed first
-    signal.signal(signal.SIGTERM, _interrupt)
     try:
         init_ray(cfg)
+        # SIGTERM (kill, a scheduler) stops it as Ctrl-C does: the application is removed
+        # first. Set after ray.init, whose own handler would end the process at once
+        signal.signal(signal.SIGTERM, _interrupt)
         import ray
         own = cfg.cluster.address == "local"
         print(f"[serve] Ray cluster {ray.get_runtime_context().gcs_address} "
