@@ -311,3 +311,18 @@ def test_a_request_past_its_deadline_gets_503_and_stops(guarded):
     assert time.time() - t0 < LIMITS.request_timeout_s + 10
     s = _settled(stats)
     assert s["running"] == 0, s
+
+
+@pytest.mark.e2e
+def test_the_load_benchmark_loses_nothing_and_leaves_nothing_running(guarded):
+    """benchmarks/bench_serve.py's mix of clients, a few seconds of it."""
+    import importlib.util
+    path = Path(__file__).parent.parent / "benchmarks" / "bench_serve.py"
+    spec = importlib.util.spec_from_file_location("bench_serve", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.KEY = KEY
+    r = bench.load(guarded, ["Q:27+5*2\n", "Q:3+4\n"], clients=8, seconds=6.0)
+    assert r["lost"] == 0 and r["still_running"] == 0, r
+    assert r["answered"] > 0 and r["left"] > 0, r
+    assert {"400", "401", "413", "429"} <= set(r["refused"]), r

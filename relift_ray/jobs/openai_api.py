@@ -274,6 +274,8 @@ class Guard:
         try:
             await self.app(scope, counted, sending)
         except Exception as e:
+            if type(e).__name__ == "TaskCancelledError":  # Ray Serve's: the client left
+                raise
             logging.getLogger("relift_ray.serve").exception("request failed")
             if not started[0]:
                 await error_response(500, f"internal error: {type(e).__name__}: {e}")(
