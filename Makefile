@@ -11,13 +11,13 @@ install:
 
 demo: install
 	.venv/bin/python -m relift_ray.jobs.toy_base  # the toy base model: shipped with the package, prints its folder
-	RAY_AUTH_MODE=disabled .venv/bin/python jobs/train.py
+	.venv/bin/python jobs/train.py
 
 test: install
-	RAY_AUTH_MODE=disabled .venv/bin/python -m pytest -m "slow or not slow" -v
+	.venv/bin/python -m pytest -m "slow or not slow" -v
 
 test-fast: install
-	RAY_AUTH_MODE=disabled .venv/bin/python -m pytest
+	.venv/bin/python -m pytest
 
 test-unit: install
 	.venv/bin/python -m pytest -m unit

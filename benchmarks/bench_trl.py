@@ -29,12 +29,12 @@ two forward+backward passes on 64 completions; relift uses its ``algo.rl_loss`` 
 default), TRL its default ``loss_type``. The losses cost the same; the learning differs.
 
     pip install ".[bench]" "torch==2.13.0" "transformers>=5.16.1,<5.21"
-    RAY_AUTH_MODE=disabled python benchmarks/bench_trl.py          # 30 relift steps, 20 TRL batches
-    RAY_AUTH_MODE=disabled python benchmarks/bench_trl.py --quick  # a smoke test of both sides
-    RAY_AUTH_MODE=disabled python benchmarks/bench_trl.py --rounds 3  # alternate; median ratio
-    RAY_AUTH_MODE=disabled python benchmarks/bench_trl.py --staleness 0,1,2  # + async relift
+    python benchmarks/bench_trl.py          # 30 relift steps, 20 TRL batches
+    python benchmarks/bench_trl.py --quick  # a smoke test of both sides
+    python benchmarks/bench_trl.py --rounds 3  # alternate; median ratio
+    python benchmarks/bench_trl.py --staleness 0,1,2  # + async relift
     python benchmarks/bench_trl.py --learners 1 --json out.json    # 1 learner worker; save results
-    RAY_AUTH_MODE=disabled python benchmarks/bench_trl.py --model smollm2 --steps 10 --trl-steps 5 \
+    python benchmarks/bench_trl.py --model smollm2 --steps 10 --trl-steps 5 \
         --warmup 2 --eval-questions 8    # SmolLM2-135M on GSM8K questions (bench_smollm2_rl.yaml)
 
 ``--model smollm2`` takes its setting from ``relift_ray/configs/bench_smollm2_rl.yaml`` (4 x 4
@@ -107,7 +107,6 @@ def versions() -> dict:
 # ------------------------------------------------------------------ relift_ray (child process)
 
 def child_relift(args) -> dict:
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # before Ray is imported
     import torch
     torch.set_num_threads(args.threads)
     import ray
@@ -144,10 +143,11 @@ def child_relift(args) -> dict:
              "minibatches": cfg.algo.minibatches, "rl_loss": cfg.algo.rl_loss,
              "backend": cfg.generator.backend, "max_staleness": lag}
     print(f"[bench relift] setup {setup}", flush=True)
-    # A private local cluster: relift's init_ray (address=auto) would join any Ray cluster
-    # already running on the machine, e.g. someone else's job.
-    ray.init(address="local", num_cpus=c.num_cpus, include_dashboard=False,
-             runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}})
+    # A private local cluster with its own token, as relift's init_ray starts one (without
+    # the dashboard)
+    from relift_ray.runtime.cluster import new_token, use_token
+    use_token(new_token())
+    ray.init(address="local", num_cpus=c.num_cpus, include_dashboard=False)
     t_call = time.time()
     try:
         summary = run(cfg)
@@ -370,7 +370,7 @@ def run_child(which: str, args, model_path: str, out_dir: Path, steps: int, time
            "--generator-threads", str(args.generator_threads or 0),
            "--steps" if which == "relift" else "--trl-steps", str(steps),
            *[x for kv in (args.set or []) for x in ("--set", kv)]]
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
     if which == "trl" and args.trl_vllm:  # vLLM's CPU build: its KV cache size, in GiB
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     busy = cpu_busy()

@@ -1,5 +1,6 @@
 """Command line: `relift train|compare|evaluate [--config FILE|NAME] [dotted.key=value ...]`,
-`relift serve ...` (relift_ray.jobs.serve) and `relift data fetch ...` (relift_ray.data.fetch).
+`relift serve ...` (relift_ray.jobs.serve), `relift data fetch ...` (relift_ray.data.fetch) and
+`relift token` (the Ray token file that `ray start` and `ray job submit` read, mode 0600).
 ``--config`` takes a YAML file or the name of a config shipped in relift_ray/configs; each
 command's default is a shipped one, so an installed wheel runs the toy job as it is."""
 from __future__ import annotations
@@ -45,6 +46,17 @@ def train_main(argv: list[str]) -> int:
     return command_main("train", argv)
 
 
+def token_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="relift token", description=(
+        "Make the Ray token file if it is missing (a random token) and its mode 0600; print "
+        "its path. With RAY_AUTH_MODE=token, `ray start` and `ray job submit` read it."))
+    p.add_argument("--path", default="", help="the file (default: ~/.ray/auth_token)")
+    args = p.parse_args(argv)
+    from relift_ray.runtime.cluster import user_token  # imports Ray (no cluster started)
+    print(user_token(args.path or None))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "serve":
@@ -53,10 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "data":
         from relift_ray.jobs.data_fetch import data_main  # no Ray for the data command
         return data_main(argv[1:])
+    if argv and argv[0] == "token":
+        return token_main(argv[1:])
     if not argv or argv[0] not in DEFAULTS:
         print("usage: relift {train,compare,evaluate} [--config FILE|NAME] [key=value ...]\n"
               "       relift serve --model PATH [--backend transformers|vllm] [--port 8000]\n"
-              "       relift data fetch [--benchmarks a,b] [--to DIR]",
+              "       relift data fetch [--benchmarks a,b] [--to DIR]\n"
+              "       relift token [--path FILE]",
               file=sys.stderr)
         return 2
     return command_main(argv[0], argv[1:])

@@ -1,7 +1,7 @@
 """Chaos run: every kind of fault at random steps of a longer toy ReLIFT run, and a check
 that the run ends exactly where an uninterrupted run ends.
 
-    RAY_AUTH_MODE=disabled .venv/bin/python scripts/chaos.py [--steps 60] [--extra 0] [--seed 0]
+    .venv/bin/python scripts/chaos.py [--steps 60] [--extra 0] [--seed 0]
         [--nodes]
 
 Two runs on one local Ray cluster, same config: a reference run, then a run with
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
 import tempfile
@@ -88,7 +87,6 @@ def main(argv=None) -> int:
     if args.steps < CHECKPOINT_EVERY + len(FAULTS) + args.extra + 1:
         p.error(f"--steps {args.steps}: too few for {len(FAULTS) + args.extra} faults")
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import torch
 
     from relift_ray.config import load_config

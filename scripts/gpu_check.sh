@@ -31,7 +31,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch, transformers, vllm, ray, deepspeed; print('torch', torch.__version__, 'transformers', transformers.__version__, 'vllm', vllm.__version__, 'ray', ray.__version__, 'deepspeed', deepspeed.__version__)" 2>&1 | tail -3
 job() {  # the whole system on one GPU: Ray, scheduler, reward pool, vLLM engine, DeepSpeed learner
   [ -n "${KEEP_RUN:-}" ] || rm -rf /tmp/gpu_run; mkdir -p /tmp/gpu_run  # KEEP_RUN=1: resume it
-  RAY_AUTH_MODE=disabled timeout ${JOB_S:-300} python3 jobs/train.py \
+  timeout ${JOB_S:-300} python3 jobs/train.py \
     --config toy_relift output_dir=/tmp/gpu_run train.steps=${JOB_STEPS:-12} \
     train.checkpoint_every=6 model.dtype=bfloat16 cluster.use_gpu=true cluster.num_learners=1 \
     cluster.num_generators=1 cluster.dashboard=false generator.backend=vllm generator.colocate=true \

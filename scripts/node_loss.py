@@ -4,7 +4,7 @@ placed over them by the job's own placement, and one worker node killed mid-run 
 everything on it (raylet, actors, learner workers, object store), as a spot preemption or a
 crashed host does. A new node joins a little later, as the autoscaler would bring one.
 
-    RAY_AUTH_MODE=disabled .venv/bin/python scripts/node_loss.py [--steps 12] [--at 5]
+    .venv/bin/python scripts/node_loss.py [--steps 12] [--at 5]
 
 Two runs on the same cluster, same config: a reference run, then the run whose node is lost
 once its checkpoint of step ``--at - 1`` is written (the node chosen is the one holding the
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import threading
@@ -84,6 +83,9 @@ def start_cluster():
     """A head (2 CPUs) and two worker nodes (4 CPUs each), joined: (cluster, worker nodes)."""
     import ray
     from ray.cluster_utils import Cluster
+
+    from relift_ray.runtime.cluster import new_token, use_token
+    use_token(new_token())  # token auth, as a job's own cluster has it: every node reads it
     cluster = Cluster(initialize_head=True, head_node_args={
         **NODE, "num_cpus": 2, "include_dashboard": False})
     workers = [cluster.add_node(**NODE) for _ in range(2)]
@@ -99,7 +101,6 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="", help="output folder (default: a temporary one)")
     args = p.parse_args(argv)
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a cluster of its own, on loopback
     import ray
     import torch
 

@@ -51,9 +51,19 @@ def _unit_tests_start_no_ray(request):
 
 
 @pytest.fixture(scope="session")
-def ray_local(relift_cache):
+def ray_token(tmp_path_factory):
+    """Token auth, as the jobs' own local clusters have it: a token of this session's (mode
+    0600) for every cluster the tests start, in this process and in the processes they
+    start (``RAY_AUTH_MODE=token``, ``RAY_AUTH_TOKEN_PATH``, in the environment)."""
+    from relift_ray.runtime.cluster import new_token, use_token
+    path = new_token(tmp_path_factory.mktemp("ray-auth"))
+    use_token(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def ray_local(relift_cache, ray_token):
     import ray
-    os.environ["RAY_AUTH_MODE"] = "disabled"
     ray.init(num_cpus=8, include_dashboard=False)  # Ray's processes inherit the environment
     RAY_FIXTURE["started"] = True
     yield ray

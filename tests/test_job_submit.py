@@ -1,5 +1,5 @@
-"""jobs/train.py under `ray job submit` against a `ray start --head` cluster this test starts
-(and stops, by process id: only what it started)."""
+"""jobs/train.py under `ray job submit` against a `ray start --head` cluster with token auth
+that this test starts (and stops, by process id: only what it started)."""
 import json
 import os
 import shutil
@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from relift_ray.background import free_ports
+from relift_ray.runtime.cluster import new_token
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,8 +22,8 @@ RAY = str(Path(sys.executable).parent / "ray")
 
 
 @pytest.fixture
-def ray_head(tmp_path, relift_cache):
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+def ray_head(tmp_path, relift_cache, ray_token):
+    env = dict(os.environ)  # RAY_AUTH_MODE=token, RAY_AUTH_TOKEN_PATH: the session's token
     gcs, dash, agent, grpc, metrics, runtime = free_ports(6, "127.0.0.1")
     temp = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # Ray's socket paths must stay short
     head = subprocess.Popen(
@@ -72,8 +73,7 @@ def agent_logs(temp):
 def test_default_job_succeeds_under_ray_job_submit(ray_head, tmp_path):
     address, env, temp = ray_head
     out = tmp_path / "runs"
-    runtime_env = {"env_vars": {"RELIFT_CACHE": os.environ["RELIFT_CACHE"],
-                                "RAY_AUTH_MODE": "disabled"}}
+    runtime_env = {"env_vars": {"RELIFT_CACHE": os.environ["RELIFT_CACHE"]}}
     cmd = [RAY, "job", "submit", "--address", address, "--no-wait",
            "--submission-id", "relift-test-job", "--runtime-env-json", json.dumps(runtime_env),
            "--", sys.executable, str(ROOT / "jobs" / "train.py"), f"output_dir={out}",
@@ -84,6 +84,14 @@ def test_default_job_succeeds_under_ray_job_submit(ray_head, tmp_path):
             break
         time.sleep(4)
     assert submit.returncode == 0, submit.stderr + submit.stdout + agent_logs(temp)
+    # without the token, or with another, the job server refuses: nothing is listed or run
+    wrong = new_token(tmp_path / "wrong")
+    bare = {k: v for k, v in env.items() if not k.startswith("RAY_AUTH")}
+    for bad in ({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(wrong)},
+                {"RAY_AUTH_MODE": "disabled"}):
+        r = subprocess.run([RAY, "job", "list", "--address", address], env={**bare, **bad},
+                           capture_output=True, text=True)
+        assert r.returncode != 0 and "relift-test-job" not in r.stdout, r.stdout + r.stderr
     from ray.job_submission import JobStatus, JobSubmissionClient
     client = JobSubmissionClient(address)
     deadline = time.time() + 600

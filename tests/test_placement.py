@@ -13,6 +13,7 @@ import pytest
 from relift_ray.config import load_config
 from relift_ray.errors import ConfigError
 from relift_ray.rollout.placement import cuda_index, learner_gpu, plan, simulate
+from relift_ray.runtime.cluster import new_token, token_env
 
 GPU = ["generator.backend=vllm", "cluster.use_gpu=true"]
 
@@ -95,7 +96,7 @@ SCRIPT = textwrap.dedent('''
     from relift_ray.runtime.topology import learner_resources
     from relift_ray.rollout.placement import learner_label_selectors
     out = sys.argv[1]
-    env = {"RAY_AUTH_MODE": "disabled", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+    env = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
     # a one-node cluster that declares 2 GPUs: Ray hands out GPU ids as on a real node
     ray.init(address="local", num_cpus=4, num_gpus=2, include_dashboard=False,
              runtime_env={"env_vars": env})
@@ -138,7 +139,7 @@ SCRIPT = textwrap.dedent('''
 
 @pytest.mark.e2e
 def test_placement_groups_pair_engines_and_learners_on_a_cluster_with_gpus(tmp_path):
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_ADDRESS="")
+    env = dict(os.environ, RAY_ADDRESS="", **token_env(new_token(tmp_path / "auth")))
     r = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], env=env,
                        capture_output=True, text=True, timeout=300,
                        cwd=Path(__file__).resolve().parent.parent)
