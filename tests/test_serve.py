@@ -218,7 +218,8 @@ def vllm_served(ray_local):
     # the transformers app of this module may still be up: serve.start keeps a running
     # Serve's HTTP port, so the new app would not be where start() says
     serve.shutdown()
-    url = start(path, backend="vllm", port=free_port("127.0.0.1"), name="smollm2", num_cpus=1)
+    url = start(path, backend="vllm", port=free_port("127.0.0.1"), name="smollm2", num_cpus=1,
+                api_key=KEY)
     yield url, path
     serve.shutdown()
 
@@ -229,8 +230,15 @@ def test_vllm_backend_on_cpu_with_the_openai_client(vllm_served):
     import openai
     from transformers import AutoTokenizer
     url, path = vllm_served
-    client = openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=300)
+    client = openai.OpenAI(base_url=url, api_key=KEY, max_retries=0, timeout=300)
     assert [m.id for m in client.models.list()] == ["smollm2"]
+    # the key on Ray Serve LLM's routes (keyed_ingress): 401 in OpenAI's shape without it
+    stranger = openai.OpenAI(base_url=url, api_key="wrong", max_retries=0, timeout=300)
+    with pytest.raises(openai.AuthenticationError) as e:
+        stranger.completions.create(model="smollm2", prompt="hi", max_tokens=2)
+    assert e.value.body["code"] == "invalid_api_key"
+    with pytest.raises(openai.AuthenticationError):
+        stranger.models.list()
 
     # completions: greedy is one answer, the transformers generator's, with its log-probs
     q = "The capital of France is"

