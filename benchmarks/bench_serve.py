@@ -3,7 +3,7 @@ base model, one replica, loopback, an API key) and a bounded mix of clients thro
 official ``openai`` client, for a fixed time:
 
 - ``complete``: greedy completions (48 tokens at most);
-- ``stream``: streamed chat completions, token by token;
+- ``stream``: streamed completions, token by token;
 - ``leave``: a long streamed generation (``ignore_eos``) whose client reads two chunks and
   disconnects: the replica must stop generating for it;
 - ``over``: requests over a limit (max_tokens past the context, too many choices, a body over
@@ -15,7 +15,7 @@ p50/p99 latency and tokens/s of the answered requests, the requests refused by s
 lost (no answer and no error: goal 0), the generations still running a moment after the load
 (their clients gone: goal 0) and the replica's RSS before and after.
 
-    python benchmarks/bench_serve.py                     # 60 s of load, 12 clients
+    python benchmarks/bench_serve.py                     # 60 s, 12 clients, a queue of 4
     python benchmarks/bench_serve.py --quick             # a few seconds (the test's size)
     python benchmarks/bench_serve.py --batching          # req/s with and without batching
 
@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
 import shutil
 import statistics
 import sys
@@ -52,20 +51,20 @@ def get(url: str) -> dict:
 
 
 def one(client, kind: str, i: int, prompt: str) -> tuple[str, int]:
-    """One request of ``kind``: (outcome, completion tokens). Outcomes: ok, left, the HTTP
-    status of an error answer, stream-error (an error event in a stream), or lost."""
+    """The ``i``-th request of a client of ``kind``: (outcome, completion tokens, or text
+    pieces of a stream). Outcomes: ok, left, the HTTP status of an error answer, stream-error
+    (an error event in a stream), or lost."""
     import openai
     try:
         if kind == "complete":
             out = client.completions.create(model="toy", prompt=prompt, max_tokens=48,
                                             temperature=0)
             return ("ok" if out.choices else "lost"), out.usage.completion_tokens
-        if kind == "stream":
+        if kind == "stream":  # (the toy base has no chat template: completions)
             tokens, finish = 0, None
-            for ch in client.chat.completions.create(
-                    model="toy", messages=[{"role": "user", "content": prompt}],
-                    max_tokens=48, temperature=0, stream=True):
-                tokens += bool(ch.choices[0].delta.content)
+            for ch in client.completions.create(model="toy", prompt=prompt, max_tokens=48,
+                                                temperature=0, stream=True):
+                tokens += bool(ch.choices[0].text)
                 finish = ch.choices[0].finish_reason or finish
             return ("ok" if finish else "lost"), tokens
         if kind == "leave":
@@ -105,13 +104,13 @@ def load(url: str, prompts: list[str], clients: int, seconds: float) -> dict:
 
     def run(c: int):
         client = openai.OpenAI(base_url=url, api_key=KEY, max_retries=0, timeout=120)
-        kind, i = KINDS[c % len(KINDS)], c
+        kind, k = KINDS[c % len(KINDS)], 0
         while time.perf_counter() < stop_at:
             t0 = time.perf_counter()
-            outcome, tokens = one(client, kind, i, prompts[i % len(prompts)])
+            outcome, tokens = one(client, kind, k, prompts[(c + k * clients) % len(prompts)])
             with lock:
                 done.append((kind, outcome, time.perf_counter() - t0, tokens))
-            i += clients
+            k += 1
             if outcome == "429":
                 time.sleep(0.2)  # as Retry-After asks, shorter: the load stays bounded
     t0 = time.perf_counter()
@@ -184,7 +183,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=60.0, help="seconds of load")
     p.add_argument("--clients", type=int, default=12, help="concurrent clients")
-    p.add_argument("--max-queue", type=int, default=8, help="the replica's queue")
+    p.add_argument("--max-queue", type=int, default=4, help="the replica's queue")
     p.add_argument("--quick", action="store_true", help="8 s, 8 clients, a queue of 3")
     p.add_argument("--batching", action="store_true",
                    help="instead: req/s with batching off and on (48 requests per row)")
@@ -193,15 +192,18 @@ def main(argv: list[str] | None = None) -> dict | None:
     args = p.parse_args(argv)
     if args.quick:
         args.seconds, args.clients, args.max_queue = 8.0, 8, 3
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
     from ray import serve
 
+    from relift_ray.config import RunConfig
     from relift_ray.data.toy.task import make_questions
     from relift_ray.jobs.openai_api import ServeLimits
     from relift_ray.jobs.serve import build_app
+    from relift_ray.runtime.cluster import init_ray
 
-    ray.init(address="local", num_cpus=4, include_dashboard=False)
+    cfg = RunConfig()
+    cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.dashboard = "local", 4, False
+    init_ray(cfg)  # a local cluster of its own
     port = free_port("127.0.0.1")
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     url = f"http://127.0.0.1:{port}/v1"

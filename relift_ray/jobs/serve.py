@@ -398,6 +398,7 @@ def keyed_ingress():
     import hmac
 
     from fastapi import Request
+
     # the routes make_fastapi_ingress registers (no public name): every one is guarded,
     # those Ray adds later included; one without a `request` argument fails closed (500)
     from ray.llm._internal.serve.core.ingress.ingress import DEFAULT_ENDPOINTS
@@ -493,8 +494,8 @@ def serve_main(argv: list[str]) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch threads per CPU replica")
     p.add_argument("--num-cpus", type=float, default=1.0, help="Ray CPUs per replica")
     p.add_argument("--address", default="", help=(
-        "a Ray cluster to deploy on (its GCS address, or auto: the running one); default: "
-        "a local cluster of this command's own, stopped with it"))
+        "a Ray cluster to deploy on (its GCS address, or auto: $RAY_ADDRESS); default: a "
+        "local cluster of this command's own, stopped with it"))
     add_limit_args(p.add_argument_group("limits (transformers backend, per replica)"))
     args = p.parse_args(argv)
 
@@ -517,15 +518,11 @@ def serve_main(argv: list[str]) -> int:
     cfg = RunConfig()
     cfg.cluster.address = args.address or "local"
     try:
-        init_ray(cfg)
+        init_ray(cfg)  # it says which cluster: its own (token auth) or the one joined
         # SIGTERM (kill, a scheduler) stops it as Ctrl-C does: the application is removed
         # first. Set after ray.init, whose own handler would end the process at once
         signal.signal(signal.SIGTERM, _interrupt)
-        import ray
-        own = cfg.cluster.address == "local"
-        print(f"[serve] Ray cluster {ray.get_runtime_context().gcs_address} "
-              f"({'started by this command' if own else 'joined: --address'})", flush=True)
-        return _serve(args, path, key, limits, own)
+        return _serve(args, path, key, limits, own=cfg.cluster.address == "local")
     except KeyboardInterrupt:
         return 0
 
