@@ -141,6 +141,8 @@ def test_guard_checks_the_key_and_body_and_shapes_every_error():
         yield b"x" * 200
         yield b'"}'
     error(c.post("/v1/completions", content=chunks(), headers=auth), 413)
+    assert "Content-Length" in error(c.post("/v1/completions", content=b"{}", headers={
+        **auth, "Content-Length": "x"}), 400)["message"]
     error(c.get("/v1/nothing", headers=auth), 404, "not_found")
     error(c.get("/stats", headers=auth), 500)
     assert error(c.post("/v1/completions", json={"prompt": 3}, headers=auth),

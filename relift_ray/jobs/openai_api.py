@@ -256,7 +256,11 @@ class Guard:
             return await error_response(401, "a valid API key is needed: send the header "
                                         "'Authorization: Bearer <key>'",
                                         code="invalid_api_key")(scope, receive, send)
-        if int(headers.get(b"content-length", b"0") or 0) > self.max_body:
+        length = headers.get(b"content-length", b"0") or b"0"
+        if not length.isdigit():
+            return await error_response(400, "Content-Length is not a number", "body")(
+                scope, receive, send)
+        if int(length) > self.max_body:
             return await self._too_large(scope, receive, send)
         seen, started = [0], [False]
 
