@@ -249,7 +249,9 @@ class GeneratorConfig:
 
 @dataclass
 class ClusterConfig:
-    address: str = "auto"  # Ray address; "auto" joins a running cluster or starts a local one
+    # Ray address: "auto" joins RAY_ADDRESS (set by `ray job submit`) or else starts a local
+    # cluster with a token of its own, as "local" always does; anything else is joined
+    address: str = "auto"
     # logical CPUs of a locally started cluster (more than cores on purpose)
     num_cpus: int = positive(8)
     num_learners: int = positive(2)
