@@ -90,6 +90,16 @@ def test_a_cancelled_job_stops_at_its_next_token(toy_engine):
     assert toy_engine.live() == {"running": 0, "running_cancelled": 0}
 
 
+def test_counting_prompts_leaves_the_generators_tokenizer_as_it_is(toy_engine):
+    # a generate call encodes its batch padded in a thread while the server counts prompts
+    # on its event loop; a fast tokenizer keeps the padding setting in the object, so a
+    # count on the same object would unpad a batch being encoded (a 500 under load)
+    toy_engine.gen._encode(["Q:1+2\n", "Q:27+5*2\n"])  # leaves padding on
+    assert toy_engine.tok.backend_tokenizer.padding is not None
+    assert toy_engine.prompt_lengths(["Q:1+2\n"]) == [6]
+    assert toy_engine.tok.backend_tokenizer.padding is not None
+
+
 def test_limits_are_declared_once_and_set_from_flags():
     p = argparse.ArgumentParser()
     add_limit_args(p)

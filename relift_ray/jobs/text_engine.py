@@ -11,6 +11,7 @@ its client left or its time ran out; ``Rows``). No Ray and no HTTP here: the Ser
 """
 from __future__ import annotations
 
+import copy
 import random
 import threading
 from dataclasses import dataclass, field
@@ -168,6 +169,10 @@ class TextEngine:
                  threads: int = 0):
         self.gen = HFGenerator(model_path, device=device, dtype=dtype, threads=threads)
         self.tok = self.gen.tokenizer
+        # prompts are counted on the server's event loop while a generate call encodes in a
+        # thread: a fast tokenizer keeps its padding setting in the object, which each encode
+        # sets, so the two would race on one object (a batch left unpadded)
+        self.counter = copy.deepcopy(self.tok)
         self.lock = threading.Lock()  # one generate at a time
         # requests: jobs run; generate_calls: generate calls (batching shares them);
         # cancelled: jobs whose client left (or whose time ran out) before they ended
@@ -191,7 +196,7 @@ class TextEngine:
                                             tokenize=False)
 
     def prompt_lengths(self, prompts: list[str]) -> list[int]:
-        return [len(self.tok(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+        return [len(self.counter(p, add_special_tokens=False)["input_ids"]) for p in prompts]
 
     def prompt_tokens(self, prompts: list[str]) -> int:
         return sum(self.prompt_lengths(prompts))
