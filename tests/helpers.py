@@ -2,6 +2,8 @@
 scoring function for the reward-timeout test."""
 import os
 import shutil
+import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -181,3 +183,16 @@ def unpin_hub_hashes(mp) -> None:
     for name, src in F.SOURCES.items():
         if src.kind == F.HUB:
             mp.setitem(F.SOURCES, name, dataclasses.replace(src, sha256=""))
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """Stop a process started in a session of its own (``start_new_session=True``) and
+    everything it started, by its process group: SIGTERM, then SIGKILL after 60 s."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)

@@ -4,7 +4,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -15,6 +14,7 @@ import jsonschema
 import pytest
 import ray.autoscaler
 import yaml
+from helpers import stop_group
 
 from relift_ray.background import free_ports
 from relift_ray.runtime.cluster import user_token
@@ -141,10 +141,5 @@ def test_cluster_yamls_start_commands_make_a_token_cluster_that_refuses_others(t
         assert len(nodes) == 2, [(a["class_name"], a["node_id"]) for a in actors]
     finally:
         for p in reversed(started):
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-                try:
-                    p.wait(60)
-                except subprocess.TimeoutExpired:
-                    os.killpg(p.pid, signal.SIGKILL)
+            stop_group(p)
         shutil.rmtree(temp, ignore_errors=True)

@@ -3,7 +3,6 @@ that this test starts (and stops, by process id: only what it started)."""
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -11,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import stop_group
 
 from relift_ray.background import free_ports
 from relift_ray.runtime.cluster import new_token
@@ -52,13 +52,7 @@ def ray_head(tmp_path, relift_cache, ray_token):
             pytest.fail("ray head did not come up:\n" + (tmp_path / "head.log").read_text())
         yield address, env, temp
     finally:
-        if head.poll() is None:
-            os.killpg(head.pid, signal.SIGTERM)
-            try:
-                head.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(head.pid, signal.SIGKILL)
-                head.wait(10)
+        stop_group(head)
         shutil.rmtree(temp, ignore_errors=True)
 
 
