@@ -44,6 +44,7 @@ import uuid
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 
+import ray
 from fastapi.responses import StreamingResponse
 from ray import serve
 
@@ -574,5 +575,4 @@ def _serve(args, path: str, key: str, limits: ServeLimits, own: bool) -> int:
         print(f"[serve] stopped: application {APP!r} removed"
               f"{', Serve shut down' if started_serve else ''}", flush=True)
         if own:
-            import ray
             ray.shutdown()
