@@ -77,7 +77,7 @@ def one(client, kind: str, i: int, prompt: str) -> tuple[str, int]:
             stream.close()  # the client leaves mid-generation
             return "left", 0
         if kind == "over":
-            over = [{"max_tokens": 5000}, {"n": 64, "temperature": 1.0},
+            over = [{"max_tokens": 1_000_000}, {"n": 64, "temperature": 1.0},
                     {"prompt": "1" * 70_000}][i % 3]
             client.completions.create(**{"model": "toy", "prompt": prompt, "max_tokens": 8,
                                          **over})
