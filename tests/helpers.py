@@ -196,3 +196,10 @@ def stop_group(proc: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
+
+
+def bare_env() -> dict:
+    """This process's environment without Ray's auth settings or a cluster address: as a
+    user's shell, for processes that start or join a cluster of their own."""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith("RAY_AUTH") and k != "RAY_ADDRESS"}

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from helpers import bare_env
 
 from relift_ray.background import free_ports
 from relift_ray.runtime.cluster import new_token, token_env, user_token
@@ -36,12 +37,6 @@ HOLD = textwrap.dedent('''
                       "dashboard": C.DASHBOARD_URL}), flush=True)
     sys.stdin.read()  # the cluster lives until the test closes stdin
 ''')
-
-
-def bare_env() -> dict:
-    """This environment without Ray's auth settings or a cluster address: as a user's shell."""
-    return {k: v for k, v in os.environ.items()
-            if not k.startswith("RAY_AUTH") and k != "RAY_ADDRESS"}
 
 
 def hold(address: str, port: int, env: dict):

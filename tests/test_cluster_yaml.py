@@ -1,7 +1,6 @@
 """cluster.yaml is a valid Ray cluster launcher config (checked offline against Ray's schema),
 and its own start commands make a token-authenticated cluster (slow: two nodes here)."""
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -14,7 +13,7 @@ import jsonschema
 import pytest
 import ray.autoscaler
 import yaml
-from helpers import stop_group
+from helpers import bare_env, stop_group
 
 from relift_ray.background import free_ports
 from relift_ray.runtime.cluster import user_token
@@ -61,8 +60,7 @@ def test_cluster_yamls_start_commands_make_a_token_cluster_that_refuses_others(t
     home = tmp_path / "home"  # the nodes' home, as file_mounts leaves it: the token inside
     user_token(home / ".ray" / "auth_token")
     bin_dir = str(Path(sys.executable).parent)
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("RAY_AUTH") and k != "RAY_ADDRESS"}
+    env = bare_env()
     env.update(HOME=str(home), PATH=f"{bin_dir}:{env['PATH']}", RAY_HEAD_IP="127.0.0.1")
     gcs, om1, om2, dash, agent, agent_grpc, metrics, runtime, client, w_agent, w_grpc, \
         w_metrics, w_runtime = free_ports(13, "127.0.0.1")
