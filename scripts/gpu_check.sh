@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks in one go: a short toy ReLIFT job on the vLLM backend (colocated engine, CUDA-IPC
 # weight sync, sleep/wake, under Ray Train), tests/gpu, then scripts/bench_gpu.py (figures to
-# $OUT/bench.json; logs to $OUT, default /tmp/gpu_out).
+# $OUT/bench.json; logs to $OUT, default /tmp/gpu_out). The stage `lora` (not in the default
+# list) is the same job training rank-16 adapters, each sync a vLLM LoRA adapter.
 #   STAGES="job tests bench" picks and orders the stages; JOB_S, PYTEST_S, BENCH_S are their
 #   time limits in seconds. JOB_STEPS (12), JOB_ARGS, GPU_TESTS and BENCH_ARGS pass options on;
 #   KEEP_RUN=1 keeps /tmp/gpu_run so the job resumes its last checkpoint.
@@ -36,10 +37,14 @@ job() {  # the whole system on one GPU: Ray, scheduler, reward pool, vLLM engine
     train.checkpoint_every=6 model.dtype=bfloat16 cluster.use_gpu=true cluster.num_learners=1 \
     cluster.num_generators=1 cluster.dashboard=false generator.backend=vllm generator.colocate=true \
     generator.weight_sync=ipc generator.gpu_memory_utilization=0.2 \
-    generator.enforce_eager=true tracking.eval_before=start ${JOB_ARGS:-} > "$OUT/job.log" 2>&1
+    generator.enforce_eager=true tracking.eval_before=start ${JOB_ARGS:-} > "$OUT/${JOB_LOG:-job}.log" 2>&1
   echo "job rc $?"; python3 -m ray.scripts.scripts stop --force >/dev/null 2>&1  # a cut-off job's actors
-  grep -v "^\s*$" "$OUT/job.log" | tail -60
+  grep -v "^\s*$" "$OUT/${JOB_LOG:-job}.log" | tail -60
   find /tmp/gpu_run -name questions.csv -exec cp {} "$OUT/" \; -quit
+}
+lora() {  # the job with LoRA: adapters through the object store into vLLM's LoRA slot
+  JOB_LOG=job_lora JOB_ARGS="model.lora.rank=16 generator.weight_sync=object_store algo.lr=1e-3 \
+    algo.sft_lr=5e-3 ${JOB_ARGS:-}" job  # adapters learn at 10x the toy's rates (docs/lora.md)
 }
 tests() {
 timeout ${PYTEST_S:-300} python3 -m pytest ${GPU_TESTS:-tests/gpu} -v -s -p no:cacheprovider 2>&1 | tee "$OUT/pytest.log" | grep -v "^$" | tail -80
