@@ -339,8 +339,9 @@ class CompareConfig:
     # same number of learner updates (a ReLIFT step that runs SFT is two updates)
     steps: dict = field(default_factory=dict)
     # the pre-registered claims the report tests: toy (docs/preregistration_toy_claims.md),
-    # smollm2_gsm8k / smollm2_toy (docs/preregistration_smollm2_gsm8k.md), or none
-    claims: str = one_of("toy", "smollm2_gsm8k", "smollm2_toy", "none")
+    # smollm2_gsm8k / smollm2_toy (docs/preregistration_smollm2_gsm8k.md),
+    # smollm2_gsm8k_lora (docs/lora.md), or none
+    claims: str = one_of("toy", "smollm2_gsm8k", "smollm2_toy", "smollm2_gsm8k_lora", "none")
     # relift_lora: ReLIFT training LoRA adapters of this rank (the rest of model.lora as
     # configured), with algo.lr and algo.sft_lr times lora_lr_scale: adapters learn best at
     # about ten times a full fine-tune's rate

@@ -9,8 +9,10 @@ from relift_ray.jobs.compare import method_config
 from relift_ray.jobs.compare_claims import (
     bootstrap,
     greater,
+    level,
     paired,
     smollm2_gsm8k_claims,
+    smollm2_gsm8k_lora_claims,
     smollm2_toy_claims,
     unmoved,
 )
@@ -57,6 +59,10 @@ def test_rules_give_each_of_the_three_verdicts():
     assert unmoved({"low": -0.01, "high": 0.01}, 0.02) == "holds"
     assert unmoved({"low": 0.03, "high": 0.1}, 0.02) == "does not hold"
     assert unmoved({"low": -0.01, "high": 0.05}, 0.02) == "inconclusive"
+    assert level({"low": -0.05, "high": 0.01}) == "holds"
+    assert level({"low": -0.05, "high": -0.01}) == "does not hold"
+    assert level({"low": 0.01, "high": 0.05}) == "does not hold"
+    assert level({"low": float("nan"), "high": float("nan")}) == "inconclusive"
 
 
 def test_gsm8k_claims_on_scripted_results():
@@ -75,6 +81,25 @@ def test_gsm8k_claims_on_scripted_results():
     d_rows = {r["comparison"]: r for r in rows if r["hypothesis"] == "d"}
     assert d_rows["relift - sft (accuracy)"]["difference"] == pytest.approx(0.1)
     assert d_rows["relift - sft_then_rl (accuracy)"]["verdict"] == "not run"
+
+
+def test_lora_claims_on_scripted_results():
+    # the full fine-tune solves 8 questions, the adapters 2 of them; both learned the format
+    full = [_run("relift", 21, correct=QIDS[:8], answered=QIDS[:30])]
+    lora = [_run("relift_lora", 21, correct=QIDS[:2], answered=QIDS[:32])]
+    rows = smollm2_gsm8k_lora_claims(BASE, full + lora)
+    verdict = {r["hypothesis"]: r["verdict"] for r in rows if r["comparison"] == "verdict"}
+    assert verdict == {"L1": "holds", "L2": "does not hold", "R": "reported"}
+    l2 = next(r for r in rows if r["hypothesis"] == "L2")
+    assert l2["difference"] == pytest.approx(-6 / 40) and l2["high"] < 0
+    # one more question each way: level (the interval holds 0)
+    even = [_run("relift_lora", 21, correct=QIDS[1:9], answered=QIDS[:32])]
+    rows = smollm2_gsm8k_lora_claims(BASE, full + even)
+    assert next(r for r in rows if r["hypothesis"] == "L2")["verdict"] == "holds"
+    # without the full run, L2 is not run
+    rows = smollm2_gsm8k_lora_claims(BASE, lora)
+    verdict = {r["hypothesis"]: r["verdict"] for r in rows if r["comparison"] == "verdict"}
+    assert verdict["L1"] == "holds" and verdict["L2"] == "not run"
 
 
 def test_toy_claims_use_the_base_buckets():

@@ -10,11 +10,14 @@ percentile bootstrap interval over the questions (10,000 resamples, fixed seed).
 - "A > B" **holds** when that interval lies above 0 and A > B in every seed; **does not hold**
   when it lies below 0; **inconclusive** otherwise;
 - "A does not move F" (equivalence) **holds** when the interval lies within +-margin;
-  **does not hold** when it lies wholly outside; **inconclusive** otherwise.
+  **does not hold** when it lies wholly outside; **inconclusive** otherwise;
+- "A is level with B" **holds** when the interval contains 0, and **does not hold** when it
+  lies wholly above or below.
 
 ``smollm2_gsm8k_claims`` is docs/preregistration_smollm2_gsm8k.md (`compare.claims:
 smollm2_gsm8k`), ``smollm2_toy_claims`` the toy's findings on SmolLM2 from the same document
-(`compare.claims: smollm2_toy`).
+(`compare.claims: smollm2_toy`), ``smollm2_gsm8k_lora_claims`` the LoRA row's expectation
+stated in docs/lora.md (`compare.claims: smollm2_gsm8k_lora`).
 """
 from __future__ import annotations
 
@@ -80,6 +83,12 @@ def unmoved(row: dict, margin: float) -> str:
     if -margin < row["low"] and row["high"] < margin:
         return "holds"
     return "does not hold" if row["low"] > margin or row["high"] < -margin else "inconclusive"
+
+
+def level(row: dict) -> str:
+    if row["low"] <= 0 <= row["high"]:
+        return "holds"
+    return "does not hold" if row["low"] > 0 or row["high"] < 0 else "inconclusive"  # nan
 
 
 def combine(verdicts: list[str]) -> str:
@@ -174,7 +183,29 @@ def smollm2_toy_claims(base: BaseEval, results: list[RunResult]) -> list[dict]:
     return c.done()
 
 
-CLAIMS = {"smollm2_gsm8k": smollm2_gsm8k_claims, "smollm2_toy": smollm2_toy_claims}
+def smollm2_gsm8k_lora_claims(base: BaseEval, results: list[RunResult]) -> list[dict]:
+    """L1-L2 of docs/lora.md, stated before the runs: ReLIFT on LoRA adapters raises the share
+    of readable answers above the base model's (L1), and its greedy accuracy is level with
+    the full fine-tune's (L2); the rest of relift_lora against relift, and relift against the
+    base model, reported beside them (R)."""
+    c = Claims(base, results)
+    c.compare("L1", "relift_lora > base (answered)", "relift_lora", "base", "answered")
+    c.compare("L2", "relift_lora - relift (accuracy), level: contains 0", "relift_lora",
+              "relift", "accuracy", rule=level)
+    reported = lambda r: "reported"  # noqa: E731
+    c.compare("R", "relift_lora - relift (answered)", "relift_lora", "relift", "answered",
+              rule=reported)
+    for metric in ("accuracy", "answered"):
+        c.compare("R", f"relift - base ({metric})", "relift", "base", metric, rule=reported)
+    return c.done(reported=("R",))
+
+
+CLAIMS = {"smollm2_gsm8k": smollm2_gsm8k_claims, "smollm2_toy": smollm2_toy_claims,
+          "smollm2_gsm8k_lora": smollm2_gsm8k_lora_claims}
+# where each claim set is written down (the report's title names it)
+CLAIMS_SOURCE = {"smollm2_gsm8k": "docs/preregistration_smollm2_gsm8k.md",
+                 "smollm2_toy": "docs/preregistration_smollm2_gsm8k.md",
+                 "smollm2_gsm8k_lora": "docs/lora.md"}
 
 
 def format_rows(rows: list[dict], title: str) -> str:

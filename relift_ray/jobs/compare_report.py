@@ -17,7 +17,7 @@ from pathlib import Path
 
 from relift_ray.core.questions import BUCKETS, bucket_of
 from relift_ray.core.stats import ci95, mean_std, welch
-from relift_ray.jobs.compare_claims import CLAIMS, combine, format_rows
+from relift_ray.jobs.compare_claims import CLAIMS, CLAIMS_SOURCE, combine, format_rows
 from relift_ray.records import BaseEval, RunResult
 from relift_ray.tracking.tracker import write_csv
 
@@ -324,7 +324,7 @@ def write_report(out_dir: Path, tracker, base: BaseEval, results: list[RunResult
     elif claims_kind != "none":
         claim_rows = CLAIMS[claims_kind](base, results)
         text += "\n\n" + format_rows(claim_rows, (
-            "the pre-registered claims (docs/preregistration_smollm2_gsm8k.md): the mean over "
+            f"the pre-registered claims ({CLAIMS_SOURCE[claims_kind]}): the mean over "
             "test questions of the per-question difference averaged over seeds [95% bootstrap "
             "interval over questions], each seed's difference, verdict"))
     if failed:
