@@ -3,7 +3,9 @@ test tiers:
 
 - unit: no Ray, under a minute (``make test-unit``, ``pytest -m unit``); a unit test that
   starts Ray fails;
-- integration: a local Ray cluster (the ``ray_local`` fixture, or marked ``e2e``);
+- integration: a local Ray cluster (the ``ray_local`` fixture, or marked ``e2e``), or marked
+  ``integration`` where a test without Ray costs seconds: fresh interpreters, scoring
+  processes held to their real time and memory limits, whole data corpora;
 - slow: marked ``slow`` (``ray job submit``, real models, the comparison job).
 
 Plain ``pytest`` runs unit and integration; ``make test`` all three."""
@@ -33,7 +35,7 @@ RAY_FIXTURE = {"started": False}  # whether this session's ray_local has started
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if "slow" in item.keywords:
+        if "slow" in item.keywords or "integration" in item.keywords:
             continue
         ray = "ray_local" in item.fixturenames or "e2e" in item.keywords
         item.add_marker(pytest.mark.integration if ray else pytest.mark.unit)

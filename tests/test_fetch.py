@@ -81,6 +81,7 @@ def test_the_pinned_rows_of_hub_sets_match_the_shared_copies(name):
     assert rows == F.SOURCES[name].rows + (name == "olympiadbench")
 
 
+@pytest.mark.integration  # child processes under real limits, or whole corpora: not unit
 @needs_shared
 def test_fetch_writes_the_layout_and_a_manifest(fetched):
     root, manifest, lines, calls = fetched
@@ -140,6 +141,7 @@ def test_a_file_that_is_not_the_pinned_one_stops_the_fetch_and_writes_nothing(tm
         fetch_checked(["minerva"], tmp_path / "out", log=quiet)
 
 
+@pytest.mark.integration  # child processes under real limits, or whole corpora: not unit
 @needs_shared
 def test_a_source_without_a_pin_is_locked_by_its_first_fetch(tmp_path, monkeypatch):
     out, calls = tmp_path / "out", []
@@ -200,6 +202,7 @@ def test_a_hub_set_without_the_expected_column_names_it(tmp_path, hub, monkeypat
         fetch_checked(["gsm9k"], tmp_path / "out")
 
 
+@pytest.mark.integration  # child processes under real limits, or whole corpora: not unit
 def test_gold_answers_are_checked_in_the_reward_worker_with_its_time_limit(tmp_path,
                                                                           monkeypatch):
     # a pathological gold answer costs one time limit, not a hung fetch
@@ -214,6 +217,7 @@ def test_gold_answers_are_checked_in_the_reward_worker_with_its_time_limit(tmp_p
                      "others_tried": 4, "timeouts": 2}
 
 
+@pytest.mark.integration  # child processes under real limits, or whole corpora: not unit
 def test_no_network_and_no_copy_stops_before_any_model_loads(tmp_path, monkeypatch):
     from relift_ray.config import load_config
     from relift_ray.data import benchmarks
@@ -240,6 +244,7 @@ def test_no_network_and_no_copy_stops_before_any_model_loads(tmp_path, monkeypat
     assert "\n" not in msg
 
 
+@pytest.mark.integration  # child processes under real limits, or whole corpora: not unit
 @needs_shared
 def test_the_cli_fetches_into_the_folder_given(tmp_path, hub, capsys):
     from relift_ray.cli import main

@@ -170,7 +170,8 @@ def test_gradient_checkpointing_gives_the_same_update(tiny_model):
                                         for s, a in zip(RL, (1.0, -1.0))))
     a = _learner(tiny_model)
     b = _learner(tiny_model, **{"train.gradient_checkpointing": "true"})
-    assert b.engine.module.is_gradient_checkpointing and not a.engine.module.is_gradient_checkpointing
+    assert b.engine.module.is_gradient_checkpointing
+    assert not a.engine.module.is_gradient_checkpointing
     assert b.engine.module.training  # HF checkpoints activations only in training mode
     ma, mb = a.train_step(batch), b.train_step(batch)
     assert ma["rl/loss"] == pytest.approx(mb["rl/loss"], rel=1e-5)
@@ -418,6 +419,7 @@ def _fresh_python(code: str, timeout: int = 120):
                           timeout=timeout, cwd=Path(__file__).parent.parent)
 
 
+@pytest.mark.integration  # child processes under real limits, or whole corpora: not unit
 def test_deepspeed_is_imported_without_mlflow_which_stays_importable():
     """A learner worker imports DeepSpeed without the MLflow import DeepSpeed's autotuner does
     (about 1 s of CPU per worker on the way to step 1); MLflow still imports afterwards."""
@@ -431,6 +433,7 @@ def test_deepspeed_is_imported_without_mlflow_which_stays_importable():
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
 
 
+@pytest.mark.integration  # child processes under real limits, or whole corpora: not unit
 def test_a_learner_step_never_loads_torchinductor(tiny_model):
     """DeepSpeed imports its Muon optimizer in its optimizer check and in every gradient
     reduction; that module's torch.compile decorations load TorchInductor (about 1 s of CPU

@@ -65,6 +65,7 @@ def test_worker_scores_in_a_child_process():
         w.close()
 
 
+@pytest.mark.integration  # child processes under real limits, or whole corpora: not unit
 def test_hard_time_limit_costs_one_timeout_and_scoring_goes_on():
     w = RewardWorker("whole", timeout_s=1.0, fn="helpers:slow_reward")
     try:
@@ -77,6 +78,7 @@ def test_hard_time_limit_costs_one_timeout_and_scoring_goes_on():
         w.close()
 
 
+@pytest.mark.integration  # child processes under real limits, or whole corpora: not unit
 def test_the_limit_is_per_answer_not_per_batch():
     """Answers go to the child together; each has the limit from when the one before it came
     back, so five answers of 0.4 s under a 1 s limit all score."""
@@ -147,6 +149,7 @@ def test_the_released_verifier_on_the_cases_where_versions_differ(segment, truth
         Reward.NO_ANSWER
 
 
+@pytest.mark.integration  # child processes under real limits, or whole corpora: not unit
 @needs_shared
 def test_the_released_verifier_gives_the_released_verdicts_on_the_corpus():
     """9,552 answer variants of 500 MATH-500 and GSM8K golds, against the verdicts of the
@@ -189,6 +192,7 @@ def test_the_paper_preset_scores_with_the_released_verifier():
 
 # ---------------------------------------------------------------- the scoring process's faults
 
+@pytest.mark.integration  # child processes under real limits, or whole corpora: not unit
 def test_a_dead_scoring_process_is_restarted_and_its_answers_scored_again(tmp_path):
     marker = str(tmp_path / "died")
     w = RewardWorker("whole", timeout_s=5.0, fn="helpers:dying_reward")
@@ -214,6 +218,7 @@ def test_a_dead_scoring_process_is_restarted_and_its_answers_scored_again(tmp_pa
         w.close()
 
 
+@pytest.mark.integration  # child processes under real limits, or whole corpora: not unit
 def test_pathological_answers_cost_a_bounded_time_and_memory():
     import time
     # \boxed{2^{2^{32}}} grows to gigabytes without a limit; the others run for seconds
@@ -241,6 +246,7 @@ def test_long_answers_are_cut_before_parsing(monkeypatch):
     assert math_reward("x" * 50 + " \\boxed{5}", "5", "whole").value == 1.0
 
 
+@pytest.mark.integration  # child processes under real limits, or whole corpora: not unit
 def test_the_memory_limit_stops_an_answer_before_its_time_limit():
     # under 300 MB, 2^(2^32) runs out of memory in math-verify (which scores it 0) before
     # the 8 s limit; without a limit it grows for as long as it is let run
