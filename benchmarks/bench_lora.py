@@ -17,8 +17,15 @@ master weights; peak resident memory over the steps (ru_maxrss); the median step
 the sync: ``learner.sync_weights()`` into a transformers generator through the in-process
 publisher, its bytes and seconds. The ratios LoRA / full are printed beside them.
 
+``--generation``: sampling speed of vLLM's engine (the CPU build here) on SmolLM2, started
+without LoRA (a full run's engine, or a LoRA run's with ``model.lora.sync=merged``) against
+one started with LoRA and carrying an adapter of ``--rank`` on every linear layer (a LoRA
+run's engine with ``sync=adapter``): 16 prompts of 150 tokens, 192 new tokens each (EOS
+ignored), bf16, each engine in a fresh process.
+
     python benchmarks/bench_lora.py                      # both models (about 5 minutes)
     python benchmarks/bench_lora.py --models paper --rank 16 --json out.json
+    python benchmarks/bench_lora.py --generation         # vLLM, with and without LoRA
 """
 from __future__ import annotations
 
@@ -114,24 +121,88 @@ def one(args) -> dict:
             "sync_seconds": statistics.median(syncs[1:] if len(syncs) > 1 else syncs)}
 
 
+def generation(args) -> dict:
+    """vLLM's sampling speed, in this process: an engine of ``args.rank`` (0: no LoRA)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from vllm import SamplingParams
+
+    from relift_ray.config import LoraConfig
+    from relift_ray.data.lora import adapter_weights, wrap
+    from relift_ray.rollout.vllm_engine import VLLMGenerator
+    gen = VLLMGenerator(args.model, dtype="bfloat16", device="cpu", kv_cache_gib=1, threads=2,
+                        max_model_len=512, lora_rank=args.rank)
+    if args.rank:  # an adapter after an update: B drawn (a fresh adapter's B is 0)
+        peft_model = wrap(AutoModelForCausalLM.from_pretrained(args.model),
+                          LoraConfig(rank=args.rank), args.model)
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for n, p in peft_model.named_parameters():
+                if ".lora_B." in n:
+                    p.copy_(0.01 * torch.randn(p.shape, generator=g))
+        gen.load_weights(1, adapter_weights(peft_model))
+    vocab = gen.tokenizer.vocab_size
+    g = torch.Generator().manual_seed(1)
+    prompts = [{"prompt_token_ids": torch.randint(2, vocab, (150,), generator=g).tolist()}
+               for _ in range(16)]
+    params = SamplingParams(max_tokens=192, ignore_eos=True, temperature=1.0, seed=0)
+    times = []
+    for _ in range(2):  # the first pass warms the engine up
+        t0 = time.perf_counter()
+        outs = gen.llm.generate(prompts, params, use_tqdm=False, lora_request=gen.lora_request)
+        times.append(time.perf_counter() - t0)
+    tokens = sum(len(o.outputs[0].token_ids) for o in outs)
+    return {"rank": args.rank, "tokens": tokens, "seconds": times[-1],
+            "tokens_per_s": tokens / times[-1]}
+
+
+def main_generation(args) -> int:
+    from relift_ray.data.registry import resolve_model
+    path = resolve_model("smollm2-135m")
+    rows = {}
+    for rank in (0, args.rank):
+        cmd = [sys.executable, __file__, "--one", "--generation", "--model", path,
+               "--rank", str(rank)]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            print(f"vLLM rank {rank}: failed: {res.stderr.strip()[-600:]}")
+            return 1
+        rows[rank] = json.loads(res.stdout.strip().splitlines()[-1])
+    full, lora = rows[0], rows[args.rank]
+    print(f"\nvLLM on SmolLM2-135M, bf16: 16 x (150 + 192) tokens, LoRA rank {args.rank}")
+    print(f"{'':26}{'no LoRA':>12}{'LoRA':>12}{'LoRA/none':>11}")
+    for key, label, fmt in (("seconds", "generation s", "{:.1f}"),
+                            ("tokens_per_s", "tokens/s", "{:.1f}")):
+        print(f"{label:26}{fmt.format(full[key]):>12}{fmt.format(lora[key]):>12}"
+              f"{lora[key] / full[key]:>11.3f}", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"generation": [full, lora]}, indent=1))
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="smollm2,paper")
     ap.add_argument("--rank", type=int, default=16, help="LoRA rank (all-linear)")
     ap.add_argument("--steps", type=int, default=3, help="learner steps per setting")
     ap.add_argument("--json", help="write the rows here")
+    ap.add_argument("--generation", action="store_true",
+                    help="vLLM's sampling speed with and without a LoRA adapter")
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--model-name", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.one:
-        print(json.dumps(one(args)))
+        print(json.dumps(generation(args) if args.generation else one(args)))
         return 0
-    from machine import cpu_busy
+    from machine import cpu_busy, cpu_line
 
     from relift_ray.data.registry import resolve_model
     busy = cpu_busy()
+    print(cpu_line(), flush=True)
     print(f"CPU busy before the run: {busy:.0%}" if busy is not None else "", flush=True)
+    if args.generation:
+        return main_generation(args)
     rows = []
     with tempfile.TemporaryDirectory() as d:
         for name in args.models.split(","):

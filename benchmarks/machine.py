@@ -18,3 +18,21 @@ def cpu_busy(seconds: float = 3.0) -> float | None:
         return 1 - (i2 - i1) / max(t2 - t1, 1)
     except OSError:
         return None
+
+
+def cpu_line() -> str:
+    """The CPU's model and whether it has AMX (bf16 matrix units): bf16 on a CPU without
+    them runs several times slower, so every CPU figure names it."""
+    model, flags = "", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and not model:
+                    model = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
+        return "CPU: unknown"
+    amx = sorted(f for f in flags if f.startswith("amx"))
+    return f"CPU: {model or 'unknown'}; AMX: {' '.join(amx) if amx else 'none'}"
