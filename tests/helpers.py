@@ -203,3 +203,24 @@ def bare_env() -> dict:
     user's shell, for processes that start or join a cluster of their own."""
     return {k: v for k, v in os.environ.items()
             if not k.startswith("RAY_AUTH") and k != "RAY_ADDRESS"}
+
+
+def sampler_agreement(gen, model, questions, device: str = "cuda") -> tuple[dict, list]:
+    """A generator samples (2 per question, temperature 1, seed 3); ``model`` scores the same
+    tokens: how far the sampler's log-probs are from the model's (``logprob_mismatch``), and
+    the completions."""
+    # torch and the learner's forward: the GPU tests' own, on the device they name
+    import torch
+
+    from relift_ray.core.algo import logprob_mismatch
+    from relift_ray.learner.forward import forward_logprobs, to_tensors
+    from relift_ray.records import Sample, SamplingParams
+    groups = gen.generate(questions, SamplingParams(n=2, temperature=1.0, max_new_tokens=40,
+                                                    seed=3))
+    comps = [c for g in groups for c in g]
+    samples = [Sample(c.prompt_ids, c.response_ids, 0.0, behavior_logprobs=c.logprobs)
+               for c in comps]
+    t = to_tensors(samples, 0, device)
+    with torch.no_grad():
+        lp, _ = forward_logprobs(model, t)
+    return logprob_mismatch(lp.float(), t["blp"], t["mask"]), comps

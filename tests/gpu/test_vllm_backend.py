@@ -8,15 +8,15 @@ pytestmark = pytest.mark.gpu
 
 vllm = pytest.importorskip("vllm", reason="the vLLM backend needs vLLM: pip install .[gpu]")
 
-from relift_ray.core.algo import logprob_mismatch  # noqa: E402
+from helpers import sampler_agreement  # noqa: E402
+
 from relift_ray.data.toy import task  # noqa: E402
-from relift_ray.learner.forward import forward_logprobs, to_tensors  # noqa: E402
 from relift_ray.learner.weight_sync import (
     IPCWeightSync,
     WeightSyncTimeout,
     with_deadline,  # noqa: E402
 )
-from relift_ray.records import Sample, SamplingParams  # noqa: E402
+from relift_ray.records import SamplingParams  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -44,19 +44,6 @@ def _questions(level, k=16):
     return task.make_questions("test", (level,))[:k]
 
 
-def _agreement(gen, model, questions):
-    """vLLM samples; the learner scores the same tokens; how far apart are the log-probs."""
-    groups = gen.generate(questions, SamplingParams(n=2, temperature=1.0, max_new_tokens=40,
-                                                    seed=3))
-    comps = [c for g in groups for c in g]
-    samples = [Sample(c.prompt_ids, c.response_ids, 0.0, behavior_logprobs=c.logprobs)
-               for c in comps]
-    t = to_tensors(samples, 0, "cuda")
-    with torch.no_grad():
-        lp, _ = forward_logprobs(model, t)
-    return logprob_mismatch(lp.float(), t["blp"], t["mask"]), comps
-
-
 def test_generate_matches_the_interface_and_solves_easy_questions(gen):
     qs = _questions(1)
     out = gen.generate(qs, SamplingParams(n=4, temperature=1.0, max_new_tokens=40, seed=0))
@@ -76,7 +63,7 @@ def test_generate_matches_the_interface_and_solves_easy_questions(gen):
 
 
 def test_logprobs_agree_with_the_learner(gen, learner_model):
-    stats, _ = _agreement(gen, learner_model, _questions(2))
+    stats, _ = sampler_agreement(gen, learner_model, _questions(2))
     print("toy model, vLLM bf16 vs transformers bf16:", stats)
     assert stats["tokens"] > 100
     assert stats["logprob_abs_diff_mean"] < 0.1
@@ -88,13 +75,14 @@ def test_ipc_sync_moves_new_weights_and_versions(gen, learner_model):
     with torch.no_grad():
         for p in learner_model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
-    before, _ = _agreement(gen, learner_model, _questions(2))  # vLLM still has the old weights
+    # vLLM still has the old weights
+    before, _ = sampler_agreement(gen, learner_model, _questions(2))
     sync = IPCWeightSync([gen], bucket_mb=1, timeout_s=120)  # 1 MiB: several buckets
     t0 = time.perf_counter()
     info = sync.send(learner_model, version=1)
     print(f"IPC sync of {info['weight_sync_bytes'] / 2**20:.1f} MiB in "
           f"{time.perf_counter() - t0:.3f} s")
-    after, comps = _agreement(gen, learner_model, _questions(2))
+    after, comps = sampler_agreement(gen, learner_model, _questions(2))
     print("stale weights:", before, "after sync:", after)
     assert gen.get_version() == 1 and all(c.weight_version == 1 for c in comps)
     assert before["logprob_abs_diff_mean"] > 3 * after["logprob_abs_diff_mean"]
@@ -108,7 +96,7 @@ def test_object_store_path_loads_a_cpu_state_dict(gen, learner_model):
     sd = {k: v.detach().cpu() for k, v in learner_model.state_dict().items()
           if k != "lm_head.weight"}  # tied to the embedding, as the HF state dict saves it
     assert gen.load_weights(2, sd) == 2
-    after, comps = _agreement(gen, learner_model, _questions(2))
+    after, comps = sampler_agreement(gen, learner_model, _questions(2))
     assert all(c.weight_version == 2 for c in comps)
     assert after["logprob_abs_diff_mean"] < 0.1
 

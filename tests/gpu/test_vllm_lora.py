@@ -12,11 +12,11 @@ pytestmark = pytest.mark.gpu
 
 vllm = pytest.importorskip("vllm", reason="the vLLM backend needs vLLM: pip install .[gpu]")
 
-from relift_ray.core.algo import logprob_mismatch  # noqa: E402
+from helpers import sampler_agreement  # noqa: E402
+
 from relift_ray.data.lora import adapter_weights, merged_state_dict, wrap  # noqa: E402
 from relift_ray.data.toy import task  # noqa: E402
-from relift_ray.learner.forward import forward_logprobs, to_tensors  # noqa: E402
-from relift_ray.records import Sample, SamplingParams  # noqa: E402
+from relift_ray.records import SamplingParams  # noqa: E402
 
 GREEDY = SamplingParams(n=1, temperature=0.0, max_new_tokens=40)
 
@@ -57,19 +57,6 @@ def _merged(toy_model, peft_model):
     return model.eval()
 
 
-def _agreement(gen, model, questions):
-    """vLLM samples (with its current adapter); ``model`` scores the same tokens."""
-    groups = gen.generate(questions, SamplingParams(n=2, temperature=1.0, max_new_tokens=40,
-                                                    seed=3))
-    comps = [c for g in groups for c in g]
-    samples = [Sample(c.prompt_ids, c.response_ids, 0.0, behavior_logprobs=c.logprobs)
-               for c in comps]
-    t = to_tensors(samples, 0, "cuda")
-    with torch.no_grad():
-        lp, _ = forward_logprobs(model, t)
-    return logprob_mismatch(lp.float(), t["blp"], t["mask"]), comps
-
-
 def _greedy(gen, questions):
     return [tuple(g[0].response_ids) for g in gen.generate(questions, GREEDY)]
 
@@ -101,7 +88,7 @@ def test_adapter_sync_gives_the_merged_models_policy(gen, toy_model):
     for version, seed in ((1, 3), (2, 4)):
         peft_model = _policy(toy_model, seed)
         merged = _merged(toy_model, peft_model)
-        stale, _ = _agreement(gen, merged, qs[:8])  # the engine still has the old adapter
+        stale, _ = sampler_agreement(gen, merged, qs[:8])  # the engine still has the old adapter
         weights = adapter_weights(peft_model)
         full = sum(v.numel() * v.element_size() for v in merged.state_dict().values())
         print(f"version {version}: adapters {weights.nbytes / 2**20:.2f} MiB, "
@@ -109,7 +96,7 @@ def test_adapter_sync_gives_the_merged_models_policy(gen, toy_model):
         assert all(".lora_A." in k or ".lora_B." in k for k in weights.tensors)
         assert weights.nbytes < 0.25 * full  # rank 8 on a model of width 64
         assert gen.load_weights(version, weights) == version
-        after, comps = _agreement(gen, merged, qs[:8])
+        after, comps = sampler_agreement(gen, merged, qs[:8])
         print(f"version {version}: stale {stale}, after the sync {after}")
         assert gen.get_version() == version and {c.weight_version for c in comps} == {version}
         assert after["logprob_abs_diff_mean"] < 0.1
