@@ -292,3 +292,27 @@ def test_an_adapter_whose_base_is_itself_is_an_error(run, tmp_path):
         {"model.path": str(ckpt), "path": "/gone/base", "dtype": "bfloat16"}))
     with pytest.raises(ModelNotFound, match="resolves back to the adapter itself"):
         resolve_model(str(ckpt))
+
+
+def test_adapter_folders_of_ended_engines_are_removed(tmp_path, monkeypatch):
+    """A vLLM engine's adapter folder outlives its killed actor; the next engine removes the
+    folders whose process is gone, and leaves a live one's."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    from relift_ray.rollout.vllm_engine import adapter_folder
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True, check=True)
+    gone = tmp_path / f"relift-lora-{int(ended.stdout)}-abc"
+    (gone / "20").mkdir(parents=True)
+    live = tmp_path / f"relift-lora-{os.getppid()}-def"
+    live.mkdir()
+    other = tmp_path / "relift-lora-notapid"
+    other.mkdir()
+    new = adapter_folder()
+    assert not gone.exists() and live.exists() and other.exists()
+    assert os.path.basename(new).startswith(f"relift-lora-{os.getpid()}-")
+    assert os.path.dirname(new) == str(tmp_path)

@@ -27,7 +27,10 @@ vLLM is imported inside the methods: only a vLLM generator's own actor needs it.
 """
 from __future__ import annotations
 
+import glob
+import os
 import shutil
+import tempfile
 
 from relift_ray.data.lora import write_adapter
 from relift_ray.learner.weight_sync import bucket_bytes_for, ipc_send
@@ -43,8 +46,6 @@ class VLLMGenerator:
                  enforce_eager: bool = False, bucket_mb: int = 512,
                  distributed_executor_backend: str | None = None, device: str = "auto",
                  kv_cache_gib: int = 2, threads: int = 0, lora_rank: int = 0):
-        import os
-
         # torch: in the engine actor only
         import torch
 
@@ -202,8 +203,6 @@ class VLLMGenerator:
     def _load_adapter(self, version: int, weights: AdapterWeights) -> int:
         """The adapters as vLLM's LoRA adapter: written as PEFT's folder (what vLLM's loader
         reads) under a fresh id; the previous one is dropped from the engine."""
-        import tempfile
-
         from vllm.lora.request import LoRARequest  # vLLM: in the engine actor only
 
         if not self.lora_rank:
@@ -212,7 +211,7 @@ class VLLMGenerator:
         if weights.config["r"] > self.lora_rank:
             raise ValueError(f"adapter rank {weights.config['r']} > the engine's {self.lora_rank}")
         if self._lora_dir is None:
-            self._lora_dir = tempfile.mkdtemp(prefix="relift-lora-")
+            self._lora_dir = adapter_folder()
         self._lora_ids += 1
         folder = write_adapter(f"{self._lora_dir}/{self._lora_ids}", weights,
                                self.model_path, self.model_path, "")
@@ -269,6 +268,27 @@ class VLLMGenerator:
         import torch
         free, total = torch.cuda.mem_get_info()
         return (total - free) / 2 ** 30
+
+
+def adapter_folder() -> str:
+    """A new folder for this process's adapters, ``relift-lora-<pid>-*`` in the temporary
+    folder. An engine's actor may be killed or end with its job before it can remove its
+    folder, so the folders of processes that are gone are removed first."""
+    for old in glob.glob(os.path.join(tempfile.gettempdir(), "relift-lora-*-*")):
+        pid = os.path.basename(old).split("-")[2]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"relift-lora-{os.getpid()}-")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _lora_rank_slot(rank: int) -> int:
